@@ -1,0 +1,31 @@
+"""steerexp: Hydra-configured experiments for activation steering of language models.
+
+Pipeline (one module each): extract -> methods (fit direction) -> intervene -> generate
+-> judge -> regress, called in that order by :func:`steerexp.pipeline.run`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+#: The Hydra config tree. It lives beside the package in a source checkout (editable
+#: install, the supported way); ``STEEREXP_CONF_DIR`` points elsewhere if needed.
+CONF_DIR = Path(os.environ.get("STEEREXP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+#: Package data (suffix lists, prompt sets) shipped inside the package.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def cache_dir() -> Path:
+    """Root of steerexp's on-disk caches (organism checkpoint, extractions).
+
+    ``STEEREXP_CACHE`` overrides; default ``$XDG_CACHE_HOME/steerexp`` (``~/.cache/steerexp``).
+    """
+    env = os.environ.get("STEEREXP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(xdg) / "steerexp"

@@ -1,0 +1,21 @@
+"""One exception type for bad input, with one-line messages that name the value and the choices."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SteerexpError(ValueError):
+    """Bad input or an unusable model/config combination. The message is one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def choice_error(what: str, value: object, choices: Iterable[str], n_close: int = 3) -> SteerexpError:
+    """``unknown method 'pca_dif'; did you mean 'pca_diff'? valid: a, b, c``."""
+    choices = sorted(str(c) for c in choices)
+    close = difflib.get_close_matches(str(value), choices, n=n_close, cutoff=0.5)
+    hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return SteerexpError(f"unknown {what} {value!r};{hint} valid: {', '.join(choices)}")
