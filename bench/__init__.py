@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each section prints ratios measured within one run."""

@@ -1,0 +1,20 @@
+"""Run every benchmark section, or the ones named: ``python -m bench fisher extract``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SECTIONS = ["fisher", "extract", "generate", "sweep"]
+
+
+def main(argv: list[str]) -> None:
+    for name in argv or SECTIONS:
+        if name not in SECTIONS:
+            raise SystemExit(f"unknown bench section {name!r}; valid: {', '.join(SECTIONS)}")
+        print(f"\n=== bench: {name} ===", flush=True)
+        importlib.import_module(f"bench.{name}").main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
