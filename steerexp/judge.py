@@ -1,0 +1,269 @@
+"""Judge stage: turn each generated answer into a log-probability ratio (SPEC 4.6).
+
+A judgement reads the model's own answer distribution at the step that produced the
+answer token, so it is continuous (unlike a yes/no count) and comparable across rows.
+A positive ``log_ratio`` always means "more trait-consistent" (e.g. more honest).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from steerexp.errors import SteerexpError
+from steerexp.registry import Registry
+
+
+@dataclass
+class GenRow:
+    """One generated completion, as handed over by the generate stage."""
+
+    question_id: str
+    coeff: float
+    repeat: int
+    trait_answer: str  # which answer is trait-consistent (e.g. "No" = honest)
+    completion_ids: list[int]  # generated ids: no prompt, no padding, eos trimmed
+    completion: str  # tokenizer.decode(completion_ids, skip_special_tokens=True)
+    answer_logps: torch.Tensor  # [len(completion_ids), n_answers] float32, from raw logits
+
+
+@dataclass
+class AnswerSpec:
+    """How answers are found in a completion and which vocabulary ids spell each answer.
+
+    ``tokenizer`` (set by :func:`make_answer_spec`) is needed to map the regex match's
+    character position back to the generation step that produced it.
+    """
+
+    regex: re.Pattern[str]  # exactly one capture group
+    answers: list[str]  # e.g. ["Yes", "No"]
+    variant_ids: list[list[int]]  # per answer: vocabulary ids of its variants
+    prefix: str  # e.g. "Final choice:" (appended by judge=forced)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Judgement:
+    """The judged value of one row."""
+
+    log_ratio: float  # NaN when invalid
+    pmass: float  # total probability of all answers' variant sets at that step; NaN when invalid
+    valid: bool
+    forced: bool
+
+
+Rescore = Callable[[GenRow, str], torch.Tensor]
+Judge = Callable[[GenRow, AnswerSpec, Rescore], Judgement]
+JUDGES: Registry[Judge] = Registry("judge")
+
+
+def _invalid() -> Judgement:
+    """A fresh invalid (unjudgeable) judgement."""
+    return Judgement(log_ratio=math.nan, pmass=math.nan, valid=False, forced=False)
+
+
+# Per-tokenizer caches, dropped with the tokenizer: decoded vocab (prefilter) and word -> ids.
+_VOCAB_CACHE: dict[int, tuple[weakref.ref[Any], list[str], dict[str, list[int]]]] = {}
+
+
+def _squash(text: str) -> str:
+    """Lowercase with all whitespace removed (the prefilter's normal form)."""
+    return "".join(text.split()).lower()
+
+
+def _vocab_cache(tokenizer: Any) -> tuple[list[str], dict[str, list[int]]]:
+    """Whitespace-free lowercased text of every id, decoded in one batched backend call.
+
+    Used only as a superset prefilter: ``tokenizer.decode`` differs from the backend decode
+    at most by removed spaces (tokenization clean-up), so a token whose full decode equals a
+    word always contains it here. Each candidate is then confirmed with ``tokenizer.decode``.
+    """
+    key = id(tokenizer)
+    hit = _VOCAB_CACHE.get(key)
+    if hit is not None and hit[0]() is tokenizer:
+        return hit[1], hit[2]
+    n = len(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        texts = backend.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
+    else:
+        texts = [tokenizer.decode([i]) for i in range(n)]
+    squashed = [_squash(t) for t in texts]
+    words: dict[str, list[int]] = {}
+    try:
+        ref: weakref.ref[Any] = weakref.ref(tokenizer, lambda _r, k=key: _VOCAB_CACHE.pop(k, None))
+    except TypeError:
+        return squashed, words
+    _VOCAB_CACHE[key] = (ref, squashed, words)
+    return squashed, words
+
+
+def answer_variants(tokenizer: Any, word: str) -> list[int]:
+    """Vocabulary ids whose individually decoded text, stripped and lowercased, is ``word.lower()``.
+
+    ``Yes``, `` yes``, ``YES`` count for "Yes"; ``Yesterday`` or ``not`` never do.
+    """
+    target = word.strip().lower()
+    if not target:
+        raise SteerexpError(f"answer word {word!r} is empty")
+    squashed, cache = _vocab_cache(tokenizer)
+    if target in cache:
+        return list(cache[target])
+    needle = _squash(target)
+    ids = [
+        i
+        for i, text in enumerate(squashed)
+        if needle in text and tokenizer.decode([i]).strip().lower() == target
+    ]
+    if not ids:
+        raise SteerexpError(
+            f"answer {word!r} has no single-token variant in the tokenizer's vocabulary; "
+            "choose answers that are one token (e.g. Yes/No)"
+        )
+    cache[target] = ids
+    return list(ids)
+
+
+def make_answer_spec(tokenizer: Any, regex: str, answers: Sequence[str], prefix: str) -> AnswerSpec:
+    """Validate the answer regex and answers, and collect each answer's variant ids."""
+    try:
+        pattern = re.compile(regex)
+    except re.error as e:
+        raise SteerexpError(f"answer regex {regex!r} does not compile: {e}") from None
+    if pattern.groups != 1:
+        raise SteerexpError(
+            f"answer regex {regex!r} has {pattern.groups} capture groups; it needs exactly one, "
+            "e.g. 'Final choice: (Yes|No)'"
+        )
+    answers = [str(a) for a in answers]
+    if len(answers) < 2:
+        raise SteerexpError(f"answers {answers!r}: need at least two distinct answers")
+    lowered = [a.strip().lower() for a in answers]
+    if len(set(lowered)) != len(lowered) or not all(lowered):
+        raise SteerexpError(
+            f"answers {answers!r} must be non-empty and distinct (case-insensitive)"
+        )
+    variant_ids = [answer_variants(tokenizer, a) for a in answers]
+    return AnswerSpec(pattern, answers, variant_ids, str(prefix), tokenizer)
+
+
+def _trait_index(row: GenRow, spec: AnswerSpec) -> int:
+    """Index of the row's trait-consistent answer in ``spec.answers`` (case-insensitive)."""
+    lowered = [a.lower() for a in spec.answers]
+    try:
+        return lowered.index(str(row.trait_answer).lower())
+    except ValueError:
+        raise SteerexpError(
+            f"trait_answer {row.trait_answer!r} of question {row.question_id!r} is not one of "
+            f"the answers {spec.answers!r}"
+        ) from None
+
+
+def score_logps(lp: torch.Tensor, trait: int) -> tuple[float, float]:
+    """``(log p[trait] − logsumexp(log p[others]), Σ p)`` from one step's answer log-probs."""
+    lp = lp.detach().to(torch.float64).reshape(-1)
+    others = torch.cat([lp[:trait], lp[trait + 1 :]])
+    log_ratio = float(lp[trait] - torch.logsumexp(others, dim=0))
+    pmass = float(lp.exp().sum())
+    return log_ratio, pmass
+
+
+def _judgement(lp: torch.Tensor, trait: int, forced: bool) -> Judgement:
+    """A valid judgement when the ratio is finite, else an invalid one."""
+    log_ratio, pmass = score_logps(lp, trait)
+    if not (math.isfinite(log_ratio) and math.isfinite(pmass)):
+        return Judgement(math.nan, math.nan, False, forced)
+    return Judgement(log_ratio, pmass, True, forced)
+
+
+def token_at_char(tokenizer: Any, ids: Sequence[int], text: str, pos: int) -> int | None:
+    """Index of the token whose decoding first produces character ``text[pos]``.
+
+    Binary search for the shortest id prefix whose decode agrees with ``text`` on
+    ``text[:pos + 1]``; a token like " Yes" therefore maps to the "Y", and a character split
+    over several byte tokens maps to the token that completes it. ``None`` if no prefix does.
+    """
+    want = text[: pos + 1]
+
+    def covers(t: int) -> bool:
+        return tokenizer.decode(list(ids[: t + 1]), skip_special_tokens=True).startswith(want)
+
+    lo, hi = 0, len(ids) - 1
+    if hi < 0 or not covers(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if covers(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _check_row(row: GenRow, spec: AnswerSpec) -> None:
+    """Shape contract between the generate stage and the judge."""
+    shape = tuple(row.answer_logps.shape)
+    if shape != (len(row.completion_ids), len(spec.answers)):
+        raise ValueError(
+            f"row {row.question_id!r} coeff {row.coeff}: answer_logps has shape {shape}, expected "
+            f"({len(row.completion_ids)}, {len(spec.answers)})"
+        )
+
+
+def _matched(row: GenRow, spec: AnswerSpec) -> re.Match[str] | None:
+    """The last regex match in the completion, or None."""
+    matches = list(spec.regex.finditer(row.completion))
+    return matches[-1] if matches else None
+
+
+@JUDGES.register("logratio")
+def judge_logratio(row: GenRow, spec: AnswerSpec, rescore: Rescore | None = None) -> Judgement:
+    """Log ratio at the step that generated the last regex match's answer; no match → invalid."""
+    _check_row(row, spec)
+    trait = _trait_index(row, spec)
+    match = _matched(row, spec)
+    if match is None or match.group(1) is None:
+        return _invalid()
+    if match.group(1).strip().lower() not in [a.lower() for a in spec.answers]:
+        return _invalid()
+    if spec.tokenizer is None:
+        raise SteerexpError(
+            "the logratio judge needs AnswerSpec.tokenizer; build it with make_answer_spec"
+        )
+    step = token_at_char(spec.tokenizer, row.completion_ids, row.completion, match.start(1))
+    if step is None:
+        return _invalid()
+    return _judgement(row.answer_logps[step], trait, forced=False)
+
+
+def forced_suffix(completion: str, prefix: str) -> str:
+    """Text appended by judge=forced: the prefix on a new line, as the prompt asks the model
+    to end with it; no extra newline when the completion already ends with whitespace."""
+    if not completion or completion[-1].isspace():
+        return prefix
+    return "\n" + prefix
+
+
+@JUDGES.register("forced")
+def judge_forced(row: GenRow, spec: AnswerSpec, rescore: Rescore) -> Judgement:
+    """As logratio; with no match, append the answer prefix and score the next token (forced)."""
+    _check_row(row, spec)
+    trait = _trait_index(row, spec)
+    if _matched(row, spec) is not None:
+        return judge_logratio(row, spec, rescore)
+    lp = rescore(row, forced_suffix(row.completion, spec.prefix))
+    return _judgement(torch.as_tensor(lp), trait, forced=True)
+
+
+def judge_rows(
+    name: str, rows: Sequence[GenRow], spec: AnswerSpec, rescore: Rescore
+) -> list[Judgement]:
+    """Judge every row with the registered judge ``name``."""
+    judge = JUDGES.get(name)
+    return [judge(row, spec, rescore) for row in rows]
