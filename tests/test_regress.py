@@ -1,0 +1,133 @@
+"""Regress stage against an independent scipy computation, and the journal table format."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from steerexp.errors import SteerexpError
+from steerexp.regress import journal_table, regress, symlog
+
+HEADER_COLS = ["slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
+
+
+def _synthetic(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 5-point grid with 4 repeats, a noisy linear response in symlog(c), 3 invalid rows."""
+    rng = np.random.default_rng(seed)
+    coeffs = np.repeat([-2.0, -0.5, 0.0, 0.5, 2.0], 4)
+    y = 1.5 + 2.0 * symlog(coeffs) + rng.normal(0, 0.7, coeffs.size)
+    valid = np.ones(coeffs.size, dtype=bool)
+    valid[[1, 9, 17]] = False
+    y[9] = np.nan  # an invalid row carries NaN, as the judge writes it
+    return coeffs, y, valid
+
+
+@pytest.mark.parametrize("x", ["symlog", "linear"])
+def test_matches_scipy_linregress(x: str) -> None:
+    coeffs, y, valid = _synthetic()
+    out = regress(coeffs, y, valid, x=x)
+    xv = (symlog(coeffs) if x == "symlog" else coeffs)[valid]
+    yv = y[valid]
+    ref = stats.linregress(xv, yv)
+    n = int(valid.sum())
+    half = stats.t.ppf(0.975, n - 2) * ref.stderr
+    assert out["slope"] == pytest.approx(ref.slope, rel=1e-9)
+    assert out["r2"] == pytest.approx(ref.rvalue**2, rel=1e-9)
+    assert out["p_value"] == pytest.approx(ref.pvalue, rel=1e-6)
+    assert out["slope_ci_low"] == pytest.approx(ref.slope - half, rel=1e-9)
+    assert out["slope_ci_high"] == pytest.approx(ref.slope + half, rel=1e-9)
+    assert out["spearman"] == pytest.approx(stats.spearmanr(xv, yv).statistic, rel=1e-9)
+    vf = n / coeffs.size
+    assert out["valid_frac"] == pytest.approx(vf) and out["n_valid"] == n
+    assert out["n_rows"] == coeffs.size
+    assert out["score"] == pytest.approx(abs(ref.slope) * ref.rvalue**2 * vf**2, rel=1e-9)
+    assert out["signed_score"] == pytest.approx(ref.slope * ref.rvalue**2 * vf**2, rel=1e-9)
+    assert out["min"] == yv.min() and out["max"] == yv.max()
+    y0 = y[valid & (coeffs == 0)]
+    assert out["effect_size"] == pytest.approx(abs(ref.slope) / np.std(y0, ddof=1), rel=1e-9)
+
+
+def test_sign_and_symlog() -> None:
+    coeffs, y, valid = _synthetic(1)
+    up, down = regress(coeffs, y, valid), regress(coeffs, -y, valid)
+    assert up["slope"] > 0 and down["slope"] == pytest.approx(-up["slope"])
+    assert down["signed_score"] == pytest.approx(-up["signed_score"])
+    assert down["score"] == pytest.approx(up["score"])
+    assert symlog(np.array([-3.0, 0.0, 1.0])) == pytest.approx([-math.log(4), 0, math.log(2)])
+
+
+def test_effect_size_needs_two_rows_at_zero() -> None:
+    coeffs = [-1.0, 0.0, 0.0, 1.0, 2.0]
+    y = [0.0, 1.0, 1.5, 2.0, 4.0]
+    assert math.isnan(regress(coeffs, y, [1, 1, 0, 1, 1])["effect_size"])
+    assert math.isnan(regress(coeffs, [0.0, 1.0, 1.0, 2.0, 4.0], [1] * 5)["effect_size"])
+    out = regress(coeffs, y, [1] * 5, x="linear")
+    assert out["effect_size"] == pytest.approx(abs(out["slope"]) / np.std([1.0, 1.5], ddof=1))
+
+
+def test_too_few_valid_rows_is_nan_not_error() -> None:
+    out = regress([-1.0, 0.0, 1.0, 2.0], [1.0, np.nan, 2.0, np.nan], [1, 0, 1, 0])
+    for k in ["slope", "r2", "p_value", "score", "signed_score", "effect_size", "spearman"]:
+        assert math.isnan(out[k]), k
+    assert out["valid_frac"] == 0.5 and out["n_valid"] == 2 and out["n_rows"] == 4
+    assert (out["min"], out["max"]) == (1.0, 2.0)
+    none = regress([0.0, 1.0], [np.nan, np.nan], [False, False])
+    assert none["valid_frac"] == 0.0 and math.isnan(none["min"]) and math.isnan(none["max"])
+    same_x = regress([0.5, 0.5, 0.5], [1.0, 2.0, 3.0], [1, 1, 1])
+    assert math.isnan(same_x["slope"]) and same_x["n_valid"] == 3
+
+
+def test_perfect_and_flat_fits_are_quiet() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        perfect = regress([-1.0, 0.0, 1.0, 2.0], [-2.0, 1.0, 4.0, 7.0], [1] * 4, x="linear")
+        flat = regress([-1.0, 0.0, 1.0], [2.0, 2.0, 2.0], [1] * 3)
+    assert perfect["slope"] == pytest.approx(3.0) and perfect["r2"] == pytest.approx(1.0)
+    assert perfect["p_value"] == 0.0
+    assert perfect["slope_ci_low"] == pytest.approx(3.0) == perfect["slope_ci_high"]
+    assert flat["slope"] == pytest.approx(0.0, abs=1e-12) and flat["score"] == 0.0
+
+
+def test_bad_x_and_lengths() -> None:
+    with pytest.raises(SteerexpError, match="'log'.*linear, symlog"):
+        regress([0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [1, 1, 1], x="log")
+    with pytest.raises(ValueError, match="lengths"):
+        regress([0.0, 1.0], [0.0], [1, 1])
+
+
+def test_journal_table_format() -> None:
+    df = pd.DataFrame(
+        [
+            {"method": "pca_diff", "slope": 1.684, "r2": 0.2, "valid_frac": 1.0, "score": 0.34},
+            {"method": "broken", "status": "failed"},
+            {"method": "mean_diff", "slope": -13.536, "r2": 0.58, "valid_frac": 0.8, "score": 7.79},
+        ]
+    ).assign(effect_size=np.nan, p_value=0.141, min=-18.75, max=20.375)
+    assert journal_table(df) == "\n".join(
+        [
+            "| method    |   slope |     r2 |   valid_frac |   effect_size |   p_value |   score |    min |   max |",
+            "|:----------|--------:|-------:|-------------:|--------------:|----------:|--------:|-------:|------:|",
+            "| mean_diff |  -13.54 |   0.58 |         0.80 |           nan |      0.14 |    7.79 | -18.75 | 20.38 |",
+            "| pca_diff  |    1.68 |   0.20 |         1.00 |           nan |      0.14 |    0.34 | -18.75 | 20.38 |",
+            "| broken    |  nan    | nan    |       nan    |           nan |      0.14 |  nan    | -18.75 | 20.38 |",
+        ]
+    )
+    with_status = journal_table(df, extra_cols=["status"]).splitlines()
+    assert [c.strip() for c in with_status[0].split("|")[1:-1]] == [
+        "method",
+        *HEADER_COLS,
+        "status",
+    ]
+    assert [ln.split("|")[-2].strip() for ln in with_status[2:]] == ["", "", "failed"]
+
+
+def test_journal_table_custom_label() -> None:
+    df = pd.DataFrame({"module": ["k_proj", "v_proj"], "score": [np.nan, 0.5]})
+    lines = journal_table(df, label_col="module").splitlines()
+    assert lines[0].split("|")[1].strip() == "module"
+    assert "v_proj" in lines[2] and "k_proj" in lines[3]
