@@ -1,0 +1,285 @@
+"""Rank every job of a multirun: ``ranking.csv``, ``ranking.md`` (journal tables), ``dose_response.png``.
+
+Reads only the run-directory contract (``metrics.json``, ``status.json``, ``dose_response.csv``,
+``.hydra/overrides.yaml``), so a sweep can be re-ranked at any time, also while or after jobs fail:
+``python -m steerexp.report multirun/2026-11-24/10-31-02 [--name NAME] [--reports-root DIR]``.
+The output is deterministic: re-running on the same dir reproduces ``ranking.md`` byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from steerexp.errors import SteerexpError  # noqa: E402
+from steerexp.regress import journal_table  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_REPORTS_ROOT = REPO / "multirun_reports"
+
+STAT_COLS = ["slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
+JOURNAL_COLS = ["method", *STAT_COLS]
+EXTRA_STAT_COLS = ["slope_ci_low", "slope_ci_high", "signed_score", "spearman", "n_valid", "n_rows"]
+IDENTITY_COLS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "coeff_units", "seed"]
+TIME_COLS = [f"time_{s}_s" for s in ("load", "extract", "fit", "generate", "judge", "regress", "total")]
+RUN_COLS = ["model_reused", "extraction_cached", "cache_key"]
+METRIC_COLS = [*STAT_COLS, *EXTRA_STAT_COLS, *IDENTITY_COLS, *TIME_COLS, *RUN_COLS]
+OUTPUTS = ("ranking.csv", "ranking.md", "dose_response.png")
+_OVERRIDE_PREFIX = re.compile(r"^[+~]+")
+
+
+def find_job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job dirs of a sweep (children holding ``.hydra/overrides.yaml``), ordered by job number then name."""
+
+    def order(p: Path) -> tuple[int, str]:
+        head = p.name.split("_", 1)[0]
+        return (int(head) if head.isdigit() else sys.maxsize, p.name)
+
+    if not sweep_dir.is_dir():
+        return []
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
+    return sorted(jobs, key=order)
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    """``key -> value`` from Hydra's ``overrides.yaml`` (``+``/``++``/``~`` prefixes dropped)."""
+    try:
+        items = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, str] = {}
+    for item in items if isinstance(items, list) else []:
+        text = str(item)
+        key, sep, value = text.partition("=")
+        out[_OVERRIDE_PREFIX.sub("", key).strip()] = value.strip() if sep else "<deleted>"
+    return out
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A JSON object from ``path``, or ``(None, error)`` when unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"unreadable {path.name}: {type(e).__name__}: {' '.join(str(e).split())}"
+    if not isinstance(data, dict):
+        return None, f"unreadable {path.name}: not a JSON object"
+    return data, None
+
+
+def load_job(job_dir: Path) -> dict[str, Any]:
+    """One ranking row: ``metrics.json`` (else ``status.json``, else status ``missing``) plus the job name."""
+    row: dict[str, Any] = {"job": job_dir.name}
+    metrics_path, status_path = job_dir / "metrics.json", job_dir / "status.json"
+    if metrics_path.is_file():
+        data, err = _read_json(metrics_path)
+        if data is None:
+            row.update(status="failed", error=err)
+            return row
+        row.update(data)
+        if "status" not in data and status_path.is_file():
+            row.update({k: v for k, v in (_read_json(status_path)[0] or {}).items() if k in ("status", "error")})
+        row.setdefault("status", "ok")
+    elif status_path.is_file():
+        data, err = _read_json(status_path)
+        row.update(status=(data or {}).get("status", "failed"), error=(data or {}).get("error", err))
+    else:
+        row.update(status="missing", error="no metrics.json or status.json (job not finished or killed)")
+    return row
+
+
+def swept_keys(overrides: Sequence[dict[str, str]]) -> list[str]:
+    """Override keys whose value differs across jobs (or is absent in some), in first-seen order."""
+    keys: list[str] = []
+    for ov in overrides:
+        keys.extend(k for k in ov if k not in keys)
+    return [k for k in keys if len({ov.get(k) for ov in overrides}) > 1]
+
+
+def _sort(df: pd.DataFrame) -> pd.DataFrame:
+    """Score descending, NaN last; ties broken by method then job name, so the order is stable."""
+    score = pd.to_numeric(df["score"], errors="coerce")
+    key = pd.DataFrame({"s": (-score).fillna(np.inf), "m": df["method"].astype(str), "j": df["job"]})
+    order = key.sort_values(["s", "m", "j"], kind="mergesort").index
+    return df.loc[order].reset_index(drop=True)
+
+
+def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """All job rows of ``sweep_dir`` (sorted) and the swept keys; raises when it is not a sweep dir."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SteerexpError(f"not a sweep dir: {str(sweep_dir)!r} does not exist or is not a directory")
+    jobs = find_job_dirs(sweep_dir)
+    if not jobs:
+        raise SteerexpError(
+            f"not a sweep dir: {str(sweep_dir)!r} has no job dirs (subdirs with .hydra/overrides.yaml); "
+            "pass multirun/<date>/<time>"
+        )
+    overrides = [read_overrides(j) for j in jobs]
+    keys = swept_keys(overrides)
+    rows = []
+    for job, ov in zip(jobs, overrides, strict=True):
+        row = load_job(job)
+        for k in keys:
+            if row.get(k) is None:
+                row[k] = ov.get(k, "default")
+        row["_group"] = ", ".join(f"{k}={ov.get(k, row.get(k, 'default'))}" for k in keys if k != "method")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    known = list(dict.fromkeys(["job", "status", *keys, *METRIC_COLS]))
+    extra = sorted(c for c in df.columns if c not in known and c not in ("error", "_group"))
+    df = df.reindex(columns=[*known, *extra, "error", "_group"])
+    for c in [*STAT_COLS, *EXTRA_STAT_COLS, *TIME_COLS]:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    for c in ("n_valid", "n_rows", "seed"):
+        num = pd.to_numeric(df[c], errors="coerce")
+        if num.notna().sum() == df[c].notna().sum() and (num.dropna() % 1 == 0).all():
+            df[c] = num.astype("Int64")
+    df["method"] = df["method"].where(df["method"].notna(), df["job"])
+    return _sort(df), keys
+
+
+def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
+    """``ranking.md``: a short header, one journal table per combination of swept non-method keys, failures."""
+    n_ok = int((df["status"] == "ok").sum())
+    n_failed = int((df["status"] == "failed").sum())
+    n_missing = len(df) - n_ok - n_failed
+    resolved = Path(sweep_dir).resolve()
+    shown = resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else resolved
+    lines = [
+        f"# Ranking: {shown.as_posix()}",
+        "",
+        f"jobs: {len(df)} (ok {n_ok}, failed {n_failed}, missing {n_missing}); "
+        f"swept: {', '.join(keys) or 'nothing'}; sorted by score = |slope| * r2 * valid_frac^2, descending",
+    ]
+    for group in sorted(df["_group"].unique()):
+        part = df[df["_group"] == group]
+        lines += [""] + ([f"## {group}", ""] if group else [])
+        with_status = bool((part["status"] != "ok").any())
+        lines.append(journal_table(part, label_col="method", extra_cols=("status",) if with_status else ()))
+    bad = df[df["status"] != "ok"].sort_values("job", kind="mergesort")
+    if len(bad):
+        lines += ["", "## Not ok", ""]
+        for _, r in bad.iterrows():
+            err = " ".join(str(r["error"]).split()) if isinstance(r["error"], str) else "no error text"
+            lines.append(f"- `{r['job']}`: {r['status']}: {err[:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def _curve(job_dir: Path) -> pd.DataFrame | None:
+    """Mean, standard error and count of valid ``log_ratio`` per coefficient, or None without data."""
+    try:
+        dose = pd.read_csv(job_dir / "dose_response.csv")
+    except (OSError, ValueError):
+        return None
+    if not {"coeff", "log_ratio"} <= set(dose.columns):
+        return None
+    y = pd.to_numeric(dose["log_ratio"], errors="coerce")
+    if "valid" in dose:
+        y = y.where(dose["valid"].astype(str).str.lower().isin(["true", "1", "1.0"]))
+    g = pd.DataFrame({"c": pd.to_numeric(dose["coeff"], errors="coerce"), "y": y}).dropna().groupby("c")["y"]
+    out = pd.DataFrame({"mean": g.mean(), "sem": g.sem().fillna(0.0), "n": g.count()}).reset_index()
+    return out if len(out) else None
+
+
+def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
+    """All jobs' mean log-ratio vs coefficient (error bar = s.e.m.), one panel per table, one line per job."""
+    groups = sorted(df["_group"].unique())
+    ncol = min(3, len(groups))
+    nrow = math.ceil(len(groups) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 4.2 * nrow), squeeze=False)
+    for ax, group in zip(axes.flat, groups, strict=False):
+        drawn, coeffs = 0, []
+        colors = plt.get_cmap("tab20").colors
+        for _, r in df[df["_group"] == group].iterrows():
+            curve = _curve(Path(sweep_dir) / r["job"])
+            if curve is None:
+                continue
+            label = f"{r['method']} (score {r['score']:.2f})" if pd.notna(r["score"]) else str(r["method"])
+            style = {"color": colors[drawn % 20], "ls": ("-", "--", ":")[drawn // 20 % 3]}
+            ax.errorbar(curve["c"], curve["mean"], yerr=curve["sem"], marker="o", ms=3, capsize=2, label=label,
+                        **style)
+            coeffs.extend(curve["c"].tolist())
+            drawn += 1
+        nonzero = [abs(c) for c in coeffs if c]
+        if nonzero and max(nonzero) / min(nonzero) > 20:
+            ax.set_xscale("symlog", linthresh=min(nonzero))
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_title(group or "all jobs", fontsize=10)
+        ax.set_xlabel("coefficient")
+        ax.set_ylabel("mean log-ratio (valid rows) ± s.e.m.")
+        if drawn:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no dose-response data", ha="center", va="center", transform=ax.transAxes)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"dose response: {sweep_name(sweep_dir)}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def sweep_name(sweep_dir: Path) -> str:
+    """``multirun/2026-11-24/10-31-02`` -> ``2026-11-24_10-31-02`` (the copy's folder name)."""
+    parts = Path(sweep_dir).resolve().parts
+    return "_".join(parts[-2:])
+
+
+def build_report(
+    sweep_dir: Path, reports_root: Path | None = DEFAULT_REPORTS_ROOT, name: str | None = None
+) -> pd.DataFrame:
+    """Write the ranking files into ``sweep_dir`` and copy them to ``reports_root/<name>/``.
+
+    ``name`` defaults to the sweep dir's last two parts (``2026-11-24_10-31-02``); ``reports_root=None``
+    skips the copy. Returns the ranking (one row per job, best score first).
+    """
+    sweep_dir = Path(sweep_dir)
+    df, keys = collect(sweep_dir)
+    public = df.drop(columns=["_group"])
+    public.to_csv(sweep_dir / "ranking.csv", index=False)
+    (sweep_dir / "ranking.md").write_text(render_markdown(df, keys, sweep_dir))
+    plot_dose_response(df, sweep_dir, sweep_dir / "dose_response.png")
+    if reports_root is not None:
+        dest = Path(reports_root) / (name or sweep_name(sweep_dir))
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in OUTPUTS:
+            shutil.copyfile(sweep_dir / f, dest / f)
+    public.attrs["swept_keys"] = keys
+    return public
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: rebuild a sweep's ranking and print ``ranking.md``; one-line error and exit 2 on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m steerexp.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="multirun/<date>/<time>")
+    parser.add_argument("--reports-root", type=Path, default=DEFAULT_REPORTS_ROOT, help="copy destination root")
+    parser.add_argument("--name", default=None, help="folder name under --reports-root (default <date>_<time>)")
+    parser.add_argument("--no-copy", action="store_true", help="write into the sweep dir only")
+    args = parser.parse_args(argv)
+    try:
+        build_report(args.sweep_dir, None if args.no_copy else args.reports_root, name=args.name)
+    except SteerexpError as e:
+        print(f"steerexp.report: error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write((args.sweep_dir / "ranking.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
