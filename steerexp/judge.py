@@ -224,7 +224,12 @@ def _matched(row: GenRow, spec: AnswerSpec) -> re.Match[str] | None:
 
 @JUDGES.register("logratio")
 def judge_logratio(row: GenRow, spec: AnswerSpec, rescore: Rescore | None = None) -> Judgement:
-    """Log ratio at the step that generated the last regex match's answer; no match → invalid."""
+    """Log ratio at the step that generated the last regex match's answer; no match → invalid.
+
+    The step is the token that first produces the capture group's first character (for
+    " Yes" that is the " Yes" token). A match whose group is not one of the answers
+    (possible with a permissive regex) is invalid.
+    """
     _check_row(row, spec)
     trait = _trait_index(row, spec)
     match = _matched(row, spec)
@@ -252,7 +257,11 @@ def forced_suffix(completion: str, prefix: str) -> str:
 
 @JUDGES.register("forced")
 def judge_forced(row: GenRow, spec: AnswerSpec, rescore: Rescore) -> Judgement:
-    """As logratio; with no match, append the answer prefix and score the next token (forced)."""
+    """As logratio; with no match, append the answer prefix and score the next token (forced).
+
+    A match whose group is not an answer stays invalid: the model did answer, just not
+    with a scoreable word, so forcing would overwrite its answer.
+    """
     _check_row(row, spec)
     trait = _trait_index(row, spec)
     if _matched(row, spec) is not None:
