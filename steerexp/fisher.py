@@ -36,6 +36,8 @@ IEF_EPS = 1e-6
 FALLBACK_LEVELS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 #: Largest normwise backward error ``‖(F+λI)x − ḡ‖ / (‖F+λI‖‖x‖ + ‖ḡ‖)`` accepted for λ > 0.
 MAX_BACKWARD_ERROR = 1e-8
+#: For λ = 0: smallest accepted ``‖F F⁺ḡ‖ / ‖ḡ‖`` (the part of ḡ in the range of F).
+MIN_RANGE_FRACTION = 1e-8
 
 
 @dataclass
@@ -88,12 +90,14 @@ def _solve(s: Tensor, v: Tensor, gbar: Tensor, lam: float, rcond: float) -> Tens
 
 
 def _acceptable(u: Tensor, s: Tensor, gbar: Tensor, x: Tensor, lam: float) -> bool:
-    """Finite, non-zero, and (for λ > 0) a backward-stable solve of ``(UᵀU + λI)x = ḡ``."""
+    """Finite and non-zero; for λ > 0 a backward-stable solve of ``(UᵀU + λI)x = ḡ``; for λ = 0
+    ``‖Fx‖ = ‖P_range(F) ḡ‖`` must not be rounding noise (ḡ ⟂ range(F) makes ``F⁺ḡ`` meaningless)."""
     if not bool(torch.isfinite(x).all()) or float(x.norm()) == 0.0:
         return False
+    fx = u.mT @ (u @ x)
     if lam == 0:
-        return True
-    resid = u.mT @ (u @ x) + lam * x - gbar
+        return float(fx.norm()) > MIN_RANGE_FRACTION * float(gbar.norm())
+    resid = fx + lam * x - gbar
     scale = (float(s[0]) if s.numel() else 0.0) + lam
     err = float(resid.norm()) / (scale * float(x.norm()) + float(gbar.norm()))
     return err <= MAX_BACKWARD_ERROR
