@@ -1,0 +1,131 @@
+"""Run-directory artifacts (SPEC 5), each written to a temp name and renamed into place.
+
+A job killed mid-write leaves at worst a stray ``.tmp`` file, never a half-written
+artifact; ``status.json`` is written last, so ``ok`` there means every artifact is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from steerexp.regress import transform_x
+
+DOSE_COLUMNS = ["question_id", "coeff", "repeat", "log_ratio", "pmass", "valid", "forced", "completion"]
+PACKAGES = ("steerexp", "torch", "transformers", "nnsight", "hydra-core", "omegaconf", "statsmodels", "pandas", "bitsandbytes", "wandb", "safetensors")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` and rename ``tmp`` over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def jsonable(value: Any) -> Any:
+    """NaN/inf -> null, numpy/torch scalars -> Python, containers recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return atomic_write(path, lambda p: p.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"))
+
+
+def write_status(run_dir: Path, status: str, error: str | None = None) -> Path:
+    return write_json(run_dir / "status.json", {"status": status, "error": error})
+
+
+def read_status(run_dir: Path) -> str | None:
+    """``ok``/``failed`` from a run dir's status.json, or None when absent or unreadable."""
+    try:
+        return str(json.loads((run_dir / "status.json").read_text())["status"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_directions(path: Path, vectors: Mapping[str, torch.Tensor], metadata_: Mapping[str, Any]) -> Path:
+    """``directions.safetensors``: key = module name, value = unit direction; string metadata."""
+    meta = {k: v if isinstance(v, str) else json.dumps(jsonable(v)) for k, v in metadata_.items()}
+    tensors = {m: v.detach().float().contiguous().cpu() for m, v in vectors.items()}
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def write_dose_response(path: Path, df: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda p: df[DOSE_COLUMNS].to_csv(p, index=False))
+
+
+def plot_dose_response(path: Path, df: pd.DataFrame, title: str, x: str = "symlog") -> Path:
+    """Valid log-ratios by coefficient, the per-coefficient means, and the OLS fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ok = df[df["valid"] & np.isfinite(df["log_ratio"])]
+    ax.scatter(ok["coeff"], ok["log_ratio"], s=12, alpha=0.4, label="rows")
+    if len(ok):
+        means = ok.groupby("coeff")["log_ratio"].mean()
+        ax.plot(means.index, means.values, "o-", color="C1", label="mean")
+    if ok["coeff"].nunique() >= 2:
+        b, a = np.polyfit(transform_x(ok["coeff"].to_numpy(), x), ok["log_ratio"].to_numpy(), 1)
+        grid = np.linspace(df["coeff"].min(), df["coeff"].max(), 100)
+        ax.plot(grid, a + b * transform_x(grid, x), "--", color="C3", label=f"OLS on {x}(c)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="coefficient", ylabel="log p(trait) - log p(other)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
+def environment() -> dict[str, Any]:
+    """Package versions, Python, platform, CUDA and the git commit (when run from a checkout)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "git_commit": commit,
+    }

@@ -1,0 +1,130 @@
+"""Contrast pairs and eval questions, read from ``conf/dataset`` and ``conf/eval`` configs."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steerexp import DATA_DIR
+from steerexp.errors import SteerexpError, choice_error
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One contrast pair: the same assistant opening after a positive and a negative persona."""
+
+    positive: str
+    negative: str
+    suffix: str
+
+    def messages(self, positive: bool) -> list[Message]:
+        persona = self.positive if positive else self.negative
+        return [{"role": "user", "content": persona}, {"role": "assistant", "content": self.suffix}]
+
+
+@dataclass(frozen=True)
+class Question:
+    """An eval dilemma; ``trait_answer`` is the answer the positive trait (honesty) gives."""
+
+    id: str
+    text: str
+    trait_answer: str
+
+
+def _suffix_lines(name: str) -> list[str]:
+    path = DATA_DIR / name
+    if not path.is_file():
+        raise choice_error("dataset.suffixes file", name, sorted(p.name for p in DATA_DIR.glob("*.txt")))
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_pairs(cfg: Mapping[str, Any], seed: int = 0) -> list[Pair]:
+    """Persona pairs for every suffix (and its word-prefixes when ``truncate``), seeded subsample."""
+    template = str(cfg["template"])
+    pos_word, neg_word = str(cfg.get("positive") or ""), str(cfg.get("negative") or "")
+    if not pos_word.strip() or not neg_word.strip():
+        raise SteerexpError(
+            f"dataset {cfg.get('name')!r} has an empty side: positive={pos_word!r} negative={neg_word!r}"
+        )
+    if "{persona}" not in template:
+        raise SteerexpError(f"dataset.template={template!r} has no '{{persona}}' placeholder")
+    suffixes = _suffix_lines(str(cfg["suffixes"]))
+    if cfg.get("truncate"):
+        expanded: list[str] = []
+        for s in suffixes:
+            words = s.split()
+            expanded.extend(" ".join(words[:k]) for k in range(1, len(words) + 1))
+        suffixes = list(dict.fromkeys(expanded))
+    pos, neg = template.format(persona=pos_word), template.format(persona=neg_word)
+    pairs = [Pair(pos, neg, s) for s in suffixes]
+    max_pairs = cfg.get("max_pairs")
+    if max_pairs is not None:
+        if int(max_pairs) < 1:
+            raise SteerexpError(f"dataset.max_pairs={max_pairs} must be >= 1 (or null for all)")
+        if len(pairs) > int(max_pairs):
+            pairs = random.Random(seed).sample(pairs, int(max_pairs))
+    if not pairs:
+        raise SteerexpError(f"dataset {cfg.get('name')!r} yields no contrast pairs (empty suffix file?)")
+    return pairs
+
+
+def answer_regex(pattern: str) -> re.Pattern[str]:
+    """Compile the answer regex; it must have exactly one capture group."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise SteerexpError(f"eval.answer_regex={pattern!r} does not compile: {e}") from None
+    if rx.groups != 1:
+        raise SteerexpError(
+            f"eval.answer_regex={pattern!r} has {rx.groups} capture groups; it needs exactly one, "
+            "e.g. 'Final choice: (Yes|No)'"
+        )
+    return rx
+
+
+def check_coeffs(coeffs: Sequence[Any]) -> list[float]:
+    """The grid must be finite numbers and contain 0 (the unsteered reference)."""
+    try:
+        grid = [float(c) for c in coeffs]
+    except (TypeError, ValueError):
+        raise SteerexpError(f"eval.coeffs={list(coeffs)} must be numbers") from None
+    if not grid or not all(math.isfinite(c) for c in grid):
+        raise SteerexpError(f"eval.coeffs={grid} must be a non-empty list of finite numbers")
+    if 0.0 not in grid:
+        raise SteerexpError(f"eval.coeffs={grid} has no 0; the unsteered reference is required")
+    return grid
+
+
+def load_questions(cfg: Mapping[str, Any]) -> list[Question]:
+    """Eval questions; each names its trait-consistent answer, one of ``eval.answers``."""
+    answers = [str(a) for a in cfg["answers"]]
+    questions = []
+    for q in cfg.get("questions") or []:
+        qid = str(q.get("id"))
+        trait = q.get("trait_answer")
+        if trait is None or str(trait) not in answers:
+            raise SteerexpError(
+                f"eval question {qid!r} has trait_answer={trait!r}; it must be one of {answers}"
+            )
+        questions.append(Question(qid, str(q["text"]), str(trait)))
+    if not questions:
+        raise SteerexpError(f"eval {cfg.get('name')!r} has no questions")
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise SteerexpError(f"eval {cfg.get('name')!r} has duplicate question ids")
+    return questions
+
+
+def question_messages(cfg: Mapping[str, Any], q: Question) -> list[Message]:
+    """Chat messages for one eval question (optional system turn, then the user prompt)."""
+    msgs: list[Message] = []
+    if cfg.get("system"):
+        msgs.append({"role": "system", "content": str(cfg["system"])})
+    msgs.append({"role": "user", "content": str(cfg["prompt_template"]).format(question=q.text)})
+    return msgs

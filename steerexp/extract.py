@@ -1,0 +1,229 @@
+"""Stage 1: activations and loss gradients of the target modules on contrast pairs (SPEC 4.1).
+
+Pairs are rendered with the chat template (persona as the user turn, the suffix as the
+open start of the assistant turn), padded on the left and read at the last non-padding
+token. One nnsight trace per batch records every target module's output, the loss-layer
+output and the logits; the loss and its gradients with respect to those outputs are then
+taken with ``torch.autograd`` on the recorded graph (parameters stay frozen).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from steerexp import cache
+from steerexp.data import Pair
+from steerexp.errors import SteerexpError
+from steerexp.losses import LOSSES, LossInputs
+from steerexp.models import LoadedModel, forward_order
+
+EXTRACT_VERSION = 1
+LOGP_TOKENS = ("suffix", "all")
+#: ``all``: a row's gradient is summed over its tokens, i.e. the gradient with respect to a
+#: bias added to the module's output at every position -- exactly what the intervention
+#: adds, so ``g . v`` is the first-order effect of steering along ``v``. ``last``: the
+#: gradient at the read token only; note it is identically zero for ``nll``, since the
+#: last position predicts no token of the sequence.
+GRAD_TOKENS = ("all", "last")
+
+
+@dataclass
+class Extraction:
+    """Per module ``acts``/``grads`` ``[n, d]`` float32, rows interleaved (``0::2`` positive)."""
+
+    modules: list[str]
+    acts: dict[str, Tensor]
+    grads: dict[str, Tensor]
+    logp: Tensor
+    loss_grad_norms: Tensor
+    key: str
+    cached: bool = False
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def act_norm(self, module: str) -> float:
+        """Mean ``||h||`` of the module over the extraction set (the ``norm`` coefficient unit)."""
+        return float(self.acts[module].norm(dim=-1).mean())
+
+
+_MEMO: dict[str, Extraction] = {}
+
+
+def loss_layer_path(n_layers: int, layer: int) -> str:
+    """``hidden_states[k]`` is the output of block ``k - 1`` (negative k counts from the end)."""
+    k = int(layer)
+    idx = (k % (n_layers + 1) if -(n_layers + 1) <= k <= n_layers else -99) - 1
+    if idx < 0:
+        raise SteerexpError(
+            f"loss.layer={layer} is not a block output of a {n_layers}-layer model; "
+            f"valid: 1..{n_layers} or -{n_layers}..-1 (hidden_states index, -3 = default)"
+        )
+    return f"model.layers.{idx}"
+
+
+def encode(tokenizer: Any, messages: list[dict[str, str]], chat_kwargs: Mapping[str, Any]) -> tuple[list[int], int]:
+    """Token ids of the open assistant turn and how many of them are the suffix."""
+    full = tokenizer.apply_chat_template(
+        messages, tokenize=False, continue_final_message=True, **chat_kwargs
+    )
+    prefix = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True, **chat_kwargs
+    )
+    if full.startswith(prefix):
+        head = tokenizer(prefix, add_special_tokens=False).input_ids
+        tail = tokenizer(full[len(prefix):], add_special_tokens=False).input_ids
+        return head + tail, len(tail)
+    ids = tokenizer(full, add_special_tokens=False).input_ids
+    n = len(tokenizer(messages[-1]["content"], add_special_tokens=False).input_ids)
+    return ids, min(n, len(ids) - 1)
+
+
+def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-padded ids and attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index of the last non-padding token of each row (any padding side)."""
+    width = mask.shape[1]
+    return width - 1 - mask.flip(-1).argmax(-1)
+
+
+def _first(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def cache_payload(
+    loaded: LoadedModel, model_cfg: Mapping[str, Any], modules: list[str],
+    loss_cfg: Mapping[str, Any], pairs: Sequence[Pair], batch_size: int,
+) -> dict[str, Any]:
+    """Everything an extraction depends on; its hash is the cache key."""
+    return {
+        "version": EXTRACT_VERSION,
+        "model": {k: model_cfg.get(k) for k in ("path", "builder", "revision", "dtype", "quantization")},
+        "checkpoint": loaded.path,
+        "chat_kwargs": loaded.chat_kwargs,
+        "modules": modules,
+        "loss": dict(loss_cfg),
+        "pairs": cache.hash_key([(p.positive, p.negative, p.suffix) for p in pairs]),
+        "n_pairs": len(pairs),
+        "batch_size": batch_size,
+    }
+
+
+def _run_batch(
+    loaded: LoadedModel, modules: list[str], loss_path: str, loss_cfg: Mapping[str, Any],
+    seqs: list[tuple[list[int], int]], n_pairs_total: int, batch_no: int, grad_tokens: str,
+) -> dict[str, Tensor]:
+    tok = loaded.tokenizer
+    ids, mask = left_pad([s for s, _ in seqs], tok.pad_token_id)
+    width = ids.shape[1]
+    tmask = torch.zeros_like(mask)
+    for i, (s, n_suffix) in enumerate(seqs):
+        if loss_cfg.get("tokens", "suffix") == "suffix":
+            tmask[i, width - n_suffix:] = 1
+        else:
+            tmask[i, width - len(s) + 1:] = 1
+    ids, mask, tmask = (t.to(loaded.device) for t in (ids, mask, tmask))
+    paths = forward_order([*modules, loss_path])
+    saved: list[Any] = []
+    with loaded.lm.trace({"input_ids": ids, "attention_mask": mask}):
+        for p in paths:
+            saved.append(loaded.envoy(p).output.save())
+        logits = loaded.lm.output.logits.save()
+    outs = {p: _first(o) for p, o in zip(paths, saved, strict=True)}
+    logp_tok = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    tm = tmask[:, 1:].float()
+    ell = (logp_tok * tm).sum(1) / tm.sum(1).clamp_min(1.0)
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    last = last_token_index(mask)
+    h = outs[loss_path][rows, last]
+    x = LossInputs(h[0::2], h[1::2], ell[0::2], ell[1::2], n_pairs_total)
+    loss = LOSSES.get(str(loss_cfg["name"]))(x, loss_cfg)
+    grads = torch.autograd.grad(loss, [outs[p] for p in paths], allow_unused=True)
+    gmap = {p: (g if g is not None else torch.zeros_like(outs[p])) for p, g in zip(paths, grads, strict=True)}
+    result = {
+        "logp": ell.detach().float().cpu(),
+        "loss_grad_norms": gmap[loss_path].float().pow(2).sum(dim=(1, 2)).cpu(),
+    }
+    for m in modules:
+        a = outs[m][rows, last].detach().float().cpu()
+        gm = gmap[m].detach().float()
+        g = (gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]
+        g = g.cpu()
+        for what, t in (("activations", a), ("gradients", g)):
+            if not torch.isfinite(t).all():
+                raise SteerexpError(f"non-finite {what} at module {m!r} in extraction batch {batch_no}")
+        result[f"acts/{m}"], result[f"grads/{m}"] = a, g
+    return result
+
+
+def extract(
+    loaded: LoadedModel, model_cfg: Mapping[str, Any], modules: list[str],
+    loss_cfg: Mapping[str, Any], pairs: Sequence[Pair], batch_size: int = 16,
+    cache_root: Path | None = None, progress: bool = True, grad_tokens: str = "all",
+) -> Extraction:
+    """Extract (or reuse) activations and gradients; batches always hold whole pairs."""
+    if not pairs:
+        raise SteerexpError("the contrast set is empty: no pairs to extract")
+    if str(loss_cfg.get("tokens", "suffix")) not in LOGP_TOKENS:
+        raise SteerexpError(f"loss.tokens={loss_cfg.get('tokens')!r}; valid: {', '.join(LOGP_TOKENS)}")
+    if grad_tokens not in GRAD_TOKENS:
+        raise SteerexpError(f"extract.grad_tokens={grad_tokens!r}; valid: {', '.join(GRAD_TOKENS)}")
+    LOSSES.get(str(loss_cfg["name"]))
+    loss_path = loss_layer_path(loaded.n_layers, int(loss_cfg["layer"]))
+    batch_size = max(2, int(batch_size) - int(batch_size) % 2)
+    payload = cache_payload(loaded, model_cfg, modules, loss_cfg, pairs, batch_size)
+    payload["grad_tokens"] = grad_tokens
+    key = cache.hash_key(payload)
+    if key in _MEMO:
+        hit = _MEMO[key]
+        return Extraction(hit.modules, hit.acts, hit.grads, hit.logp, hit.loss_grad_norms, key, True, 0.0, hit.meta)
+    t0 = time.perf_counter()
+    if cache_root is not None and (tensors := cache.load(cache_root, key)) is not None:
+        ex = _from_tensors(modules, tensors, key, cached=True, meta=payload)
+        ex.seconds = time.perf_counter() - t0
+        _MEMO[key] = ex
+        return ex
+    seqs: list[tuple[list[int], int]] = []
+    for p in pairs:
+        seqs.append(encode(loaded.tokenizer, p.messages(True), loaded.chat_kwargs))
+        seqs.append(encode(loaded.tokenizer, p.messages(False), loaded.chat_kwargs))
+    parts: list[dict[str, Tensor]] = []
+    bar = tqdm(range(0, len(seqs), batch_size), desc=f"extract {loss_cfg['name']}", disable=not progress, leave=False)
+    for b, start in enumerate(bar):
+        parts.append(_run_batch(loaded, modules, loss_path, loss_cfg, seqs[start:start + batch_size], len(pairs), b, grad_tokens))
+    tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    if cache_root is not None:
+        cache.save(cache_root, key, tensors, payload)
+    ex = _from_tensors(modules, tensors, key, cached=False, meta=payload)
+    ex.seconds = time.perf_counter() - t0
+    _MEMO[key] = ex
+    return ex
+
+
+def _from_tensors(modules: list[str], t: Mapping[str, Tensor], key: str, cached: bool, meta: dict[str, Any]) -> Extraction:
+    return Extraction(
+        modules=list(modules),
+        acts={m: t[f"acts/{m}"] for m in modules},
+        grads={m: t[f"grads/{m}"] for m in modules},
+        logp=t["logp"],
+        loss_grad_norms=t["loss_grad_norms"],
+        key=key,
+        cached=cached,
+        meta=meta,
+    )

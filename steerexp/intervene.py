@@ -1,0 +1,119 @@
+"""Stage 3: scaled intervention ``h <- h + c * s * v`` on every target module (SPEC 4.4).
+
+The edit is written inside an nnsight trace or generation loop, so nothing is attached to
+the model outside it: no hook outlives a run. A coefficient of exactly 0 adds exact zeros,
+so those rows are bit-identical to the unsteered model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import brentq
+from torch import Tensor
+
+from steerexp.errors import choice_error
+from steerexp.extract import Extraction, last_token_index, left_pad
+from steerexp.models import LoadedModel, forward_order
+
+COEFF_UNITS = ("norm", "raw", "kl")
+KL_TARGET = 1.0
+KL_QUANTILE = 0.95
+
+
+@dataclass
+class Steering:
+    """Unit directions and their per-module scale ``s`` (one coefficient unit, in activation space)."""
+
+    vectors: dict[str, Tensor]
+    scales: dict[str, float]
+
+    def scaled(self, factor: float) -> Steering:
+        return Steering(self.vectors, {m: s * factor for m, s in self.scales.items()})
+
+
+def base_scales(units: str, extraction: Extraction, modules: Sequence[str]) -> dict[str, float]:
+    """``norm``/``kl``: mean activation norm of each module; ``raw``: 1."""
+    if units not in COEFF_UNITS:
+        raise choice_error("coeff_units", units, COEFF_UNITS)
+    if units == "raw":
+        return {m: 1.0 for m in modules}
+    return {m: extraction.act_norm(m) for m in modules}
+
+
+def steer(loaded: LoadedModel, steering: Steering, coeffs: Tensor) -> None:
+    """Inside a trace/generation step: add ``coeffs[row] * s * v`` to each module's output."""
+    for m in forward_order(list(steering.vectors)):
+        envoy = loaded.envoy(m)
+        out = envoy.output
+        h = out[0] if isinstance(out, tuple) else out
+        delta = coeffs.to(h.device, torch.float32)[:, None, None] * (steering.scales[m] * steering.vectors[m].to(h.device, torch.float32))
+        new = h + delta.to(h.dtype)
+        envoy.output = (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+def steered_logits(loaded: LoadedModel, ids: Tensor, mask: Tensor, steering: Steering | None, coeffs: Tensor | None) -> Tensor:
+    """Logits of one forward pass, steered per row (or not at all)."""
+    ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+    with torch.no_grad(), loaded.lm.trace({"input_ids": ids, "attention_mask": mask}):
+        if steering is not None and coeffs is not None:
+            steer(loaded, steering, coeffs)
+        logits = loaded.lm.output.logits.save()
+    return logits
+
+
+def kl_quantile(loaded: LoadedModel, ids: Tensor, mask: Tensor, base: Tensor, steering: Steering, c: float) -> float:
+    """95th percentile over real tokens of KL(steered || unsteered) at coefficient ``c``."""
+    coeffs = torch.full((ids.shape[0],), float(c))
+    logits = steered_logits(loaded, ids, mask, steering, coeffs)
+    lp_s = torch.log_softmax(logits.float(), -1)
+    lp_u = torch.log_softmax(base.float(), -1)
+    kl = (lp_s.exp() * (lp_s - lp_u)).sum(-1)
+    return float(torch.quantile(kl[mask.to(kl.device).bool()], KL_QUANTILE))
+
+
+def calibrate_kl(loaded: LoadedModel, prompts: Sequence[list[int]], steering: Steering, rtol: float = 0.02) -> dict[str, float]:
+    """Find ``c*`` with p95 KL(steered || unsteered) = 1 nat on neutral prompts.
+
+    Brackets by doubling/halving from ``c = 0.1`` (in ``norm`` units), then solves
+    ``log p95(c) = 0`` in ``log c`` with Brent's method. The grid is then read in multiples
+    of ``c*`` (the scales returned by ``Steering.scaled(c*)``).
+    """
+    ids, mask = left_pad(prompts, loaded.tokenizer.pad_token_id)
+    base = steered_logits(loaded, ids, mask, None, None)
+
+    def f(log_c: float) -> float:
+        return math.log(max(kl_quantile(loaded, ids, mask, base, steering, math.exp(log_c)), 1e-12)) - math.log(KL_TARGET)
+
+    lo = hi = math.log(0.1)
+    f_lo = f_hi = f(lo)
+    for _ in range(40):
+        if f_lo <= 0 <= f_hi:
+            break
+        if f_hi < 0:
+            lo, f_lo, hi = hi, f_hi, hi + math.log(2)
+            f_hi = f(hi)
+        else:
+            hi, f_hi, lo = lo, f_lo, lo - math.log(2)
+            f_lo = f(lo)
+    else:
+        raise RuntimeError("could not bracket the iso-KL coefficient (KL never reached 1 nat)")
+    log_c = lo if f_lo == 0 else brentq(f, lo, hi, rtol=rtol, xtol=1e-4)
+    c_star = float(np.exp(log_c))
+    return {"c_star": c_star, "kl_p95_at_c_star": kl_quantile(loaded, ids, mask, base, steering, c_star)}
+
+
+def last_logits(logits: Tensor, mask: Tensor) -> Tensor:
+    """Logits at each row's last real token."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, last_token_index(mask.to(logits.device))]
+
+
+def unit_steering(fits: Mapping[str, Any], scales: Mapping[str, float]) -> Steering:
+    """Steering from fitted unit directions (``DirectionFit.vector``) and scales."""
+    return Steering({m: f.vector.float() for m, f in fits.items()}, dict(scales))

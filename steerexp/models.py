@@ -1,0 +1,281 @@
+"""Load a model (hub id, local path, or a locally built one) and resolve module templates.
+
+Every model, the organism included, goes through the same ``from_pretrained`` path; only
+where the checkpoint directory comes from differs (``builder``). Loaded models are kept per
+config for the life of the process, so a sweep in one process loads each model once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from steerexp import cache_dir
+from steerexp.errors import SteerexpError, choice_error
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+QUANTIZATIONS = (None, "4bit", "8bit")
+TINY_RANDOM_VERSION = "v1"
+
+
+@dataclass
+class LoadedModel:
+    """A frozen HF causal LM, its tokenizer and the nnsight wrapper used to trace it."""
+
+    name: str
+    hf: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    lm: Any
+    path: str
+    chat_kwargs: dict[str, Any] = field(default_factory=dict)
+    load_s: float = 0.0
+    reused: bool = False
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.hf.config.num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def module_names(self) -> list[str]:
+        return [n for n, _ in self.hf.named_modules() if n]
+
+    def envoy(self, path: str) -> Any:
+        """The nnsight envoy at a dotted module path (``model.layers.3.mlp``)."""
+        node = self.lm
+        for part in path.split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        return node
+
+
+_LOADED: dict[str, LoadedModel] = {}
+
+
+def _model_key(cfg: Mapping[str, Any]) -> str:
+    return json.dumps({k: cfg.get(k) for k in sorted(cfg)}, sort_keys=True, default=str)
+
+
+def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
+    """Checks that need no model: dtype, quantization, and that remote code is never implicit."""
+    if cfg.get("dtype") not in DTYPES:
+        raise choice_error("model.dtype", cfg.get("dtype"), DTYPES)
+    if cfg.get("quantization") not in QUANTIZATIONS:
+        raise choice_error("model.quantization", cfg.get("quantization"), ["null", "4bit", "8bit"])
+    if not isinstance(cfg.get("trust_remote_code"), bool):
+        raise SteerexpError(
+            f"model.trust_remote_code={cfg.get('trust_remote_code')!r} must be true or false; "
+            "steerexp never enables remote code implicitly (only an explicit true does)"
+        )
+    builder = cfg.get("builder")
+    if builder not in (None, *BUILDERS):
+        raise choice_error("model.builder", builder, ["null", *BUILDERS])
+    if builder is None and not cfg.get("path"):
+        raise SteerexpError(f"model {cfg.get('name')!r} has neither a path nor a builder")
+
+
+def checkpoint_path(cfg: Mapping[str, Any]) -> str:
+    """The directory or hub id ``from_pretrained`` reads, building local models when missing."""
+    builder = cfg.get("builder")
+    if builder is not None:
+        return str(BUILDERS[builder]())
+    return str(cfg["path"])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
+    """Load (or reuse) the model of a ``conf/model`` config, frozen, in eval mode."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    validate_model_cfg(cfg)
+    key = _model_key(cfg)
+    if key in _LOADED:
+        cached = _LOADED[key]
+        cached.reused = True
+        return cached
+    t0 = time.perf_counter()
+    path = checkpoint_path(cfg)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    dtype = DTYPES[cfg["dtype"]]
+    kwargs: dict[str, Any] = {
+        "revision": cfg.get("revision"),
+        "dtype": dtype,
+        "trust_remote_code": bool(cfg.get("trust_remote_code")),
+    }
+    if cfg.get("quantization"):
+        from transformers import BitsAndBytesConfig
+
+        four = cfg["quantization"] == "4bit"
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=four,
+            load_in_8bit=not four,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4",
+        )
+        kwargs["device_map"] = {"": str(device)}
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+    )
+    hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not cfg.get("quantization"):
+        hf = hf.to(device)
+    expected = cfg.get("architecture")
+    got = list(getattr(hf.config, "architectures", None) or [type(hf).__name__])
+    if expected and expected not in got and type(hf).__name__ != expected:
+        raise SteerexpError(
+            f"model {cfg.get('name')!r} at {path!r} loaded as {got}, but its config says "
+            f"architecture={expected!r}; fix model.architecture or model.path"
+        )
+    hf.eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    # Frozen weights: activations only get gradients if the embeddings' output requires grad.
+    hf.enable_input_require_grads()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = TransformersModel(hf, tokenizer=tokenizer, task="text-generation")
+    loaded = LoadedModel(
+        name=str(cfg.get("name")),
+        hf=hf,
+        tokenizer=tokenizer,
+        lm=lm,
+        path=path,
+        chat_kwargs=dict(cfg.get("chat_template_kwargs") or {}),
+        load_s=time.perf_counter() - t0,
+    )
+    _LOADED[key] = loaded
+    return loaded
+
+
+def select_layers(n_layers: int, layers: Any, layer_frac: Any) -> list[int]:
+    """Explicit ``layers`` win; else every i with ``lo <= i / n_layers <= hi``."""
+    if layers is not None:
+        chosen = [int(i) for i in layers]
+        bad = [i for i in chosen if not -n_layers <= i < n_layers]
+        if bad or not chosen:
+            raise SteerexpError(
+                f"module.layers={list(layers)} is outside the model's {n_layers} layers "
+                f"(valid: 0..{n_layers - 1}, or negative from the end)"
+            )
+        return sorted({i % n_layers for i in chosen})
+    lo, hi = (float(x) for x in layer_frac)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise SteerexpError(f"module.layer_frac={[lo, hi]} must satisfy 0 <= lo <= hi <= 1")
+    chosen = [i for i in range(n_layers) if lo <= i / n_layers <= hi]
+    if not chosen:
+        raise SteerexpError(
+            f"module.layer_frac={[lo, hi]} selects no layer of a {n_layers}-layer model; widen it"
+        )
+    return chosen
+
+
+def resolve_modules(loaded: LoadedModel, module_cfg: Mapping[str, Any]) -> list[str]:
+    """Fill ``{N}`` in the template for the selected layers; every name must exist."""
+    template = str(module_cfg["template"])
+    if "{N}" not in template:
+        raise SteerexpError(f"module.template={template!r} has no '{{N}}' layer placeholder")
+    layers = select_layers(loaded.n_layers, module_cfg.get("layers"), module_cfg.get("layer_frac"))
+    names = set(loaded.module_names())
+    paths = [template.replace("{N}", str(i)) for i in layers]
+    missing = [p for p in paths if p not in names]
+    if missing:
+        layer0 = template.replace("{N}", str(layers[0]))
+        pool = sorted(n for n in names if re.fullmatch(r"model\.layers\.\d+(\..+)?", n))
+        pool0 = [n.replace(f".{layers[0]}.", ".{N}.", 1) for n in pool if n.startswith(f"model.layers.{layers[0]}.")]
+        close = difflib.get_close_matches(template, pool0, n=4, cutoff=0.3)
+        hint = ", ".join(close) if close else ", ".join(pool0[:8])
+        raise SteerexpError(
+            f"module.template={template!r} matches no module of {loaded.name} ({layer0!r} missing); "
+            f"closest: {hint}"
+        )
+    return paths
+
+
+def forward_order(paths: list[str]) -> list[str]:
+    """Sort module paths by when the model runs them: by layer, submodules before the block."""
+
+    def key(p: str) -> tuple[int, int]:
+        m = re.match(r"model\.layers\.(\d+)(\..+)?$", p)
+        if not m:
+            return (10**9, 0)
+        return (int(m.group(1)), 0 if m.group(2) else 1)
+
+    return sorted(set(paths), key=key)
+
+
+def _atomic_build(target: Path, make: Any) -> Path:
+    """Build into a temp dir beside ``target`` and rename it into place (safe if interrupted)."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        make(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_tiny_random() -> Path:
+    """A 4-layer random-weight Qwen3 with the organism's tokenizer: the fast test fixture."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from steerexp.organism.tokenizer import build_tokenizer
+
+    def make(out: Path) -> None:
+        tok = build_tokenizer()
+        torch.manual_seed(0)
+        config = Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+            tie_word_embeddings=False,
+        )
+        Qwen3ForCausalLM(config).save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return _atomic_build(cache_dir() / "tiny_random" / f"tiny_random-{TINY_RANDOM_VERSION}", make)
+
+
+def build_organism() -> Path:
+    from steerexp.organism import build
+
+    return build()
+
+
+BUILDERS = {"organism": build_organism, "tiny_random": build_tiny_random}

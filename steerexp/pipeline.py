@@ -1,0 +1,174 @@
+"""``run(cfg)``: extract -> fit direction -> scaled intervention -> generate -> judge -> regress.
+
+Every check that needs no model runs first (:func:`check_config`). Artifacts are written as
+soon as their stage finishes, so a later failure loses nothing already computed; a failure is
+recorded in ``status.json``/``metrics.json`` and re-raised to the caller, which decides
+whether it ends the process (single run) or just the job (multirun).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from steerexp import artifacts, cache_dir
+from steerexp.data import Pair, Question, answer_regex, check_coeffs, load_pairs, load_questions
+from steerexp.errors import SteerexpError, choice_error
+from steerexp.extract import GRAD_TOKENS, extract
+from steerexp.generate import generate_rows, grid, make_rescore, prompt_ids
+from steerexp.intervene import COEFF_UNITS, Steering, base_scales, calibrate_kl
+from steerexp.judge import JUDGES, make_answer_spec
+from steerexp.losses import LOSSES
+from steerexp.methods import METHODS, fit_from_config
+from steerexp.models import load_model, resolve_modules, validate_model_cfg
+from steerexp.regress import journal_table, regress
+from steerexp.tracking import make_logger
+
+REGRESS_X = ("symlog", "linear")
+IDENTITY = ("model", "module", "method", "loss", "dataset", "eval", "judge")
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The option names a ranking row is labelled with."""
+    ident: dict[str, Any] = {k: str(OmegaConf.select(cfg, f"{k}.name", default="?")) for k in IDENTITY}
+    ident.update(coeff_units=str(cfg.coeff_units), seed=int(cfg.seed))
+    return ident
+
+
+def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[float]]:
+    """Every check that needs no model, so bad input fails before anything loads."""
+    validate_model_cfg(_plain(cfg.model))
+    if cfg.coeff_units not in COEFF_UNITS:
+        raise choice_error("coeff_units", cfg.coeff_units, COEFF_UNITS)
+    if cfg.regress_x not in REGRESS_X:
+        raise choice_error("regress_x", cfg.regress_x, REGRESS_X)
+    if cfg.extract.grad_tokens not in GRAD_TOKENS:
+        raise choice_error("extract.grad_tokens", cfg.extract.grad_tokens, GRAD_TOKENS)
+    METHODS.get(str(cfg.method.kind))
+    LOSSES.get(str(cfg.loss.name))
+    JUDGES.get(str(cfg.judge.name))
+    answer_regex(str(cfg.eval.answer_regex))
+    coeffs = check_coeffs(list(cfg.eval.coeffs))
+    if int(cfg.eval.repeats) < 1:
+        raise SteerexpError(f"eval.repeats={cfg.eval.repeats} must be >= 1")
+    return load_pairs(_plain(cfg.dataset), seed=int(cfg.seed)), load_questions(_plain(cfg.eval)), coeffs
+
+
+def _dose_frame(rows: list[Any], judgements: list[Any]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"question_id": r.question_id, "coeff": r.coeff, "repeat": r.repeat, "log_ratio": j.log_ratio,
+         "pmass": j.pmass, "valid": bool(j.valid), "forced": bool(j.forced), "completion": r.completion}
+        for r, j in zip(rows, judgements, strict=True)
+    ], columns=artifacts.DOSE_COLUMNS)
+
+
+def _kl_scales(loaded: Any, cfg: DictConfig, questions: list[Question], steering: Steering) -> dict[str, float]:
+    prompts = [prompt_ids(loaded, cfg.eval, q) for q in questions[:8]]
+    return calibrate_kl(loaded, prompts, steering)
+
+
+def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: bool = True) -> None:
+    """The six stages; fills ``metrics`` as it goes and writes each artifact when it is ready."""
+    t = time.perf_counter
+    pairs, questions, coeffs = check_config(cfg)
+    torch.manual_seed(int(cfg.seed))
+
+    t0 = t()
+    loaded = load_model(_plain(cfg.model))
+    metrics.update(time_load_s=t() - t0, model_reused=loaded.reused, checkpoint=loaded.path)
+    modules = resolve_modules(loaded, cfg.module)
+    spec = make_answer_spec(loaded.tokenizer, str(cfg.eval.answer_regex), list(cfg.eval.answers), str(cfg.eval.answer_prefix))
+
+    t0 = t()
+    root = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "extractions"
+    ex = extract(loaded, _plain(cfg.model), modules, _plain(cfg.loss), pairs, int(cfg.extract.batch_size),
+                 root, progress=progress, grad_tokens=str(cfg.extract.grad_tokens))
+    metrics.update(time_extract_s=t() - t0, extraction_cached=ex.cached, cache_key=ex.key, n_pairs=len(pairs))
+
+    t0 = t()
+    fits = {m: fit_from_config(cfg.method, ex.acts[m], ex.grads[m], ex.loss_grad_norms, seed=int(cfg.seed)) for m in modules}
+    scales = base_scales(str(cfg.coeff_units), ex, modules)
+    steering = Steering({m: f.vector for m, f in fits.items()}, scales)
+    if cfg.coeff_units == "kl":
+        kl = _kl_scales(loaded, cfg, questions, steering)
+        steering = steering.scaled(kl["c_star"])
+        metrics.update(kl)
+    metrics["time_fit_s"] = t() - t0
+    fallback = [f.info for f in fits.values() if f.info.get("reg_fallback")]
+    metrics["reg_fallback"] = bool(fallback)
+    if fallback:
+        metrics["reg_used"] = max(float(i.get("reg_used", 0.0)) for i in fallback)
+    artifacts.write_directions(run_dir / "directions.safetensors", steering.vectors, {
+        "method": metrics["method"], "loss": metrics["loss"], "coeff_units": metrics["coeff_units"],
+        "raw_norms": {m: f.raw_norm for m, f in fits.items()}, "scales": steering.scales,
+        "fit_info": {m: f.info for m, f in fits.items()}, "cache_key": ex.key,
+    })
+
+    t0 = t()
+    rows = generate_rows(loaded, cfg.eval, grid(questions, coeffs, int(cfg.eval.repeats)), steering, spec, int(cfg.seed), progress)
+    metrics["time_generate_s"] = t() - t0
+
+    t0 = t()
+    rescore = make_rescore(loaded, cfg.eval, questions, steering, spec)
+    judgements = [JUDGES.get(str(cfg.judge.name))(r, spec, rescore) for r in rows]
+    dose = _dose_frame(rows, judgements)
+    artifacts.write_dose_response(run_dir / "dose_response.csv", dose)
+    metrics["time_judge_s"] = t() - t0
+
+    t0 = t()
+    metrics.update(regress(dose["coeff"], dose["log_ratio"], dose["valid"], x=str(cfg.regress_x)))
+    title = f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
+    artifacts.plot_dose_response(run_dir / "dose_response.png", dose, title, x=str(cfg.regress_x))
+    metrics["time_regress_s"] = t() - t0
+    metrics["_dose"] = dose
+
+
+def run(cfg: DictConfig, run_dir: Path | str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run one experiment into ``run_dir`` (Hydra's job dir by default); returns its metrics.
+
+    A run dir whose ``status.json`` already says ``ok`` is skipped (resumed sweeps). On
+    failure, ``status.json``/``metrics.json`` record it and the exception propagates.
+    """
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    if artifacts.read_status(run_dir) == "ok":
+        import json
+
+        print(f"[steerexp] {run_dir} already finished (status ok); skipping")
+        return json.loads((run_dir / "metrics.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(run_dir / "environment.json", artifacts.environment())
+    metrics: dict[str, Any] = {**identity(cfg), "status": "running", "error": None}
+    logger = make_logger(cfg.get("logger"))
+    t_start = time.perf_counter()
+    try:
+        logger.start(cfg, run_dir)
+        execute(cfg, run_dir, metrics, progress)
+        metrics["status"] = "ok"
+    except BaseException as e:
+        metrics.update(status="failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}")
+        raise
+    finally:
+        dose = metrics.pop("_dose", None)
+        metrics["time_total_s"] = time.perf_counter() - t_start
+        artifacts.write_json(run_dir / "metrics.json", metrics)
+        if metrics["status"] == "ok":
+            logger.log(metrics, dose, run_dir / "dose_response.png")
+            print(journal_table(pd.DataFrame([metrics])), flush=True)
+        logger.finish(str(metrics["status"]))
+        artifacts.write_status(run_dir, str(metrics["status"]), metrics["error"])
+    return metrics
+
