@@ -1,0 +1,232 @@
+"""Ranking report, Hydra callback, launcher presets and W&B offline logger on fabricated sweep dirs."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from steerexp import callbacks, report
+from steerexp.errors import SteerexpError
+
+REPO = Path(__file__).resolve().parent.parent
+JOURNAL_HEADER = ["method", "slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
+COEFFS = [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+# (method, module, slope, r2, status); score = |slope| * r2 * valid_frac^2 with valid_frac = 1.
+JOBS = [
+    ("pca_diff", "k_proj", 2.0, 0.5, "ok"),
+    ("random", "k_proj", 0.1, 0.1, "ok"),
+    ("pca_diff", "v_proj", -1.0, 0.2, "ok"),
+    ("random", "v_proj", 3.0, 0.9, "ok"),
+    ("mean_diff", "v_proj", None, None, "failed"),
+]
+
+
+def write_job(sweep: Path, num: int, method: str, module: str, slope: float | None, r2: float | None,
+              status: str) -> Path:
+    """One job dir as the pipeline writes it (metrics.json, status.json, dose_response.csv, .hydra/)."""
+    job = sweep / f"{num}_method={method},module={module}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n- module={module}\n")
+    error = None if status == "ok" else "SteerexpError: non-finite gradients in module k_proj batch 0"
+    metrics = {k: None for k in report.STAT_COLS + report.EXTRA_STAT_COLS + report.TIME_COLS}
+    metrics.update(model="organism", module=module, method=method, loss="nll", dataset="organism",
+                   eval="organism", judge="logratio", coeff_units="norm", seed=0, status=status,
+                   error=error, model_reused=False, extraction_cached=num > 0, cache_key="abc123")
+    if status == "ok":
+        metrics.update(slope=slope, r2=r2, valid_frac=1.0, effect_size=None, p_value=0.05,
+                       score=abs(slope) * r2, min=-3.0, max=4.0, n_valid=10, n_rows=10, time_total_s=1.5)
+        rows = [{"question_id": "q0", "coeff": c, "repeat": r, "log_ratio": slope * c + 0.1 * r,
+                 "pmass": 0.9, "valid": True, "forced": False, "completion": f"Final choice: {'Yes' if c > 0 else 'No'}"}
+                for c in COEFFS for r in range(2)]
+        pd.DataFrame(rows).to_csv(job / "dose_response.csv", index=False)
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "status.json").write_text(json.dumps({"status": status, "error": error}))
+    return job
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """multirun/<date>/<time> with 2 methods x 2 modules, one failed job and one job still missing."""
+    sweep = tmp_path / "multirun" / "2026-11-24" / "10-31-02"
+    sweep.mkdir(parents=True)
+    for num, job in enumerate(JOBS):
+        write_job(sweep, num, *job)
+    missing = sweep / "5_method=mean_diff,module=k_proj" / ".hydra"
+    missing.mkdir(parents=True)
+    (missing / "overrides.yaml").write_text("- method=mean_diff\n- module=k_proj\n")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    return sweep
+
+
+def tables(md: str) -> dict[str, list[list[str]]]:
+    """``## heading -> table rows`` (cells stripped; header first, separator dropped)."""
+    out: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in md.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("|") and not line.startswith("|:") and not line.startswith("|-"):
+            out.setdefault(heading, []).append([c.strip() for c in line.strip("|").split("|")])
+    return out
+
+
+def test_ranking_md_tables(sweep: Path, tmp_path: Path) -> None:
+    df = report.build_report(sweep, reports_root=tmp_path / "reports")
+    md = (sweep / "ranking.md").read_text()
+    t = tables(md)
+    assert set(t) == {"module=k_proj", "module=v_proj"}
+    assert t["module=v_proj"][0] == [*JOURNAL_HEADER, "status"]
+    assert [r[0] for r in t["module=v_proj"][1:]] == ["random", "pca_diff", "mean_diff"]
+    assert t["module=v_proj"][1][1:3] == ["3.00", "0.90"] and t["module=v_proj"][1][6] == "2.70"
+    assert t["module=v_proj"][3][-1] == "failed" and t["module=v_proj"][3][6] == "nan"
+    assert [r[0] for r in t["module=k_proj"][1:]] == ["pca_diff", "random", "mean_diff"]
+    assert t["module=k_proj"][3][-1] == "missing"
+    assert "ok 4, failed 1, missing 1" in md and "non-finite gradients" in md
+    assert df["status"].tolist().count("ok") == 4 and df.attrs["swept_keys"] == ["method", "module"]
+
+
+def test_ranking_plain_journal_header_and_single_table(tmp_path: Path) -> None:
+    sweep = tmp_path / "multirun" / "d" / "t"
+    sweep.mkdir(parents=True)
+    for num, (m, s, r2) in enumerate([("pca_diff", 1.0, 0.5), ("random", 0.2, 0.1), ("svd_steer", 4.0, 0.5)]):
+        write_job(sweep, num, m, "k_proj", s, r2, "ok")
+    report.build_report(sweep, reports_root=None)
+    md = (sweep / "ranking.md").read_text()
+    t = tables(md)
+    assert list(t) == [""] and t[""][0] == JOURNAL_HEADER
+    assert [r[0] for r in t[""][1:]] == ["svd_steer", "pca_diff", "random"]
+    assert "| method" in md and "## " not in md
+
+
+def test_ranking_csv_png_and_copy(sweep: Path, tmp_path: Path) -> None:
+    report.build_report(sweep, reports_root=tmp_path / "reports")
+    csv = pd.read_csv(sweep / "ranking.csv")
+    for col in ["job", "status", "error", *JOURNAL_HEADER, "module", "signed_score", "time_total_s",
+                "cache_key", "extraction_cached", "seed"]:
+        assert col in csv.columns, col
+    assert len(csv) == 6 and csv["score"].iloc[0] == pytest.approx(2.7)
+    assert math.isnan(csv.loc[csv["status"] == "failed", "score"].iloc[0])
+    png = sweep / "dose_response.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    dest = tmp_path / "reports" / "2026-11-24_10-31-02"
+    for name in report.OUTPUTS:
+        assert (dest / name).read_bytes() == (sweep / name).read_bytes()
+
+
+def test_cli_reproduces_byte_for_byte(sweep: Path, tmp_path: Path) -> None:
+    report.build_report(sweep, reports_root=tmp_path / "reports")
+    first = (sweep / "ranking.md").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "steerexp.report", str(sweep), "--reports-root",
+                           str(tmp_path / "r2"), "--name", "mine"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep / "ranking.md").read_bytes() == first
+    assert (tmp_path / "r2" / "mine" / "ranking.md").read_bytes() == first
+    assert "## module=k_proj" in proc.stdout
+
+
+def test_cli_bad_dir_one_line_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "steerexp.report", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a sweep dir" in lines[0] and str(tmp_path) in lines[0]
+    with pytest.raises(SteerexpError, match="not a sweep dir"):
+        report.build_report(tmp_path / "nope", reports_root=None)
+
+
+def test_odd_job_dirs_do_not_break(tmp_path: Path) -> None:
+    sweep = tmp_path / "s" / "t"
+    write_job(sweep, 0, "pca_diff", "hs", 1.0, 1.0, "ok")
+    bad = sweep / "1_method=random,module=hs"
+    (bad / ".hydra").mkdir(parents=True)
+    (bad / ".hydra" / "overrides.yaml").write_text("- method=random\n- +module=hs\n")
+    (bad / "metrics.json").write_text("{not json")
+    (bad / "dose_response.csv").write_text("garbage\n")
+    df = report.build_report(sweep, reports_root=None)
+    assert df.set_index("job").loc[bad.name, "status"] == "failed"
+    assert "unreadable metrics.json" in (sweep / "ranking.md").read_text()
+
+
+def test_callback_writes_report_and_counts_failures(sweep: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cb = callbacks.RankingCallback(reports_root=str(tmp_path / "cb_reports"))
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    cb.on_multirun_start(cfg)
+    cb.on_multirun_end(cfg)
+    assert callbacks.LAST_SWEEP_FAILED == 2 and callbacks.LAST_SWEEP_ERROR is None
+    assert (tmp_path / "cb_reports" / "2026-11-24_10-31-02" / "ranking.md").is_file()
+    assert "## module=v_proj" in capsys.readouterr().out
+    cb.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}}))
+    assert callbacks.LAST_SWEEP_ERROR and "not a sweep dir" in callbacks.LAST_SWEEP_ERROR
+    assert callbacks.LAST_SWEEP_FAILED == 0
+
+
+def test_callback_never_raises(tmp_path: Path) -> None:
+    cb = callbacks.RankingCallback()
+    cb.on_multirun_end(OmegaConf.create({"nothing": 1}))
+    assert callbacks.LAST_SWEEP_ERROR
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "local_gpu", "slurm_gpu", "joblib", "submitit_slurm"])
+def test_launcher_presets_compose(launcher: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(None, overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert target.startswith("hydra_plugins.hydra_")
+    if launcher == "slurm_gpu":
+        assert target.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
+    if launcher == "local_parallel":
+        assert target.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs >= 1
+
+
+def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steerexp import tracking
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = sweep / "0_method=pca_diff,module=k_proj"
+    cfg = OmegaConf.create({"model": {"name": "organism", "path": "x"},
+                            "module": {"name": "k_proj", "template": "m.{N}.k"},
+                            "method": {"name": "pca_diff", "kind": "pca"}, "loss": {"name": "nll"}, "seed": 0,
+                            "coeff_units": "norm", "logger": {"name": "wandb", "project": "steerexp-test",
+                                                              "entity": None, "mode": "offline"}})
+    logger = tracking.make_logger(cfg.logger)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dose = pd.read_csv(run_dir / "dose_response.csv")
+    report.build_report(sweep, reports_root=None)
+    logger.start(cfg, run_dir)
+    logger.log(metrics, dose, sweep / "dose_response.png")
+    logger.finish("ok")
+    run = tracking.read_offline_run(run_dir)
+    summary, config = run["summary"], run["config"]
+    assert run["finished"]
+    assert summary["score"] == pytest.approx(1.0) and summary["slope"] == pytest.approx(2.0)
+    assert summary["status"] == "ok" and summary["effect_size"] is None and summary["method"] == "pca_diff"
+    assert config["method"] == "pca_diff" and config["module"] == "k_proj" and config["model"] == "organism"
+    assert "curve/coeff" not in summary and "dose_response.nrows" in summary
+    assert config["seed"] == 0 and config["cfg"]["module"]["template"] == "m.{N}.k"
+    assert run["group"] == "2026-11-24_10-31-02" and run["name"] == "pca_diff|k_proj|nll|organism"
+    info = json.loads((run_dir / "wandb_run.json").read_text())
+    assert info["id"] == run["id"] and info["mode"] == "offline"
+
+
+def test_none_logger_and_unknown_logger() -> None:
+    from steerexp import tracking
+
+    logger = tracking.make_logger(OmegaConf.create({"name": "none"}))
+    logger.start(OmegaConf.create({}), Path("."))
+    logger.log({}, pd.DataFrame(), None)
+    logger.finish("ok")
+    with pytest.raises(SteerexpError, match="unknown logger 'wandbb'.*did you mean 'wandb'"):
+        tracking.make_logger(OmegaConf.create({"name": "wandbb"}))
