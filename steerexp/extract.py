@@ -97,6 +97,11 @@ def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def model_inputs(ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Forward kwargs for a left-padded batch: positions count real tokens only (as in ``generate``)."""
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+
+
 def last_token_index(mask: Tensor) -> Tensor:
     """Index of the last non-padding token of each row (any padding side)."""
     width = mask.shape[1]
@@ -141,7 +146,7 @@ def _run_batch(
     ids, mask, tmask = (t.to(loaded.device) for t in (ids, mask, tmask))
     paths = forward_order([*modules, loss_path])
     saved: list[Any] = []
-    with loaded.lm.trace({"input_ids": ids, "attention_mask": mask}):
+    with loaded.lm.trace(model_inputs(ids, mask)):
         for p in paths:
             saved.append(loaded.envoy(p).output.save())
         logits = loaded.lm.output.logits.save()
@@ -161,14 +166,14 @@ def _run_batch(
         "loss_grad_norms": gmap[loss_path].float().pow(2).sum(dim=(1, 2)).cpu(),
     }
     for m in modules:
-        a = outs[m][rows, last].detach().float().cpu()
         gm = gmap[m].detach().float()
-        g = (gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]
-        g = g.cpu()
-        for what, t in (("activations", a), ("gradients", g)):
-            if not torch.isfinite(t).all():
-                raise SteerexpError(f"non-finite {what} at module {m!r} in extraction batch {batch_no}")
-        result[f"acts/{m}"], result[f"grads/{m}"] = a, g
+        result[f"acts/{m}"] = outs[m][rows, last].detach().float().cpu()
+        result[f"grads/{m}"] = ((gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]).cpu()
+    for what in ("acts", "grads"):
+        for m in modules:
+            if not torch.isfinite(result[f"{what}/{m}"]).all():
+                name = "activations" if what == "acts" else "gradients"
+                raise SteerexpError(f"non-finite {name} at module {m!r} in extraction batch {batch_no}")
     return result
 
 

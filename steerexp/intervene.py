@@ -18,7 +18,7 @@ from scipy.optimize import brentq
 from torch import Tensor
 
 from steerexp.errors import choice_error
-from steerexp.extract import Extraction, last_token_index, left_pad
+from steerexp.extract import Extraction, left_pad, model_inputs
 from steerexp.models import LoadedModel, forward_order
 
 COEFF_UNITS = ("norm", "raw", "kl")
@@ -60,7 +60,7 @@ def steer(loaded: LoadedModel, steering: Steering, coeffs: Tensor) -> None:
 def steered_logits(loaded: LoadedModel, ids: Tensor, mask: Tensor, steering: Steering | None, coeffs: Tensor | None) -> Tensor:
     """Logits of one forward pass, steered per row (or not at all)."""
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
-    with torch.no_grad(), loaded.lm.trace({"input_ids": ids, "attention_mask": mask}):
+    with torch.no_grad(), loaded.lm.trace(model_inputs(ids, mask)):
         if steering is not None and coeffs is not None:
             steer(loaded, steering, coeffs)
         logits = loaded.lm.output.logits.save()
@@ -107,13 +107,3 @@ def calibrate_kl(loaded: LoadedModel, prompts: Sequence[list[int]], steering: St
     c_star = float(np.exp(log_c))
     return {"c_star": c_star, "kl_p95_at_c_star": kl_quantile(loaded, ids, mask, base, steering, c_star)}
 
-
-def last_logits(logits: Tensor, mask: Tensor) -> Tensor:
-    """Logits at each row's last real token."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, last_token_index(mask.to(logits.device))]
-
-
-def unit_steering(fits: Mapping[str, Any], scales: Mapping[str, float]) -> Steering:
-    """Steering from fitted unit directions (``DirectionFit.vector``) and scales."""
-    return Steering({m: f.vector.float() for m, f in fits.items()}, dict(scales))
