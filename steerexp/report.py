@@ -132,8 +132,9 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     overrides = [read_overrides(j) for j in jobs]
     keys = swept_keys(overrides)
     rows = []
-    for job, ov in zip(jobs, overrides, strict=True):
+    for index, (job, ov) in enumerate(zip(jobs, overrides, strict=True)):
         row = load_job(job)
+        row["_index"] = index
         for k in keys:
             if row.get(k) is None:
                 row[k] = ov.get(k, "default")
@@ -141,8 +142,9 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
         rows.append(row)
     df = pd.DataFrame(rows)
     known = list(dict.fromkeys(["job", "status", *keys, *METRIC_COLS]))
-    extra = sorted(c for c in df.columns if c not in known and c not in ("error", "_group"))
-    df = df.reindex(columns=[*known, *extra, "error", "_group"])
+    private = ("error", "_group", "_index")
+    extra = sorted(c for c in df.columns if c not in known and c not in private)
+    df = df.reindex(columns=[*known, *extra, *private])
     for c in [*STAT_COLS, *EXTRA_STAT_COLS, *TIME_COLS]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in ("n_valid", "n_rows", "seed"):
@@ -151,6 +153,11 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
             df[c] = num.astype("Int64")
     df["method"] = df["method"].where(df["method"].notna(), df["job"])
     return _sort(df), keys
+
+
+def _groups(df: pd.DataFrame) -> list[str]:
+    """Table groups in sweep order (the order of their first job), e.g. ``module=k_proj`` then ``v_proj``."""
+    return list(df.sort_values("_index", kind="mergesort")["_group"].drop_duplicates())
 
 
 def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
@@ -166,12 +173,12 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
         f"jobs: {len(df)} (ok {n_ok}, failed {n_failed}, missing {n_missing}); "
         f"swept: {', '.join(keys) or 'nothing'}; sorted by score = |slope| * r2 * valid_frac^2, descending",
     ]
-    for group in sorted(df["_group"].unique()):
+    for group in _groups(df):
         part = df[df["_group"] == group]
         lines += [""] + ([f"## {group}", ""] if group else [])
         with_status = bool((part["status"] != "ok").any())
         lines.append(journal_table(part, label_col="method", extra_cols=("status",) if with_status else ()))
-    bad = df[df["status"] != "ok"].sort_values("job", kind="mergesort")
+    bad = df[df["status"] != "ok"].sort_values("_index", kind="mergesort")
     if len(bad):
         lines += ["", "## Not ok", ""]
         for _, r in bad.iterrows():
@@ -198,7 +205,7 @@ def _curve(job_dir: Path) -> pd.DataFrame | None:
 
 def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
     """All jobs' mean log-ratio vs coefficient (error bar = s.e.m.), one panel per table, one line per job."""
-    groups = sorted(df["_group"].unique())
+    groups = _groups(df)
     ncol = min(3, len(groups))
     nrow = math.ceil(len(groups) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 4.2 * nrow), squeeze=False)
@@ -251,7 +258,7 @@ def build_report(
     """
     sweep_dir = Path(sweep_dir)
     df, keys = collect(sweep_dir)
-    public = df.drop(columns=["_group"])
+    public = df.drop(columns=["_group", "_index"])
     public.to_csv(sweep_dir / "ranking.csv", index=False)
     (sweep_dir / "ranking.md").write_text(render_markdown(df, keys, sweep_dir))
     plot_dose_response(df, sweep_dir, sweep_dir / "dose_response.png")

@@ -82,7 +82,7 @@ def test_ranking_md_tables(sweep: Path, tmp_path: Path) -> None:
     df = report.build_report(sweep, reports_root=tmp_path / "reports")
     md = (sweep / "ranking.md").read_text()
     t = tables(md)
-    assert set(t) == {"module=k_proj", "module=v_proj"}
+    assert list(t) == ["module=k_proj", "module=v_proj"]
     assert t["module=v_proj"][0] == [*JOURNAL_HEADER, "status"]
     assert [r[0] for r in t["module=v_proj"][1:]] == ["random", "pca_diff", "mean_diff"]
     assert t["module=v_proj"][1][1:3] == ["3.00", "0.90"] and t["module=v_proj"][1][6] == "2.70"
