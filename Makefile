@@ -5,6 +5,11 @@ ARGS    ?=
 
 .PHONY: help install run test test-slow test-all bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report clean
 
+MODEL   ?= organism
+SWEEP   ?=
+LATEST_SWEEP = $(lastword $(sort $(wildcard multirun/*/*)))
+JOURNAL_METHODS := mean_diff,pca_diff,svd_steer,fisher_steer_reg1,fisher_steer_reg2,fisher_steer_reg3,fisher_steer_cov_reg1,fisher_steer_cov_reg2,fisher_steer_cov_reg3,fisher_steer_dual,fisher_steer_dual_pos,fisher_steer_dual_neg,fisher_steer_dual_diff,fisher_steer_dual_cov,random
+
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -34,6 +39,22 @@ bench: $(STAMP)  ## print speed and memory ratios measured in one run
 
 lint: $(STAMP)  ## ruff check
 	$(PY) -m ruff check steerexp tests bench
+
+sweep-smoke: $(STAMP)  ## tiny sweep on the organism (CPU, minutes): 2 methods x 2 modules -> ranking.md
+	$(PY) -m steerexp -m model=$(MODEL) method=pca_diff,random module=hs,o_proj $(ARGS)
+
+sweep-modules: $(STAMP)  ## the journal's methods x every module template (MODEL=qwen3_4b_instruct on a GPU)
+	$(PY) -m steerexp -m model=$(MODEL) method=$(JOURNAL_METHODS) module=hs,mlp,down_proj,gate_proj,up_proj,q_proj,k_proj,v_proj,o_proj $(ARGS)
+
+sweep-losses: $(STAMP)  ## the three losses x the journal's methods
+	$(PY) -m steerexp -m model=$(MODEL) loss=nll,hs_diff,reprpo_margin method=$(JOURNAL_METHODS) $(ARGS)
+
+report: $(STAMP)  ## rebuild ranking.md/csv/png of SWEEP=<dir> (default: the newest multirun/<date>/<time>)
+	$(PY) -m steerexp.report $(or $(SWEEP),$(LATEST_SWEEP)) $(ARGS)
+
+wandb-sync: $(STAMP)  ## upload offline W&B runs (under multirun/ and outputs/, or SWEEP=<dir>)
+	@runs=$$(find $(or $(SWEEP),multirun outputs) -type d -name 'offline-run-*' 2>/dev/null | sort); \
+	if [ -z "$$runs" ]; then echo "no offline W&B runs found"; else $(PY) -m wandb sync $$runs; fi
 
 clean:  ## remove outputs, multirun dirs and caches made in this checkout
 	rm -rf outputs multirun .pytest_cache

@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from steerexp import CONF_DIR
+from steerexp.errors import SteerexpError, choice_error, error_text
 
 log = logging.getLogger("steerexp")
 
@@ -31,20 +32,53 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg, out_dir).get("score")
     except Exception as e:
-        FAILED.append(f"{out_dir}: {type(e).__name__}: {' '.join(str(e).split())}")
+        FAILED.append(f"{out_dir}: {error_text(e)}")
         log.error("job failed: %s", FAILED[-1])
         return None
+
+
+def check_group_overrides(args: list[str]) -> None:
+    """Unknown ``group=option`` values (sweep lists included) fail here, in one line, with
+    did-you-mean and the valid choices, before Hydra composes anything."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
+    candidates = [a for a in args if "=" in a and not a.startswith("-")]
+    for o in OverridesParser.create().parse_overrides(candidates):
+        if o.key_or_group not in groups or o.is_delete():
+            continue
+        value = o.value()
+        values = (
+            value.list
+            if isinstance(value, ChoiceSweep)
+            else [value]
+            if isinstance(value, str)
+            else []
+        )
+        options = sorted(p.stem for p in (CONF_DIR / o.key_or_group).glob("*.yaml"))
+        for v in values:
+            if str(v) not in options:
+                raise choice_error(f"{o.key_or_group} option", v, options)
 
 
 def cli() -> None:
     """Entry point of ``python -m steerexp``: exit 1 when the run, or any job of a sweep, failed."""
     from steerexp import callbacks
 
+    try:
+        check_group_overrides(sys.argv[1:])
+    except SteerexpError as e:
+        print(f"steerexp: error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()
     if FAILED and "-m" not in sys.argv and "--multirun" not in sys.argv:
         print(f"steerexp: error: {FAILED[-1].split(': ', 1)[1]}", file=sys.stderr)
         sys.exit(1)
     failed = max(len(FAILED), callbacks.LAST_SWEEP_FAILED)
     if failed:
-        print(f"steerexp: {failed} job(s) of the sweep failed; their rows in ranking.md say why", file=sys.stderr)
+        print(
+            f"steerexp: {failed} job(s) of the sweep failed; their rows in ranking.md say why",
+            file=sys.stderr,
+        )
         sys.exit(1)

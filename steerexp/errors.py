@@ -13,9 +13,17 @@ class SteerexpError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
-def choice_error(what: str, value: object, choices: Iterable[str], n_close: int = 3) -> SteerexpError:
+def choice_error(
+    what: str, value: object, choices: Iterable[str], n_close: int = 3
+) -> SteerexpError:
     """``unknown method 'pca_dif'; did you mean 'pca_diff'? valid: a, b, c``."""
     choices = sorted(str(c) for c in choices)
     close = difflib.get_close_matches(str(value), choices, n=n_close, cutoff=0.5)
     hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return SteerexpError(f"unknown {what} {value!r};{hint} valid: {', '.join(choices)}")
+
+
+def error_text(e: BaseException) -> str:
+    """One line for logs and status files: bad input as is, anything else with its type."""
+    text = " ".join(str(e).split())
+    return text if isinstance(e, SteerexpError) else f"{type(e).__name__}: {text}"

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from steerexp import artifacts, cache_dir
 from steerexp.data import Pair, Question, answer_regex, check_coeffs, load_pairs, load_questions
-from steerexp.errors import SteerexpError, choice_error
+from steerexp.errors import SteerexpError, choice_error, error_text
 from steerexp.extract import GRAD_TOKENS, extract
 from steerexp.generate import generate_rows, grid, make_rescore, prompt_ids
 from steerexp.intervene import COEFF_UNITS, Steering, base_scales, calibrate_kl
@@ -40,7 +40,9 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The option names a ranking row is labelled with."""
-    ident: dict[str, Any] = {k: str(OmegaConf.select(cfg, f"{k}.name", default="?")) for k in IDENTITY}
+    ident: dict[str, Any] = {
+        k: str(OmegaConf.select(cfg, f"{k}.name", default="?")) for k in IDENTITY
+    }
     ident.update(coeff_units=str(cfg.coeff_units), seed=int(cfg.seed))
     return ident
 
@@ -61,18 +63,35 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     coeffs = check_coeffs(list(cfg.eval.coeffs))
     if int(cfg.eval.repeats) < 1:
         raise SteerexpError(f"eval.repeats={cfg.eval.repeats} must be >= 1")
-    return load_pairs(_plain(cfg.dataset), seed=int(cfg.seed)), load_questions(_plain(cfg.eval)), coeffs
+    return (
+        load_pairs(_plain(cfg.dataset), seed=int(cfg.seed)),
+        load_questions(_plain(cfg.eval)),
+        coeffs,
+    )
 
 
 def _dose_frame(rows: list[Any], judgements: list[Any]) -> pd.DataFrame:
-    return pd.DataFrame([
-        {"question_id": r.question_id, "coeff": r.coeff, "repeat": r.repeat, "log_ratio": j.log_ratio,
-         "pmass": j.pmass, "valid": bool(j.valid), "forced": bool(j.forced), "completion": r.completion}
-        for r, j in zip(rows, judgements, strict=True)
-    ], columns=artifacts.DOSE_COLUMNS)
+    return pd.DataFrame(
+        [
+            {
+                "question_id": r.question_id,
+                "coeff": r.coeff,
+                "repeat": r.repeat,
+                "log_ratio": j.log_ratio,
+                "pmass": j.pmass,
+                "valid": bool(j.valid),
+                "forced": bool(j.forced),
+                "completion": r.completion,
+            }
+            for r, j in zip(rows, judgements, strict=True)
+        ],
+        columns=artifacts.DOSE_COLUMNS,
+    )
 
 
-def _kl_scales(loaded: Any, cfg: DictConfig, questions: list[Question], steering: Steering) -> dict[str, float]:
+def _kl_scales(
+    loaded: Any, cfg: DictConfig, questions: list[Question], steering: Steering
+) -> dict[str, float]:
     prompts = [prompt_ids(loaded, cfg.eval, q) for q in questions[:8]]
     return calibrate_kl(loaded, prompts, steering)
 
@@ -87,16 +106,37 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     loaded = load_model(_plain(cfg.model))
     metrics.update(time_load_s=t() - t0, model_reused=loaded.reused, checkpoint=loaded.path)
     modules = resolve_modules(loaded, cfg.module)
-    spec = make_answer_spec(loaded.tokenizer, str(cfg.eval.answer_regex), list(cfg.eval.answers), str(cfg.eval.answer_prefix))
+    spec = make_answer_spec(
+        loaded.tokenizer,
+        str(cfg.eval.answer_regex),
+        list(cfg.eval.answers),
+        str(cfg.eval.answer_prefix),
+    )
 
     t0 = t()
     root = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "extractions"
-    ex = extract(loaded, _plain(cfg.model), modules, _plain(cfg.loss), pairs, int(cfg.extract.batch_size),
-                 root, progress=progress, grad_tokens=str(cfg.extract.grad_tokens))
-    metrics.update(time_extract_s=t() - t0, extraction_cached=ex.cached, cache_key=ex.key, n_pairs=len(pairs))
+    ex = extract(
+        loaded,
+        _plain(cfg.model),
+        modules,
+        _plain(cfg.loss),
+        pairs,
+        int(cfg.extract.batch_size),
+        root,
+        progress=progress,
+        grad_tokens=str(cfg.extract.grad_tokens),
+    )
+    metrics.update(
+        time_extract_s=t() - t0, extraction_cached=ex.cached, cache_key=ex.key, n_pairs=len(pairs)
+    )
 
     t0 = t()
-    fits = {m: fit_from_config(cfg.method, ex.acts[m], ex.grads[m], ex.loss_grad_norms, seed=int(cfg.seed)) for m in modules}
+    fits = {
+        m: fit_from_config(
+            cfg.method, ex.acts[m], ex.grads[m], ex.loss_grad_norms, seed=int(cfg.seed)
+        )
+        for m in modules
+    }
     scales = base_scales(str(cfg.coeff_units), ex, modules)
     steering = Steering({m: f.vector for m, f in fits.items()}, scales)
     if cfg.coeff_units == "kl":
@@ -108,14 +148,30 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     metrics["reg_fallback"] = bool(fallback)
     if fallback:
         metrics["reg_used"] = max(float(i.get("reg_used", 0.0)) for i in fallback)
-    artifacts.write_directions(run_dir / "directions.safetensors", steering.vectors, {
-        "method": metrics["method"], "loss": metrics["loss"], "coeff_units": metrics["coeff_units"],
-        "raw_norms": {m: f.raw_norm for m, f in fits.items()}, "scales": steering.scales,
-        "fit_info": {m: f.info for m, f in fits.items()}, "cache_key": ex.key,
-    })
+    artifacts.write_directions(
+        run_dir / "directions.safetensors",
+        steering.vectors,
+        {
+            "method": metrics["method"],
+            "loss": metrics["loss"],
+            "coeff_units": metrics["coeff_units"],
+            "raw_norms": {m: f.raw_norm for m, f in fits.items()},
+            "scales": steering.scales,
+            "fit_info": {m: f.info for m, f in fits.items()},
+            "cache_key": ex.key,
+        },
+    )
 
     t0 = t()
-    rows = generate_rows(loaded, cfg.eval, grid(questions, coeffs, int(cfg.eval.repeats)), steering, spec, int(cfg.seed), progress)
+    rows = generate_rows(
+        loaded,
+        cfg.eval,
+        grid(questions, coeffs, int(cfg.eval.repeats)),
+        steering,
+        spec,
+        int(cfg.seed),
+        progress,
+    )
     metrics["time_generate_s"] = t() - t0
 
     t0 = t()
@@ -133,7 +189,9 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     metrics["_dose"] = dose
 
 
-def run(cfg: DictConfig, run_dir: Path | str | None = None, progress: bool = True) -> dict[str, Any]:
+def run(
+    cfg: DictConfig, run_dir: Path | str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` (Hydra's job dir by default); returns its metrics.
 
     A run dir whose ``status.json`` already says ``ok`` is skipped (resumed sweeps). On
@@ -159,7 +217,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, progress: bool = Tru
         execute(cfg, run_dir, metrics, progress)
         metrics["status"] = "ok"
     except BaseException as e:
-        metrics.update(status="failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}")
+        metrics.update(status="failed", error=error_text(e))
         raise
     finally:
         dose = metrics.pop("_dose", None)
@@ -171,4 +229,3 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, progress: bool = Tru
         logger.finish(str(metrics["status"]))
         artifacts.write_status(run_dir, str(metrics["status"]), metrics["error"])
     return metrics
-
