@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 #: The Hydra config tree. It lives beside the package in a source checkout (editable
 #: install, the supported way); ``STEEREXP_CONF_DIR`` points elsewhere if needed.
-CONF_DIR = Path(os.environ.get("STEEREXP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+CONF_DIR = Path(
+    os.environ.get("STEEREXP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf")
+)
 
 #: Package data (suffix lists, prompt sets) shipped inside the package.
 DATA_DIR = Path(__file__).resolve().parent / "data"

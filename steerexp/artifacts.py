@@ -24,8 +24,29 @@ from safetensors.torch import save_file
 
 from steerexp.regress import transform_x
 
-DOSE_COLUMNS = ["question_id", "coeff", "repeat", "log_ratio", "pmass", "valid", "forced", "completion"]
-PACKAGES = ("steerexp", "torch", "transformers", "nnsight", "hydra-core", "omegaconf", "statsmodels", "pandas", "bitsandbytes", "wandb", "safetensors")
+DOSE_COLUMNS = [
+    "question_id",
+    "coeff",
+    "repeat",
+    "log_ratio",
+    "pmass",
+    "valid",
+    "forced",
+    "completion",
+]
+PACKAGES = (
+    "steerexp",
+    "torch",
+    "transformers",
+    "nnsight",
+    "hydra-core",
+    "omegaconf",
+    "statsmodels",
+    "pandas",
+    "bitsandbytes",
+    "wandb",
+    "safetensors",
+)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -56,7 +77,9 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    return atomic_write(path, lambda p: p.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"))
+    return atomic_write(
+        path, lambda p: p.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+    )
 
 
 def write_status(run_dir: Path, status: str, error: str | None = None) -> Path:
@@ -71,7 +94,9 @@ def read_status(run_dir: Path) -> str | None:
         return None
 
 
-def write_directions(path: Path, vectors: Mapping[str, torch.Tensor], metadata_: Mapping[str, Any]) -> Path:
+def write_directions(
+    path: Path, vectors: Mapping[str, torch.Tensor], metadata_: Mapping[str, Any]
+) -> Path:
     """``directions.safetensors``: key = module name, value = unit direction; string metadata."""
     meta = {k: v if isinstance(v, str) else json.dumps(jsonable(v)) for k, v in metadata_.items()}
     tensors = {m: v.detach().float().contiguous().cpu() for m, v in vectors.items()}
@@ -117,9 +142,16 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {

@@ -40,7 +40,9 @@ class Question:
 def _suffix_lines(name: str) -> list[str]:
     path = DATA_DIR / name
     if not path.is_file():
-        raise choice_error("dataset.suffixes file", name, sorted(p.name for p in DATA_DIR.glob("*.txt")))
+        raise choice_error(
+            "dataset.suffixes file", name, sorted(p.name for p in DATA_DIR.glob("*.txt"))
+        )
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -70,7 +72,9 @@ def load_pairs(cfg: Mapping[str, Any], seed: int = 0) -> list[Pair]:
         if len(pairs) > int(max_pairs):
             pairs = random.Random(seed).sample(pairs, int(max_pairs))
     if not pairs:
-        raise SteerexpError(f"dataset {cfg.get('name')!r} yields no contrast pairs (empty suffix file?)")
+        raise SteerexpError(
+            f"dataset {cfg.get('name')!r} yields no contrast pairs (empty suffix file?)"
+        )
     return pairs
 
 

@@ -69,7 +69,9 @@ def loss_layer_path(n_layers: int, layer: int) -> str:
     return f"model.layers.{idx}"
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], chat_kwargs: Mapping[str, Any]) -> tuple[list[int], int]:
+def encode(
+    tokenizer: Any, messages: list[dict[str, str]], chat_kwargs: Mapping[str, Any]
+) -> tuple[list[int], int]:
     """Token ids of the open assistant turn and how many of them are the suffix."""
     full = tokenizer.apply_chat_template(
         messages, tokenize=False, continue_final_message=True, **chat_kwargs
@@ -79,7 +81,7 @@ def encode(tokenizer: Any, messages: list[dict[str, str]], chat_kwargs: Mapping[
     )
     if full.startswith(prefix):
         head = tokenizer(prefix, add_special_tokens=False).input_ids
-        tail = tokenizer(full[len(prefix):], add_special_tokens=False).input_ids
+        tail = tokenizer(full[len(prefix) :], add_special_tokens=False).input_ids
         return head + tail, len(tail)
     ids = tokenizer(full, add_special_tokens=False).input_ids
     n = len(tokenizer(messages[-1]["content"], add_special_tokens=False).input_ids)
@@ -92,14 +94,18 @@ def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids, mask
 
 
 def model_inputs(ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """Forward kwargs for a left-padded batch: positions count real tokens only (as in ``generate``)."""
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp_min(0),
+    }
 
 
 def last_token_index(mask: Tensor) -> Tensor:
@@ -113,13 +119,19 @@ def _first(out: Any) -> Tensor:
 
 
 def cache_payload(
-    loaded: LoadedModel, model_cfg: Mapping[str, Any], modules: list[str],
-    loss_cfg: Mapping[str, Any], pairs: Sequence[Pair], batch_size: int,
+    loaded: LoadedModel,
+    model_cfg: Mapping[str, Any],
+    modules: list[str],
+    loss_cfg: Mapping[str, Any],
+    pairs: Sequence[Pair],
+    batch_size: int,
 ) -> dict[str, Any]:
     """Everything an extraction depends on; its hash is the cache key."""
     return {
         "version": EXTRACT_VERSION,
-        "model": {k: model_cfg.get(k) for k in ("path", "builder", "revision", "dtype", "quantization")},
+        "model": {
+            k: model_cfg.get(k) for k in ("path", "builder", "revision", "dtype", "quantization")
+        },
         "checkpoint": loaded.path,
         "chat_kwargs": loaded.chat_kwargs,
         "modules": modules,
@@ -131,8 +143,14 @@ def cache_payload(
 
 
 def _run_batch(
-    loaded: LoadedModel, modules: list[str], loss_path: str, loss_cfg: Mapping[str, Any],
-    seqs: list[tuple[list[int], int]], n_pairs_total: int, batch_no: int, grad_tokens: str,
+    loaded: LoadedModel,
+    modules: list[str],
+    loss_path: str,
+    loss_cfg: Mapping[str, Any],
+    seqs: list[tuple[list[int], int]],
+    n_pairs_total: int,
+    batch_no: int,
+    grad_tokens: str,
 ) -> dict[str, Tensor]:
     tok = loaded.tokenizer
     ids, mask = left_pad([s for s, _ in seqs], tok.pad_token_id)
@@ -140,9 +158,9 @@ def _run_batch(
     tmask = torch.zeros_like(mask)
     for i, (s, n_suffix) in enumerate(seqs):
         if loss_cfg.get("tokens", "suffix") == "suffix":
-            tmask[i, width - n_suffix:] = 1
+            tmask[i, width - n_suffix :] = 1
         else:
-            tmask[i, width - len(s) + 1:] = 1
+            tmask[i, width - len(s) + 1 :] = 1
     ids, mask, tmask = (t.to(loaded.device) for t in (ids, mask, tmask))
     paths = forward_order([*modules, loss_path])
     saved: list[Any] = []
@@ -151,7 +169,9 @@ def _run_batch(
             saved.append(loaded.envoy(p).output.save())
         logits = loaded.lm.output.logits.save()
     outs = {p: _first(o) for p, o in zip(paths, saved, strict=True)}
-    logp_tok = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    logp_tok = (
+        torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    )
     tm = tmask[:, 1:].float()
     ell = (logp_tok * tm).sum(1) / tm.sum(1).clamp_min(1.0)
     rows = torch.arange(ids.shape[0], device=ids.device)
@@ -160,7 +180,10 @@ def _run_batch(
     x = LossInputs(h[0::2], h[1::2], ell[0::2], ell[1::2], n_pairs_total)
     loss = LOSSES.get(str(loss_cfg["name"]))(x, loss_cfg)
     grads = torch.autograd.grad(loss, [outs[p] for p in paths], allow_unused=True)
-    gmap = {p: (g if g is not None else torch.zeros_like(outs[p])) for p, g in zip(paths, grads, strict=True)}
+    gmap = {
+        p: (g if g is not None else torch.zeros_like(outs[p]))
+        for p, g in zip(paths, grads, strict=True)
+    }
     result = {
         "logp": ell.detach().float().cpu(),
         "loss_grad_norms": gmap[loss_path].float().pow(2).sum(dim=(1, 2)).cpu(),
@@ -168,25 +191,37 @@ def _run_batch(
     for m in modules:
         gm = gmap[m].detach().float()
         result[f"acts/{m}"] = outs[m][rows, last].detach().float().cpu()
-        result[f"grads/{m}"] = ((gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]).cpu()
+        result[f"grads/{m}"] = (
+            (gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]
+        ).cpu()
     for what in ("acts", "grads"):
         for m in modules:
             if not torch.isfinite(result[f"{what}/{m}"]).all():
                 name = "activations" if what == "acts" else "gradients"
-                raise SteerexpError(f"non-finite {name} at module {m!r} in extraction batch {batch_no}")
+                raise SteerexpError(
+                    f"non-finite {name} at module {m!r} in extraction batch {batch_no}"
+                )
     return result
 
 
 def extract(
-    loaded: LoadedModel, model_cfg: Mapping[str, Any], modules: list[str],
-    loss_cfg: Mapping[str, Any], pairs: Sequence[Pair], batch_size: int = 16,
-    cache_root: Path | None = None, progress: bool = True, grad_tokens: str = "all",
+    loaded: LoadedModel,
+    model_cfg: Mapping[str, Any],
+    modules: list[str],
+    loss_cfg: Mapping[str, Any],
+    pairs: Sequence[Pair],
+    batch_size: int = 16,
+    cache_root: Path | None = None,
+    progress: bool = True,
+    grad_tokens: str = "all",
 ) -> Extraction:
     """Extract (or reuse) activations and gradients; batches always hold whole pairs."""
     if not pairs:
         raise SteerexpError("the contrast set is empty: no pairs to extract")
     if str(loss_cfg.get("tokens", "suffix")) not in LOGP_TOKENS:
-        raise SteerexpError(f"loss.tokens={loss_cfg.get('tokens')!r}; valid: {', '.join(LOGP_TOKENS)}")
+        raise SteerexpError(
+            f"loss.tokens={loss_cfg.get('tokens')!r}; valid: {', '.join(LOGP_TOKENS)}"
+        )
     if grad_tokens not in GRAD_TOKENS:
         raise SteerexpError(f"extract.grad_tokens={grad_tokens!r}; valid: {', '.join(GRAD_TOKENS)}")
     LOSSES.get(str(loss_cfg["name"]))
@@ -197,7 +232,17 @@ def extract(
     key = cache.hash_key(payload)
     if key in _MEMO:
         hit = _MEMO[key]
-        return Extraction(hit.modules, hit.acts, hit.grads, hit.logp, hit.loss_grad_norms, key, True, 0.0, hit.meta)
+        return Extraction(
+            hit.modules,
+            hit.acts,
+            hit.grads,
+            hit.logp,
+            hit.loss_grad_norms,
+            key,
+            True,
+            0.0,
+            hit.meta,
+        )
     t0 = time.perf_counter()
     if cache_root is not None and (tensors := cache.load(cache_root, key)) is not None:
         ex = _from_tensors(modules, tensors, key, cached=True, meta=payload)
@@ -209,9 +254,25 @@ def extract(
         seqs.append(encode(loaded.tokenizer, p.messages(True), loaded.chat_kwargs))
         seqs.append(encode(loaded.tokenizer, p.messages(False), loaded.chat_kwargs))
     parts: list[dict[str, Tensor]] = []
-    bar = tqdm(range(0, len(seqs), batch_size), desc=f"extract {loss_cfg['name']}", disable=not progress, leave=False)
+    bar = tqdm(
+        range(0, len(seqs), batch_size),
+        desc=f"extract {loss_cfg['name']}",
+        disable=not progress,
+        leave=False,
+    )
     for b, start in enumerate(bar):
-        parts.append(_run_batch(loaded, modules, loss_path, loss_cfg, seqs[start:start + batch_size], len(pairs), b, grad_tokens))
+        parts.append(
+            _run_batch(
+                loaded,
+                modules,
+                loss_path,
+                loss_cfg,
+                seqs[start : start + batch_size],
+                len(pairs),
+                b,
+                grad_tokens,
+            )
+        )
     tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if cache_root is not None:
         cache.save(cache_root, key, tensors, payload)
@@ -221,7 +282,9 @@ def extract(
     return ex
 
 
-def _from_tensors(modules: list[str], t: Mapping[str, Tensor], key: str, cached: bool, meta: dict[str, Any]) -> Extraction:
+def _from_tensors(
+    modules: list[str], t: Mapping[str, Tensor], key: str, cached: bool, meta: dict[str, Any]
+) -> Extraction:
     return Extraction(
         modules=list(modules),
         acts={m: t[f"acts/{m}"] for m in modules},

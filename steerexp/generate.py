@@ -53,7 +53,10 @@ def answer_logps(logits: Tensor, spec: AnswerSpec) -> Tensor:
 def prompt_ids(loaded: LoadedModel, eval_cfg: Mapping[str, Any], q: Question) -> list[int]:
     """Chat-templated prompt with the generation prompt (thinking kwargs pass through)."""
     text = loaded.tokenizer.apply_chat_template(
-        question_messages(eval_cfg, q), tokenize=False, add_generation_prompt=True, **loaded.chat_kwargs
+        question_messages(eval_cfg, q),
+        tokenize=False,
+        add_generation_prompt=True,
+        **loaded.chat_kwargs,
     )
     return loaded.tokenizer(text, add_special_tokens=False).input_ids
 
@@ -64,7 +67,10 @@ def grid(questions: Sequence[Question], coeffs: Sequence[float], repeats: int) -
 
 def sampling_kwargs(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The eval config is the whole sampling recipe: checkpoint defaults (top_k/top_p) are off."""
-    kw: dict[str, Any] = {"max_new_tokens": int(eval_cfg["max_new_tokens"]), "do_sample": bool(eval_cfg.get("do_sample", True))}
+    kw: dict[str, Any] = {
+        "max_new_tokens": int(eval_cfg["max_new_tokens"]),
+        "do_sample": bool(eval_cfg.get("do_sample", True)),
+    }
     if kw["do_sample"]:
         kw.update(
             temperature=float(eval_cfg.get("temperature", 1.0)),
@@ -84,8 +90,12 @@ def _stop_ids(loaded: LoadedModel) -> set[int]:
 
 
 def generate_chunk(
-    loaded: LoadedModel, prompts: Sequence[list[int]], coeffs: Sequence[float], steering: Steering | None,
-    spec: AnswerSpec, kwargs: Mapping[str, Any],
+    loaded: LoadedModel,
+    prompts: Sequence[list[int]],
+    coeffs: Sequence[float],
+    steering: Steering | None,
+    spec: AnswerSpec,
+    kwargs: Mapping[str, Any],
 ) -> list[tuple[list[int], Tensor]]:
     """Generate one batch with per-row coefficients; returns (completion ids, answer logps) per row."""
     ids, mask = left_pad(prompts, loaded.tokenizer.pad_token_id)
@@ -105,7 +115,7 @@ def generate_chunk(
                 steer(loaded, steering, c)
             steps.append(answer_logps(loaded.lm.lm_head.output[:, -1], spec))
     assert last.ids is not None
-    new = last.ids[:, ids.shape[1]:].cpu()
+    new = last.ids[:, ids.shape[1] :].cpu()
     lps = torch.stack(steps, 1) if steps else torch.zeros(len(prompts), 0, len(spec.answers))
     stop = _stop_ids(loaded)
     out = []
@@ -117,32 +127,55 @@ def generate_chunk(
 
 
 def generate_rows(
-    loaded: LoadedModel, eval_cfg: Mapping[str, Any], rows: Sequence[RowSpec], steering: Steering | None,
-    spec: AnswerSpec, seed: int, progress: bool = True,
+    loaded: LoadedModel,
+    eval_cfg: Mapping[str, Any],
+    rows: Sequence[RowSpec],
+    steering: Steering | None,
+    spec: AnswerSpec,
+    seed: int,
+    progress: bool = True,
 ) -> list[GenRow]:
     """Every row through batched generation, chunked by ``eval.max_batch_size``; seeded."""
-    prompts = {q.id: prompt_ids(loaded, eval_cfg, q) for q in {r.question.id: r.question for r in rows}.values()}
+    prompts = {
+        q.id: prompt_ids(loaded, eval_cfg, q)
+        for q in {r.question.id: r.question for r in rows}.values()
+    }
     kwargs = sampling_kwargs(eval_cfg)
     size = max(1, int(eval_cfg.get("max_batch_size", 32)))
     out: list[GenRow] = []
     chunks = range(0, len(rows), size)
     for k, start in enumerate(tqdm(chunks, desc="generate", disable=not progress, leave=False)):
-        chunk = rows[start:start + size]
+        chunk = rows[start : start + size]
         torch.manual_seed(seed * 100_003 + k)
         results = generate_chunk(
-            loaded, [prompts[r.question.id] for r in chunk], [r.coeff for r in chunk], steering, spec, kwargs
+            loaded,
+            [prompts[r.question.id] for r in chunk],
+            [r.coeff for r in chunk],
+            steering,
+            spec,
+            kwargs,
         )
         for r, (toks, lps) in zip(chunk, results, strict=True):
-            out.append(GenRow(
-                question_id=r.question.id, coeff=r.coeff, repeat=r.repeat, trait_answer=r.question.trait_answer,
-                completion_ids=toks, completion=loaded.tokenizer.decode(toks, skip_special_tokens=True),
-                answer_logps=lps,
-            ))
+            out.append(
+                GenRow(
+                    question_id=r.question.id,
+                    coeff=r.coeff,
+                    repeat=r.repeat,
+                    trait_answer=r.question.trait_answer,
+                    completion_ids=toks,
+                    completion=loaded.tokenizer.decode(toks, skip_special_tokens=True),
+                    answer_logps=lps,
+                )
+            )
     return out
 
 
 def make_rescore(
-    loaded: LoadedModel, eval_cfg: Mapping[str, Any], questions: Sequence[Question], steering: Steering | None, spec: AnswerSpec,
+    loaded: LoadedModel,
+    eval_cfg: Mapping[str, Any],
+    questions: Sequence[Question],
+    steering: Steering | None,
+    spec: AnswerSpec,
 ) -> Any:
     """``rescore(row, text)``: answer log-probs of the next token after prompt + completion + text,
     under the row's own steering coefficient (used by ``judge=forced``)."""
@@ -152,7 +185,9 @@ def make_rescore(
         seq = prompt_ids(loaded, eval_cfg, by_id[row.question_id]) + list(row.completion_ids)
         seq += loaded.tokenizer(text, add_special_tokens=False).input_ids
         ids, mask = left_pad([seq], loaded.tokenizer.pad_token_id)
-        logits = steered_logits(loaded, ids, mask, steering, torch.tensor([row.coeff]) if steering else None)
+        logits = steered_logits(
+            loaded, ids, mask, steering, torch.tensor([row.coeff]) if steering else None
+        )
         return answer_logps(logits[:, -1], spec)[0]
 
     return rescore

@@ -52,12 +52,16 @@ def steer(loaded: LoadedModel, steering: Steering, coeffs: Tensor) -> None:
         envoy = loaded.envoy(m)
         out = envoy.output
         h = out[0] if isinstance(out, tuple) else out
-        delta = coeffs.to(h.device, torch.float32)[:, None, None] * (steering.scales[m] * steering.vectors[m].to(h.device, torch.float32))
+        delta = coeffs.to(h.device, torch.float32)[:, None, None] * (
+            steering.scales[m] * steering.vectors[m].to(h.device, torch.float32)
+        )
         new = h + delta.to(h.dtype)
         envoy.output = (new, *out[1:]) if isinstance(out, tuple) else new
 
 
-def steered_logits(loaded: LoadedModel, ids: Tensor, mask: Tensor, steering: Steering | None, coeffs: Tensor | None) -> Tensor:
+def steered_logits(
+    loaded: LoadedModel, ids: Tensor, mask: Tensor, steering: Steering | None, coeffs: Tensor | None
+) -> Tensor:
     """Logits of one forward pass, steered per row (or not at all)."""
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
     with torch.no_grad(), loaded.lm.trace(model_inputs(ids, mask)):
@@ -67,7 +71,9 @@ def steered_logits(loaded: LoadedModel, ids: Tensor, mask: Tensor, steering: Ste
     return logits
 
 
-def kl_quantile(loaded: LoadedModel, ids: Tensor, mask: Tensor, base: Tensor, steering: Steering, c: float) -> float:
+def kl_quantile(
+    loaded: LoadedModel, ids: Tensor, mask: Tensor, base: Tensor, steering: Steering, c: float
+) -> float:
     """95th percentile over real tokens of KL(steered || unsteered) at coefficient ``c``."""
     coeffs = torch.full((ids.shape[0],), float(c))
     logits = steered_logits(loaded, ids, mask, steering, coeffs)
@@ -77,7 +83,9 @@ def kl_quantile(loaded: LoadedModel, ids: Tensor, mask: Tensor, base: Tensor, st
     return float(torch.quantile(kl[mask.to(kl.device).bool()], KL_QUANTILE))
 
 
-def calibrate_kl(loaded: LoadedModel, prompts: Sequence[list[int]], steering: Steering, rtol: float = 0.02) -> dict[str, float]:
+def calibrate_kl(
+    loaded: LoadedModel, prompts: Sequence[list[int]], steering: Steering, rtol: float = 0.02
+) -> dict[str, float]:
     """Find ``c*`` with p95 KL(steered || unsteered) = 1 nat on neutral prompts.
 
     Brackets by doubling/halving from ``c = 0.1`` (in ``norm`` units), then solves
@@ -88,7 +96,9 @@ def calibrate_kl(loaded: LoadedModel, prompts: Sequence[list[int]], steering: St
     base = steered_logits(loaded, ids, mask, None, None)
 
     def f(log_c: float) -> float:
-        return math.log(max(kl_quantile(loaded, ids, mask, base, steering, math.exp(log_c)), 1e-12)) - math.log(KL_TARGET)
+        return math.log(
+            max(kl_quantile(loaded, ids, mask, base, steering, math.exp(log_c)), 1e-12)
+        ) - math.log(KL_TARGET)
 
     lo = hi = math.log(0.1)
     f_lo = f_hi = f(lo)
@@ -105,5 +115,7 @@ def calibrate_kl(loaded: LoadedModel, prompts: Sequence[list[int]], steering: St
         raise RuntimeError("could not bracket the iso-KL coefficient (KL never reached 1 nat)")
     log_c = lo if f_lo == 0 else brentq(f, lo, hi, rtol=rtol, xtol=1e-4)
     c_star = float(np.exp(log_c))
-    return {"c_star": c_star, "kl_p95_at_c_star": kl_quantile(loaded, ids, mask, base, steering, c_star)}
-
+    return {
+        "c_star": c_star,
+        "kl_p95_at_c_star": kl_quantile(loaded, ids, mask, base, steering, c_star),
+    }
