@@ -46,8 +46,14 @@ def _suffix_lines(name: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_pairs(cfg: Mapping[str, Any], seed: int = 0) -> list[Pair]:
-    """Persona pairs for every suffix (and its word-prefixes when ``truncate``), seeded subsample."""
+#: The ``max_pairs`` subsample is part of the dataset's definition, not of a run: runs that
+#: differ only in ``seed`` (e.g. several random baselines) share one contrast set and so one
+#: extraction.
+SUBSAMPLE_SEED = 0
+
+
+def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
+    """Persona pairs for every suffix (and its word-prefixes when ``truncate``), fixed subsample."""
     template = str(cfg["template"])
     pos_word, neg_word = str(cfg.get("positive") or ""), str(cfg.get("negative") or "")
     if not pos_word.strip() or not neg_word.strip():
@@ -70,7 +76,7 @@ def load_pairs(cfg: Mapping[str, Any], seed: int = 0) -> list[Pair]:
         if int(max_pairs) < 1:
             raise SteerexpError(f"dataset.max_pairs={max_pairs} must be >= 1 (or null for all)")
         if len(pairs) > int(max_pairs):
-            pairs = random.Random(seed).sample(pairs, int(max_pairs))
+            pairs = random.Random(SUBSAMPLE_SEED).sample(pairs, int(max_pairs))
     if not pairs:
         raise SteerexpError(
             f"dataset {cfg.get('name')!r} yields no contrast pairs (empty suffix file?)"

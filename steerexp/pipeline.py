@@ -64,7 +64,7 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     if int(cfg.eval.repeats) < 1:
         raise SteerexpError(f"eval.repeats={cfg.eval.repeats} must be >= 1")
     return (
-        load_pairs(_plain(cfg.dataset), seed=int(cfg.seed)),
+        load_pairs(_plain(cfg.dataset)),
         load_questions(_plain(cfg.eval)),
         coeffs,
     )

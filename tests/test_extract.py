@@ -26,7 +26,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def pairs() -> list[Pair]:
-    return load_pairs({**group("dataset", "honesty"), "max_pairs": 12}, seed=0)
+    return load_pairs({**group("dataset", "honesty"), "max_pairs": 12})
 
 
 @pytest.fixture(autouse=True)
