@@ -1,0 +1,127 @@
+"""Real ``python -m steerexp -m ...`` sweeps on the organism: ranking, sharing, failures, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from steerexp.tracking import read_offline_run
+
+REPO = Path(__file__).resolve().parent.parent
+STATS = ["slope", "r2", "valid_frac", "p_value", "score", "min", "max"]
+SMALL = ["eval.repeats=1", "dataset.max_pairs=48"]
+
+
+def sweep_cmd(tmp: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "steerexp", "-m", *args, *SMALL, f"hydra.sweep.dir={tmp / 'sweep'}",
+            f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}", "report_name=test"]
+
+
+def run_sweep(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(sweep_cmd(tmp, *args), cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def job_metrics(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+
+
+def table_rows(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+
+
+@pytest.fixture(scope="module")
+def main_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = run_sweep(tmp, "method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj", "logger=wandb")
+    return tmp, out
+
+
+def test_sweep_writes_ranking_with_shared_work(main_sweep) -> None:
+    tmp, out = main_sweep
+    assert out.returncode == 0, out.stderr[-2000:]
+    md = (tmp / "sweep" / "ranking.md").read_text()
+    assert md.count("## module=") == 2
+    assert len(table_rows(md)) == 4
+    for line in md.splitlines():
+        if line.startswith("| method"):
+            assert [c.strip() for c in line.strip("|").split("|")] == [
+                "method", "slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
+    metrics = job_metrics(tmp / "sweep")
+    assert len(metrics) == 4 and all(m["status"] == "ok" for m in metrics)
+    assert sum(not m["extraction_cached"] for m in metrics) == 2, "one extraction per module"
+    assert sum(not m["model_reused"] for m in metrics) == 1, "one model load"
+    assert (tmp / "reports" / "test" / "ranking.md").read_text() == md
+    assert "| fisher_steer_cov_reg1" in out.stdout, "the ranking is printed at the end"
+
+
+def test_wandb_offline_runs_hold_the_metrics(main_sweep) -> None:
+    tmp, _ = main_sweep
+    job = sorted((tmp / "sweep").glob("0_*"))[0]
+    metrics = json.loads((job / "metrics.json").read_text())
+    run = read_offline_run(job)
+    assert run["summary"]["slope"] == pytest.approx(metrics["slope"])
+    assert run["config"]["method"] == metrics["method"]
+
+
+def test_report_cli_reproduces_byte_for_byte(main_sweep) -> None:
+    tmp, _ = main_sweep
+    md = tmp / "sweep" / "ranking.md"
+    before = md.read_bytes()
+    md.unlink()
+    out = subprocess.run([sys.executable, "-m", "steerexp.report", str(tmp / "sweep"), "--no-copy"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert md.read_bytes() == before
+
+
+def test_failed_job_is_a_row_and_the_exit_status_says_so(tmp_path: Path) -> None:
+    out = run_sweep(tmp_path, "method=mean_diff",
+                    "module.template='model.layers.{N}.mlp','model.layers.{N}.mlp.gate_up_proj'")
+    assert out.returncode == 1
+    assert "1 job(s) of the sweep failed" in out.stderr
+    ranking = pd.read_csv(tmp_path / "sweep" / "ranking.csv")
+    assert sorted(ranking["status"]) == ["failed", "ok"]
+    failed = ranking[ranking["status"] == "failed"].iloc[0]
+    assert "gate_up_proj" in failed["error"] and "matches no module" in failed["error"]
+    assert "failed" in (tmp_path / "sweep" / "ranking.md").read_text()
+
+
+@pytest.mark.slow
+def test_submitit_local_gives_the_same_ranking(main_sweep, tmp_path: Path) -> None:
+    tmp, _ = main_sweep
+    out = run_sweep(tmp_path, "method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj", "hydra/launcher=submitit_local")
+    assert out.returncode == 0, out.stderr[-2000:]
+    key = ["method", "module"]
+    a = pd.read_csv(tmp / "sweep" / "ranking.csv").sort_values(key).reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "sweep" / "ranking.csv").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[key + STATS], b[key + STATS])
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_to_the_same_ranking(main_sweep, tmp_path: Path) -> None:
+    tmp, _ = main_sweep
+    args = ("method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj")
+    proc = subprocess.Popen(sweep_cmd(tmp_path, *args), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not any((tmp_path / "sweep").glob("*/status.json")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").glob("*/status.json")]
+    assert 1 <= len(done) < 4
+    out = run_sweep(tmp_path, *args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "already finished" in out.stdout
+    key = ["method", "module"]
+    a = pd.read_csv(tmp / "sweep" / "ranking.csv").sort_values(key).reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "sweep" / "ranking.csv").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[key + STATS], b[key + STATS])
