@@ -43,7 +43,11 @@ class DirectionFit:
 
 @dataclass(frozen=True)
 class Inputs:
-    """Validated float64 inputs of one module: ``acts``, ``grads`` ``[n, d]``, ``loss_grad_norms [n]``."""
+    """Validated inputs of one module: ``acts``, ``grads`` ``[n, d]``, ``loss_grad_norms [n]``.
+
+    The ones a method uses (acts for activation methods, grads for gradient methods) are
+    float64; the other is passed through unconverted (only its shape matters).
+    """
 
     acts: Tensor
     grads: Tensor | None
@@ -173,7 +177,7 @@ def _check_matrix(what: str, t: Tensor) -> None:
     if not isinstance(t, Tensor) or t.ndim != 2:
         shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
         raise SteerexpError(f"{what} must be an [n, d] tensor, got {shape}")
-    if not bool(torch.isfinite(t).all()):
+    if t.numel() and not (bool(t.amax().isfinite()) and bool(t.amin().isfinite())):
         bad = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
         raise SteerexpError(f"{what} has non-finite values (first in row {bad})")
 
@@ -205,8 +209,9 @@ def _inputs(
         if not bool(torch.isfinite(lgn).all()) or bool((lgn < 0).any()):
             raise SteerexpError("loss_grad_norms must be finite and >= 0")
         lgn = lgn.reshape(-1).to(torch.float64)
-    g64 = None if grads is None else grads.to(torch.float64)
-    return Inputs(acts.to(torch.float64), g64, lgn, int(seed))
+    if uses_grads:
+        return Inputs(acts, None if grads is None else grads.to(torch.float64), lgn, int(seed))
+    return Inputs(acts.to(torch.float64), grads, lgn, int(seed))
 
 
 def fit_from_config(
