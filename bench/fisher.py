@@ -1,7 +1,9 @@
 """Fast Fisher solve vs a dense d×d solve: ``fisher_steer_cov_reg1`` at n = 256, d = 9728.
 
 Measured (one line each, with target and PASS/FAIL):
-- speed ratio: dense float32 (form ``F = UᵀU`` d×d, ``torch.linalg.solve(F + λI, ḡ)``) over the
+- speed ratio (wall clock, both paths on the same number of torch threads: 1 by default, so
+  the ratio compares algorithms rather than how well each survives oversubscribed shared
+  cores; set ``STEEREXP_BENCH_THREADS``): dense float32 (form ``F = UᵀU`` d×d, ``torch.linalg.solve(F + λI, ḡ)``) over the
   fast path (``fit_from_config`` of the real method config), both from the same float32 G;
   median of repeats for the fast path, one dense run (it takes seconds);
 - relative difference of the two unit directions;
@@ -15,6 +17,7 @@ Measured (one line each, with target and PASS/FAIL):
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -70,6 +73,7 @@ def _status_kb(key: str) -> int:
 
 def child_peak(mode: str) -> None:
     """Run in a fresh process: print JSON with the peak extra RSS (MB) of one ``mode`` solve."""
+    torch.set_num_threads(int(os.environ.get("STEEREXP_BENCH_THREADS", "1")))
     solve = fast_direction if mode == "fast" else dense_direction
     solve(make_grads(8, 16))
     grads = make_grads()
@@ -100,7 +104,14 @@ def _line(label: str, value: str, target: str, ok: bool) -> None:
 
 def main() -> None:
     """Print speed ratio, relative difference and peak memory of the fast Fisher solve."""
-    print(f"{METHOD}: n={N}, d={D}, torch threads={torch.get_num_threads()}", flush=True)
+    threads = int(os.environ.get("STEEREXP_BENCH_THREADS", "1"))
+    torch.set_num_threads(threads)
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    print(
+        f"{METHOD}: n={N}, d={D}, both paths on torch threads={threads} "
+        f"(STEEREXP_BENCH_THREADS), 1-min load average {load}",
+        flush=True,
+    )
     grads = make_grads()
     fast_direction(grads)
     fast_times = []

@@ -76,7 +76,7 @@ def fisher_factor(
     if fisher == "cov":
         if n < 2:
             raise SteerexpError(f"the covariance Fisher needs at least 2 gradient rows, got n={n}")
-        return (g - g.mean(dim=0)) / (n - 1) ** 0.5, None
+        return (g - g.mean(dim=0)).div_((n - 1) ** 0.5), None
     if loss_grad_norms is None:
         raise SteerexpError("the iEF Fisher needs loss_grad_norms (one per row), got None")
     w = 1.0 / (loss_grad_norms.to(torch.float64).reshape(-1) + IEF_EPS)
@@ -224,7 +224,7 @@ def solve_fisher(
     if float(gbar.norm()) == 0.0:
         raise SteerexpError("mean gradient is exactly zero; the Fisher direction is undefined")
     u, c = fisher_factor(grads, fisher, loss_grad_norms)
-    trace = float(u.square().sum())
+    trace = float(torch.linalg.vector_norm(u)) ** 2
     unit = trace / d if trace > 0 else 1.0
     to_lam = unit if reg_scale == "relative" else 1.0
     kernel = _Kernel.build(u, c, gbar) if n + 1 < d else None

@@ -165,8 +165,10 @@ def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool) -> Tensor:
     """Apply the sign rule of the module docstring."""
     if uses_grads:
         assert x.grads is not None
-        return v if float(((x.grads[1::2] - x.grads[0::2]) @ v).mean()) >= 0 else -v
-    proj = (x.acts[0::2] - x.acts[1::2]) @ v
+        p = x.grads @ v
+        return v if float((p[1::2] - p[0::2]).mean()) >= 0 else -v
+    p = x.acts @ v
+    proj = p[0::2] - p[1::2]
     votes = int(torch.sign(proj).sum())
     if votes < 0 or (votes == 0 and float(proj.mean()) < 0):
         return -v
@@ -174,10 +176,16 @@ def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool) -> Tensor:
 
 
 def _check_matrix(what: str, t: Tensor) -> None:
+    """A 2-D tensor of finite values. One float64 sum (inf/NaN propagate) screens cheaply; only a
+    non-finite sum (which could also be a float64 overflow) triggers the element-wise check."""
     if not isinstance(t, Tensor) or t.ndim != 2:
         shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
         raise SteerexpError(f"{what} must be an [n, d] tensor, got {shape}")
-    if t.numel() and not (bool(t.amax().isfinite()) and bool(t.amin().isfinite())):
+    if (
+        t.numel()
+        and not bool(t.sum(dtype=torch.float64).isfinite())
+        and not bool(torch.isfinite(t).all())
+    ):
         bad = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
         raise SteerexpError(f"{what} has non-finite values (first in row {bad})")
 

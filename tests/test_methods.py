@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import steerexp
+import steerexp.fisher as fisher_module
 from steerexp.errors import SteerexpError
 from steerexp.fisher import fisher_rows, solve_fisher
 from steerexp.methods import (
@@ -118,10 +119,21 @@ def dense_reference(
     return torch.linalg.solve(f + lam * torch.eye(d, dtype=torch.float64), gbar)
 
 
+@pytest.fixture(params=["kernel", "orthogonal"])
+def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which route of :mod:`steerexp.fisher` must answer (n < d); the orthogonal one is forced
+    by making the kernel route's error bound unattainable."""
+    if request.param == "orthogonal":
+        monkeypatch.setattr(fisher_module, "MAX_FORWARD_BOUND", -1.0)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("shape", [(24, 64), (96, 32)], ids=["n<d", "n>d"])
 @pytest.mark.parametrize("scale", ["relative", "absolute"])
 @pytest.mark.parametrize("fisher", ["ief", "emp", "cov"])
-def test_fast_solve_equals_dense(fisher: str, scale: str, shape: tuple[int, int]) -> None:
+def test_fast_solve_equals_dense(
+    fisher: str, scale: str, shape: tuple[int, int], route: str
+) -> None:
     gen = torch.Generator().manual_seed(7)
     n, d = shape
     grads = torch.randn(n, d, generator=gen) * (torch.rand(n, 1, generator=gen) + 0.2)
@@ -133,6 +145,7 @@ def test_fast_solve_equals_dense(fisher: str, scale: str, shape: tuple[int, int]
         err = float((sol.vector - ref).norm() / ref.norm())
         assert err <= 1e-4, (reg, err)
         assert sol.info["reg_fallback"] is False
+        assert sol.info["fisher_route"] == (route if n + 1 < d else "orthogonal")
 
 
 class ShapeTracker(TorchDispatchMode):
@@ -153,7 +166,7 @@ class ShapeTracker(TorchDispatchMode):
 @pytest.mark.parametrize(
     "name", ["fisher_steer_reg2", "fisher_steer_cov_reg0", "fisher_steer_dual"]
 )
-def test_fast_path_never_builds_d_by_d(name: str) -> None:
+def test_fast_path_never_builds_d_by_d(name: str, route: str) -> None:
     gen = torch.Generator().manual_seed(0)
     n, d = 32, 2048
     grads = torch.randn(n, d, generator=gen)
