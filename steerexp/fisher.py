@@ -18,10 +18,11 @@ Write ``ḡ = mean(G)``, ``K = UUᵀ = Q diag(s) Qᵀ`` (n×n, eigendecompositio
    ``cond(F + λI) × normwise backward error`` is at most :data:`MAX_FORWARD_BOUND`, with the
    residual ``(UᵀU + λI)x − ḡ`` computed in O(nd).
 2. **Orthogonal route** (backward stable, about 3× slower): Householder QR of ``[U; ḡᵀ]ᵀ = QR``
-   puts U and ḡ into an (n+1)-dimensional orthonormal basis; with the SVD of the small factor,
-   ``x = Q(V diag(1/(s + λ)) Vᵀḡ_c + (ḡ_c − VVᵀḡ_c)/λ)``: the range part never divides by λ and
-   the null-space part is an explicit projection. Used when route 1's bound fails, and directly
-   (without the QR) when n + 1 ≥ d.
+   puts U and ḡ into an (n+1)-dimensional orthonormal basis (ḡ lies in it, so nothing outside
+   it matters). With the full SVD of the small factor, ``F_c = W diag(s) Wᵀ`` (zeros included,
+   W square), ``x = Q W diag(1/(s + λ)) Wᵀḡ_c``: no subtraction, and rounding amplified by 1/λ
+   stays in null directions of F. Used when route 1's bound fails, and directly (without the
+   QR) when n + 1 ≥ d.
 
 λ = 0 is the minimum-norm solution ``F⁺ḡ``, dropping eigenvalues of F at or below
 ``max(n, d)·eps·s_max`` (the default cut-off of ``torch.linalg.pinv``). Everything runs in

@@ -46,7 +46,8 @@ class Inputs:
     """Validated inputs of one module: ``acts``, ``grads`` ``[n, d]``, ``loss_grad_norms [n]``.
 
     The ones a method uses (acts for activation methods, grads for gradient methods) are
-    float64; the other is passed through unconverted (only its shape matters).
+    float64 on the CPU (n×d is small; float64 matters more than a GPU here); the other is
+    passed through unconverted (only its shape matters).
     """
 
     acts: Tensor
@@ -216,10 +217,12 @@ def _inputs(
             raise SteerexpError(f"loss_grad_norms needs one value per row (n={n}), got {got}")
         if not bool(torch.isfinite(lgn).all()) or bool((lgn < 0).any()):
             raise SteerexpError("loss_grad_norms must be finite and >= 0")
-        lgn = lgn.reshape(-1).to(torch.float64)
+        lgn = lgn.reshape(-1)
+    f64 = {"device": "cpu", "dtype": torch.float64}
+    lgn = None if lgn is None else lgn.to(**f64)
     if uses_grads:
-        return Inputs(acts, None if grads is None else grads.to(torch.float64), lgn, int(seed))
-    return Inputs(acts.to(torch.float64), grads, lgn, int(seed))
+        return Inputs(acts, None if grads is None else grads.to(**f64), lgn, int(seed))
+    return Inputs(acts.to(**f64), grads, lgn, int(seed))
 
 
 def fit_from_config(
