@@ -8,6 +8,7 @@ config for the life of the process, so a sweep in one process loads each model o
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -21,13 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from steerexp import cache_dir
 from steerexp.errors import SteerexpError, choice_error
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = (None, "4bit", "8bit")
+#: Packages transformers needs to load a bitsandbytes-quantized checkpoint (CPU included).
+QUANT_PACKAGES = ("bitsandbytes", "accelerate")
 TINY_RANDOM_VERSION = "v1"
 
 
@@ -76,6 +85,13 @@ def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
         raise choice_error("model.dtype", cfg.get("dtype"), DTYPES)
     if cfg.get("quantization") not in QUANTIZATIONS:
         raise choice_error("model.quantization", cfg.get("quantization"), ["null", "4bit", "8bit"])
+    if cfg.get("quantization"):
+        missing = [m for m in QUANT_PACKAGES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SteerexpError(
+                f"model.quantization={cfg['quantization']} needs the package(s) {', '.join(missing)}; "
+                f"install them (pip install {' '.join(missing)}) or set model.quantization=null"
+            )
     if not isinstance(cfg.get("trust_remote_code"), bool):
         raise SteerexpError(
             f"model.trust_remote_code={cfg.get('trust_remote_code')!r} must be true or false; "
@@ -135,19 +151,20 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
     )
-    hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    config = AutoConfig.from_pretrained(
+        path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+    )
+    _check_architecture(cfg, path, list(config.architectures or []))
+    hf = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
     if not cfg.get("quantization"):
         hf = hf.to(device)
-    expected = cfg.get("architecture")
-    got = list(getattr(hf.config, "architectures", None) or [type(hf).__name__])
-    if expected and expected not in got and type(hf).__name__ != expected:
-        raise SteerexpError(
-            f"model {cfg.get('name')!r} at {path!r} loaded as {got}, but its config says "
-            f"architecture={expected!r}; fix model.architecture or model.path"
-        )
+    if not config.architectures:
+        _check_architecture(cfg, path, [type(hf).__name__])
     hf.eval()
     for p in hf.parameters():
         p.requires_grad_(False)
+    if cfg.get("quantization") == "4bit":
+        _keep_4bit_differentiable(hf)
     # Frozen weights: activations only get gradients if the embeddings' output requires grad.
     hf.enable_input_require_grads()
     if tokenizer.pad_token is None:
@@ -167,6 +184,27 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
     )
     _LOADED[key] = loaded
     return loaded
+
+
+def _keep_4bit_differentiable(hf: PreTrainedModel) -> None:
+    """Stop bitsandbytes repacking 4-bit CPU weights on a no-grad forward (e.g. ``generate``).
+
+    The packed CPU kernel has no autograd, so every later extraction would silently get zero
+    gradients through the quantized layers of a model reused across runs.
+    """
+    for module in hf.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _check_architecture(cfg: Mapping[str, Any], path: str, got: list[str]) -> None:
+    """``model.architecture`` must name the checkpoint's class (checked before weights load)."""
+    expected = cfg.get("architecture")
+    if expected and got and expected not in got:
+        raise SteerexpError(
+            f"model {cfg.get('name')!r} at {path!r} is a {', '.join(got)} checkpoint, but its config says "
+            f"architecture={expected!r}; fix model.architecture or model.path"
+        )
 
 
 def select_layers(n_layers: int, layers: Any, layer_frac: Any) -> list[int]:
@@ -206,11 +244,31 @@ def resolve_modules(loaded: LoadedModel, module_cfg: Mapping[str, Any]) -> list[
         pool0 = [n.replace(f".{layers[0]}.", ".{N}.", 1) for n in pool if n.startswith(f"model.layers.{layers[0]}.")]
         close = difflib.get_close_matches(template, pool0, n=4, cutoff=0.3)
         hint = ", ".join(close) if close else ", ".join(pool0[:8])
+        fused = _fused_siblings(template, pool0)
+        note = f"this model fuses it into {', '.join(map(repr, fused))} (steer that module instead); " if fused else ""
         raise SteerexpError(
             f"module.template={template!r} matches no module of {loaded.name} ({layer0!r} missing); "
-            f"closest: {hint}"
+            f"{note}closest: {hint}"
         )
     return paths
+
+
+def _fused_siblings(template: str, pool: list[str]) -> list[str]:
+    """Modules beside a missing ``x_proj`` that fuse it with others (``gate_up_proj``, ``qkv_proj``)."""
+    parent, _, leaf = template.rpartition(".")
+    stem, sep, suffix = leaf.rpartition("_")
+    if not sep or not stem:
+        return []
+    found = []
+    for name in pool:
+        head, _, other = name.rpartition(".")
+        o_stem, o_sep, o_suffix = other.rpartition("_")
+        if head != parent or other == leaf or not o_sep or o_suffix != suffix:
+            continue
+        parts = o_stem.split("_")
+        if (stem in parts and len(parts) > 1) or (len(stem) == 1 and o_stem.isalpha() and stem in o_stem and len(o_stem) > 1):
+            found.append(name)
+    return found
 
 
 def forward_order(paths: list[str]) -> list[str]:
