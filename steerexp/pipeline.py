@@ -131,6 +131,14 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     )
 
     t0 = t()
+    if METHODS.get(str(cfg.method.kind)).uses_grads:
+        for m in modules:
+            if not bool(ex.grads[m].any()):
+                raise SteerexpError(
+                    f"method {cfg.method.name!r} needs loss gradients, but they are all zero at {m!r} "
+                    f"(loss {cfg.loss.name!r} at loss.layer={cfg.loss.layer} does not depend on it; "
+                    "use modules before the loss layer or another loss)"
+                )
     fits = {
         m: fit_from_config(
             cfg.method, ex.acts[m], ex.grads[m], ex.loss_grad_norms, seed=int(cfg.seed)

@@ -98,3 +98,14 @@ def test_cli_bad_value_fails_before_model_load(tmp_path: Path) -> None:
     assert out.stderr.strip().splitlines()[-1] == (
         "steerexp: error: eval.coeffs=[1.0, 2.0] has no 0; the unsteered reference is required")
     assert '"status": "failed"' in (tmp_path / "status.json").read_text()
+
+
+def test_gradient_method_on_modules_after_the_loss_layer_fails_clearly(tmp_path: Path) -> None:
+    """hs_diff reads the loss layer; blocks after it get exactly zero gradient."""
+    from steerexp.pipeline import run
+
+    cfg = compose_cfg("model=tiny_random", "dataset=honesty", "dataset.max_pairs=4", "eval=white_lie",
+                      "loss=hs_diff", "loss.layer=1", "module.layers=[3]", "method=svd_steer")
+    with pytest.raises(SteerexpError, match=r"all zero at 'model.layers.3' \(loss 'hs_diff' at loss.layer=1"):
+        run(cfg, tmp_path, progress=False)
+    assert '"status": "failed"' in (tmp_path / "status.json").read_text()
