@@ -9,7 +9,6 @@ whether it ends the process (single run) or just the job (multirun).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

@@ -24,11 +24,40 @@ def options(group: str) -> list[str]:
 
 def test_spec_options_exist() -> None:
     want = {
-        "model": {"organism", "qwen3_4b_instruct", "qwen3_4b_thinking", "glm4_9b", "qwen3_8b", "qwen3_14b_bnb4"},
-        "module": {"hs", "mlp", "down_proj", "gate_proj", "up_proj", "q_proj", "k_proj", "v_proj", "o_proj"},
-        "method": {"mean_diff", "pca_diff", "pca_center", "svd_steer", "fisher_steer_emp_reg2", "fisher_steer_dual",
-                   "fisher_steer_dual_pos", "fisher_steer_dual_neg", "fisher_steer_dual_diff", "fisher_steer_dual_cov",
-                   "random", *(f"fisher_steer_reg{i}" for i in range(6)), *(f"fisher_steer_cov_reg{i}" for i in range(6))},
+        "model": {
+            "organism",
+            "qwen3_4b_instruct",
+            "qwen3_4b_thinking",
+            "glm4_9b",
+            "qwen3_8b",
+            "qwen3_14b_bnb4",
+        },
+        "module": {
+            "hs",
+            "mlp",
+            "down_proj",
+            "gate_proj",
+            "up_proj",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+        },
+        "method": {
+            "mean_diff",
+            "pca_diff",
+            "pca_center",
+            "svd_steer",
+            "fisher_steer_emp_reg2",
+            "fisher_steer_dual",
+            "fisher_steer_dual_pos",
+            "fisher_steer_dual_neg",
+            "fisher_steer_dual_diff",
+            "fisher_steer_dual_cov",
+            "random",
+            *(f"fisher_steer_reg{i}" for i in range(6)),
+            *(f"fisher_steer_cov_reg{i}" for i in range(6)),
+        },
         "loss": {"nll", "hs_diff", "reprpo_margin"},
         "dataset": {"honesty", "organism"},
         "eval": {"white_lie", "dilemmas", "organism"},
@@ -51,8 +80,19 @@ def test_every_option_composes_and_checks(group: str) -> None:
 
 def test_spec_keys_present() -> None:
     cfg = compose_cfg()
-    for key in ("seed", "coeff_units", "logger", "module.template", "module.layers", "eval.coeffs",
-                "eval.answer_regex", "eval.repeats", "eval.max_new_tokens", "loss.layer", "dataset.max_pairs"):
+    for key in (
+        "seed",
+        "coeff_units",
+        "logger",
+        "module.template",
+        "module.layers",
+        "eval.coeffs",
+        "eval.answer_regex",
+        "eval.repeats",
+        "eval.max_new_tokens",
+        "loss.layer",
+        "dataset.max_pairs",
+    ):
         node = cfg
         for part in key.split("."):
             assert part in node, key
@@ -63,7 +103,10 @@ def test_spec_keys_present() -> None:
     ("override", "message"),
     [
         ("eval.coeffs=[1,2]", r"eval.coeffs=\[1.0, 2.0\] has no 0"),
-        ("eval.coeffs=[0,.inf]", r"eval.coeffs=\[0.0, inf\] must be a non-empty list of finite numbers"),
+        (
+            "eval.coeffs=[0,.inf]",
+            r"eval.coeffs=\[0.0, inf\] must be a non-empty list of finite numbers",
+        ),
         ("eval.answer_regex='Final choice: Yes|No'", r"has 0 capture groups; it needs exactly one"),
         ("eval.answer_regex='(Final) choice: (Yes|No)'", r"has 2 capture groups"),
         ("coeff_units=nats", r"unknown coeff_units 'nats'; valid: kl, norm, raw"),
@@ -71,7 +114,10 @@ def test_spec_keys_present() -> None:
         ("dataset.positive=''", r"empty side"),
         ("model.trust_remote_code=maybe", r"model.trust_remote_code='maybe' must be true or false"),
         ("model.dtype=float8", r"unknown model.dtype 'float8'"),
-        ("eval.questions.0.trait_answer=Maybe", r"trait_answer='Maybe'; it must be one of \['Yes', 'No'\]"),
+        (
+            "eval.questions.0.trait_answer=Maybe",
+            r"trait_answer='Maybe'; it must be one of \['Yes', 'No'\]",
+        ),
     ],
 )
 def test_bad_config_one_line_error(override: str, message: str) -> None:
@@ -81,14 +127,22 @@ def test_bad_config_one_line_error(override: str, message: str) -> None:
 
 
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "steerexp", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "steerexp", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_unknown_option_one_line_did_you_mean() -> None:
     out = _cli("method=pca_dif,mean_diff")
     assert out.returncode == 2
     line = out.stderr.strip().splitlines()[-1]
-    assert line.startswith("steerexp: error: unknown method option 'pca_dif'; did you mean 'pca_diff'")
+    assert line.startswith(
+        "steerexp: error: unknown method option 'pca_dif'; did you mean 'pca_diff'"
+    )
     assert "valid: " in line and "fisher_steer_cov_reg1" in line
 
 
@@ -96,7 +150,8 @@ def test_cli_bad_value_fails_before_model_load(tmp_path: Path) -> None:
     out = _cli("model=qwen3_14b_bnb4", "eval.coeffs=[1,2]", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (
-        "steerexp: error: eval.coeffs=[1.0, 2.0] has no 0; the unsteered reference is required")
+        "steerexp: error: eval.coeffs=[1.0, 2.0] has no 0; the unsteered reference is required"
+    )
     assert '"status": "failed"' in (tmp_path / "status.json").read_text()
 
 
@@ -104,8 +159,18 @@ def test_gradient_method_on_modules_after_the_loss_layer_fails_clearly(tmp_path:
     """hs_diff reads the loss layer; blocks after it get exactly zero gradient."""
     from steerexp.pipeline import run
 
-    cfg = compose_cfg("model=tiny_random", "dataset=honesty", "dataset.max_pairs=4", "eval=white_lie",
-                      "loss=hs_diff", "loss.layer=1", "module.layers=[3]", "method=svd_steer")
-    with pytest.raises(SteerexpError, match=r"all zero at 'model.layers.3' \(loss 'hs_diff' at loss.layer=1"):
+    cfg = compose_cfg(
+        "model=tiny_random",
+        "dataset=honesty",
+        "dataset.max_pairs=4",
+        "eval=white_lie",
+        "loss=hs_diff",
+        "loss.layer=1",
+        "module.layers=[3]",
+        "method=svd_steer",
+    )
+    with pytest.raises(
+        SteerexpError, match=r"all zero at 'model.layers.3' \(loss 'hs_diff' at loss.layer=1"
+    ):
         run(cfg, tmp_path, progress=False)
     assert '"status": "failed"' in (tmp_path / "status.json").read_text()

@@ -20,9 +20,15 @@ from steerexp.pipeline import run
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """pca_diff on hs and five random baselines (one shared extraction)."""
     root = tmp_path_factory.mktemp("e2e")
-    out = {"pca_diff": run(compose_cfg("method=pca_diff", "module=hs"), root / "pca", progress=False)}
+    out = {
+        "pca_diff": run(compose_cfg("method=pca_diff", "module=hs"), root / "pca", progress=False)
+    }
     for seed in range(5):
-        out[f"random{seed}"] = run(compose_cfg("method=random", "module=hs", f"seed={seed}"), root / f"random{seed}", progress=False)
+        out[f"random{seed}"] = run(
+            compose_cfg("method=random", "module=hs", f"seed={seed}"),
+            root / f"random{seed}",
+            progress=False,
+        )
     out["_root"] = {"path": str(root)}
     return out
 
@@ -49,21 +55,56 @@ def test_seeds_share_one_extraction_and_one_model_load(runs) -> None:
 def test_artifacts_follow_the_spec(runs) -> None:
     d = Path(runs["_root"]["path"]) / "pca"
     metrics = json.loads((d / "metrics.json").read_text())
-    for key in ("slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max", "slope_ci_low",
-                "slope_ci_high", "signed_score", "spearman", "n_valid", "model", "module", "method", "loss",
-                "status", "time_extract_s", "time_generate_s", "cache_key"):
+    for key in (
+        "slope",
+        "r2",
+        "valid_frac",
+        "effect_size",
+        "p_value",
+        "score",
+        "min",
+        "max",
+        "slope_ci_low",
+        "slope_ci_high",
+        "signed_score",
+        "spearman",
+        "n_valid",
+        "model",
+        "module",
+        "method",
+        "loss",
+        "status",
+        "time_extract_s",
+        "time_generate_s",
+        "cache_key",
+    ):
         assert key in metrics, key
     assert json.loads((d / "status.json").read_text()) == {"status": "ok", "error": None}
     dose = pd.read_csv(d / "dose_response.csv")
-    assert list(dose.columns) == ["question_id", "coeff", "repeat", "log_ratio", "pmass", "valid", "forced", "completion"]
+    assert list(dose.columns) == [
+        "question_id",
+        "coeff",
+        "repeat",
+        "log_ratio",
+        "pmass",
+        "valid",
+        "forced",
+        "completion",
+    ]
     dirs = load_file(str(d / "directions.safetensors"))
     assert all(k.startswith("model.layers.") for k in dirs)
     for v in dirs.values():
         assert v.dtype == torch.float32 and abs(float(v.norm()) - 1) < 1e-5
     with safe_open(str(d / "directions.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert meta["method"] == "pca_diff" and meta["loss"] == "nll" and meta["cache_key"] == metrics["cache_key"]
-    assert set(json.loads(meta["raw_norms"])) == set(dirs) and set(json.loads(meta["scales"])) == set(dirs)
+    assert (
+        meta["method"] == "pca_diff"
+        and meta["loss"] == "nll"
+        and meta["cache_key"] == metrics["cache_key"]
+    )
+    assert set(json.loads(meta["raw_norms"])) == set(dirs) and set(
+        json.loads(meta["scales"])
+    ) == set(dirs)
     assert (d / "dose_response.png").stat().st_size > 1000
     env = json.loads((d / "environment.json").read_text())
     assert env["packages"]["torch"] and "git_commit" in env
@@ -73,21 +114,40 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
     """A fresh extraction (new cache dir, cleared memo) gives identical directions and numbers."""
     from steerexp import extract
 
-    cfg = compose_cfg("method=fisher_steer_cov_reg1", "module=o_proj", f"cache_dir={tmp_path / 'c1'}", "eval.repeats=1")
+    cfg = compose_cfg(
+        "method=fisher_steer_cov_reg1",
+        "module=o_proj",
+        f"cache_dir={tmp_path / 'c1'}",
+        "eval.repeats=1",
+    )
     a = run(cfg, tmp_path / "a", progress=False)
     extract._MEMO.clear()
-    cfg2 = compose_cfg("method=fisher_steer_cov_reg1", "module=o_proj", f"cache_dir={tmp_path / 'c2'}", "eval.repeats=1")
+    cfg2 = compose_cfg(
+        "method=fisher_steer_cov_reg1",
+        "module=o_proj",
+        f"cache_dir={tmp_path / 'c2'}",
+        "eval.repeats=1",
+    )
     b = run(cfg2, tmp_path / "b", progress=False)
     assert not b["extraction_cached"]
     for k in ("slope", "r2", "valid_frac", "p_value", "score", "min", "max"):
         assert a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])), k
-    da, db = load_file(str(tmp_path / "a" / "directions.safetensors")), load_file(str(tmp_path / "b" / "directions.safetensors"))
+    da, db = (
+        load_file(str(tmp_path / "a" / "directions.safetensors")),
+        load_file(str(tmp_path / "b" / "directions.safetensors")),
+    )
     assert all(torch.equal(da[k], db[k]) for k in da)
-    assert (tmp_path / "a" / "dose_response.csv").read_text() == (tmp_path / "b" / "dose_response.csv").read_text()
+    assert (tmp_path / "a" / "dose_response.csv").read_text() == (
+        tmp_path / "b" / "dose_response.csv"
+    ).read_text()
 
 
 def test_iso_kl_units_hit_one_nat(tmp_path: Path) -> None:
-    m = run(compose_cfg("coeff_units=kl", "method=mean_diff", "eval.repeats=1"), tmp_path, progress=False)
+    m = run(
+        compose_cfg("coeff_units=kl", "method=mean_diff", "eval.repeats=1"),
+        tmp_path,
+        progress=False,
+    )
     assert m["status"] == "ok" and m["c_star"] > 0
     assert abs(m["kl_p95_at_c_star"] - 1.0) <= 0.1
 
@@ -97,4 +157,6 @@ def test_finished_run_dir_is_skipped(tmp_path: Path) -> None:
     first = run(cfg, tmp_path, progress=False)
     stamp = (tmp_path / "metrics.json").stat().st_mtime_ns
     again = run(cfg, tmp_path, progress=False)
-    assert again["slope"] == first["slope"] and (tmp_path / "metrics.json").stat().st_mtime_ns == stamp
+    assert (
+        again["slope"] == first["slope"] and (tmp_path / "metrics.json").stat().st_mtime_ns == stamp
+    )

@@ -56,8 +56,19 @@ def test_loss_layer_path_maps_hidden_states_index() -> None:
 
 def test_acts_read_at_last_real_token(model, pairs) -> None:
     """Row i's activation equals an unpadded single-sequence forward at its final token."""
-    e = extract(model, group("model", "tiny_random"), HS, group("loss", "nll"), pairs[:3], 6, None, progress=False)
-    for row, p in enumerate([pairs[0].messages(True), pairs[0].messages(False), pairs[1].messages(True)]):
+    e = extract(
+        model,
+        group("model", "tiny_random"),
+        HS,
+        group("loss", "nll"),
+        pairs[:3],
+        6,
+        None,
+        progress=False,
+    )
+    for row, p in enumerate(
+        [pairs[0].messages(True), pairs[0].messages(False), pairs[1].messages(True)]
+    ):
         ids, _ = encode(model.tokenizer, p, {})
         out = model.hf(torch.tensor([ids]), output_hidden_states=True)
         ref = out.hidden_states[2][0, -1]  # output of block 1
@@ -68,17 +79,24 @@ def _reference(model, pairs, modules, loss_cfg, grad_tokens: str) -> dict[str, t
     """Plain HF forward + forward hooks + torch.autograd, no nnsight, whole set in one batch."""
     seqs = []
     for p in pairs:
-        seqs += [encode(model.tokenizer, p.messages(True), {}), encode(model.tokenizer, p.messages(False), {})]
+        seqs += [
+            encode(model.tokenizer, p.messages(True), {}),
+            encode(model.tokenizer, p.messages(False), {}),
+        ]
     ids, mask = left_pad([s for s, _ in seqs], model.tokenizer.pad_token_id)
     width = ids.shape[1]
     tmask = torch.zeros_like(mask)
     for i, (_, n) in enumerate(seqs):
-        tmask[i, width - n:] = 1
+        tmask[i, width - n :] = 1
     loss_path = loss_layer_path(model.n_layers, loss_cfg["layer"])
     outs: dict[str, torch.Tensor] = {}
     mods = dict(model.hf.named_modules())
-    hooks = [mods[m].register_forward_hook(lambda _m, _a, o, m=m: outs.__setitem__(m, o[0] if isinstance(o, tuple) else o))
-             for m in {*modules, loss_path}]
+    hooks = [
+        mods[m].register_forward_hook(
+            lambda _m, _a, o, m=m: outs.__setitem__(m, o[0] if isinstance(o, tuple) else o)
+        )
+        for m in {*modules, loss_path}
+    ]
     try:
         logits = model.hf(input_ids=ids, attention_mask=mask).logits
     finally:
@@ -87,7 +105,9 @@ def _reference(model, pairs, modules, loss_cfg, grad_tokens: str) -> dict[str, t
     lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     ell = (lp * tmask[:, 1:]).sum(1) / tmask[:, 1:].sum(1)
     h = outs[loss_path][:, -1]
-    loss = LOSSES.get(loss_cfg["name"])(LossInputs(h[0::2], h[1::2], ell[0::2], ell[1::2], len(pairs)), loss_cfg)
+    loss = LOSSES.get(loss_cfg["name"])(
+        LossInputs(h[0::2], h[1::2], ell[0::2], ell[1::2], len(pairs)), loss_cfg
+    )
     grads = torch.autograd.grad(loss, [outs[m] for m in modules])
     ref = {}
     for m, g in zip(modules, grads, strict=True):
@@ -100,7 +120,17 @@ def _reference(model, pairs, modules, loss_cfg, grad_tokens: str) -> dict[str, t
 def test_gradients_match_plain_autograd(model, pairs, loss: str, grad_tokens: str) -> None:
     modules = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.k_proj", "model.layers.2"]
     cfg = {**group("loss", loss), "layer": -2}
-    e = extract(model, group("model", "tiny_random"), modules, cfg, pairs[:6], 4, None, progress=False, grad_tokens=grad_tokens)
+    e = extract(
+        model,
+        group("model", "tiny_random"),
+        modules,
+        cfg,
+        pairs[:6],
+        4,
+        None,
+        progress=False,
+        grad_tokens=grad_tokens,
+    )
     ref = _reference(model, pairs[:6], modules, cfg, grad_tokens)
     for m in modules:
         scale = ref[m].norm()
@@ -115,8 +145,26 @@ def test_gradients_match_plain_autograd(model, pairs, loss: str, grad_tokens: st
 def test_nll_gradient_at_last_token_is_zero_so_default_sums(model, pairs) -> None:
     """Why grad_tokens=all is the default: the last position predicts no token of the sequence."""
     kw = dict(cache_root=None, progress=False)
-    last = extract(model, group("model", "tiny_random"), HS, group("loss", "nll"), pairs[:4], 8, grad_tokens="last", **kw)
-    summed = extract(model, group("model", "tiny_random"), HS, group("loss", "nll"), pairs[:4], 8, grad_tokens="all", **kw)
+    last = extract(
+        model,
+        group("model", "tiny_random"),
+        HS,
+        group("loss", "nll"),
+        pairs[:4],
+        8,
+        grad_tokens="last",
+        **kw,
+    )
+    summed = extract(
+        model,
+        group("model", "tiny_random"),
+        HS,
+        group("loss", "nll"),
+        pairs[:4],
+        8,
+        grad_tokens="all",
+        **kw,
+    )
     assert last.grads[HS[0]].abs().max() == 0
     assert summed.grads[HS[0]].abs().max() > 0
 
@@ -131,24 +179,47 @@ def test_planted_direction_recovered(model, pairs) -> None:
 
     def plant(_m, _a, out):
         h = out[0] if isinstance(out, tuple) else out
-        alpha = 10.0 * (2.0 + torch.arange(h.shape[0], dtype=h.dtype) // 2 % 5) * (torch.arange(h.shape[0]) % 2 == 0)
+        alpha = (
+            10.0
+            * (2.0 + torch.arange(h.shape[0], dtype=h.dtype) // 2 % 5)
+            * (torch.arange(h.shape[0]) % 2 == 0)
+        )
         h = h + alpha[:, None, None] * v * float(h.norm(dim=-1).mean())
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
     handle = model.hf.model.layers[1].mlp.register_forward_hook(plant)
     try:
-        e = extract(model, group("model", "tiny_random"), ["model.layers.1"], group("loss", "nll"), pairs, 12, None, progress=False)
+        e = extract(
+            model,
+            group("model", "tiny_random"),
+            ["model.layers.1"],
+            group("loss", "nll"),
+            pairs,
+            12,
+            None,
+            progress=False,
+        )
     finally:
         handle.remove()
     for method in ("mean_diff", "pca_diff"):
-        d = fit_direction(method, e.acts["model.layers.1"], e.grads["model.layers.1"], e.loss_grad_norms)
+        d = fit_direction(
+            method, e.acts["model.layers.1"], e.grads["model.layers.1"], e.loss_grad_norms
+        )
         assert float(d @ v) >= 0.99, method
 
 
 def test_cache_hit_skips_forward_and_is_identical(model, pairs, tmp_path: Path) -> None:
     calls = {"n": 0}
     handle = model.hf.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    args = (model, group("model", "tiny_random"), HS, group("loss", "hs_diff"), pairs[:4], 4, tmp_path)
+    args = (
+        model,
+        group("model", "tiny_random"),
+        HS,
+        group("loss", "hs_diff"),
+        pairs[:4],
+        4,
+        tmp_path,
+    )
     try:
         first = extract(*args, progress=False)
         n_first = calls["n"]
@@ -159,8 +230,19 @@ def test_cache_hit_skips_forward_and_is_identical(model, pairs, tmp_path: Path) 
     assert n_first == 2 and calls["n"] == n_first, "cache hit must not run the model"
     assert not first.cached and second.cached and first.key == second.key
     for m in HS:
-        assert torch.equal(first.acts[m], second.acts[m]) and torch.equal(first.grads[m], second.grads[m])
-    other = extract(model, group("model", "tiny_random"), HS, group("loss", "hs_diff"), pairs[4:8], 4, tmp_path, progress=False)
+        assert torch.equal(first.acts[m], second.acts[m]) and torch.equal(
+            first.grads[m], second.grads[m]
+        )
+    other = extract(
+        model,
+        group("model", "tiny_random"),
+        HS,
+        group("loss", "hs_diff"),
+        pairs[4:8],
+        4,
+        tmp_path,
+        progress=False,
+    )
     assert other.key != first.key, "a changed dataset must change the key"
 
 
@@ -192,7 +274,10 @@ def test_bad_inputs_one_line_errors(model, pairs) -> None:
 
     handle = model.hf.model.layers[2].mlp.register_forward_hook(poison)
     try:
-        with pytest.raises(SteerexpError, match=r"non-finite activations at module 'model.layers.2' in extraction batch 0"):
+        with pytest.raises(
+            SteerexpError,
+            match=r"non-finite activations at module 'model.layers.2' in extraction batch 0",
+        ):
             extract(model, mc, HS, nll, pairs[:2], 4, None, progress=False)
     finally:
         handle.remove()
@@ -201,8 +286,22 @@ def test_bad_inputs_one_line_errors(model, pairs) -> None:
 
 
 def test_module_template_errors_name_close_modules(model) -> None:
-    with pytest.raises(SteerexpError, match=r"module.template='model.layers.\{N\}.mlp.gate_up_proj' matches no module.*closest: .*gate_proj"):
-        resolve_modules(model, {"template": "model.layers.{N}.mlp.gate_up_proj", "layers": None, "layer_frac": [0.3, 0.9]})
+    with pytest.raises(
+        SteerexpError,
+        match=r"module.template='model.layers.\{N\}.mlp.gate_up_proj' matches no module.*closest: .*gate_proj",
+    ):
+        resolve_modules(
+            model,
+            {
+                "template": "model.layers.{N}.mlp.gate_up_proj",
+                "layers": None,
+                "layer_frac": [0.3, 0.9],
+            },
+        )
     with pytest.raises(SteerexpError, match=r"module.layers=\[7\] is outside the model's 4 layers"):
-        resolve_modules(model, {"template": "model.layers.{N}", "layers": [7], "layer_frac": [0.3, 0.9]})
-    assert resolve_modules(model, group("module", "o_proj")) == [f"model.layers.{i}.self_attn.o_proj" for i in (2, 3)]
+        resolve_modules(
+            model, {"template": "model.layers.{N}", "layers": [7], "layer_frac": [0.3, 0.9]}
+        )
+    assert resolve_modules(model, group("module", "o_proj")) == [
+        f"model.layers.{i}.self_attn.o_proj" for i in (2, 3)
+    ]

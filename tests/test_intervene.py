@@ -51,26 +51,42 @@ def test_no_hook_outlives_a_steered_run(model, steering, batch) -> None:
     steered_logits(model, ids, mask, steering, torch.ones(ids.shape[0]))
     after = model.hf(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(before, after)
-    assert hooks == [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.hf.modules()]
+    assert hooks == [
+        (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.hf.modules()
+    ]
 
 
 def test_batched_per_row_coefficients_equal_one_call_per_coefficient(model, steering) -> None:
-    ev = {**group("eval", "white_lie"), "do_sample": False, "max_new_tokens": 12, "repetition_penalty": None}
+    ev = {
+        **group("eval", "white_lie"),
+        "do_sample": False,
+        "max_new_tokens": 12,
+        "repetition_penalty": None,
+    }
     spec = make_answer_spec(model.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
-    qs = [Question("a", "Would you tell the truth?", "Yes"), Question("b", "Would you hide the mistake?", "No")]
+    qs = [
+        Question("a", "Would you tell the truth?", "Yes"),
+        Question("b", "Would you hide the mistake?", "No"),
+    ]
     coeffs = [-1.0, 0.0, 0.5, 2.0]
     rows = [RowSpec(q, c, 0) for q in qs for c in coeffs]
     together = generate_rows(model, ev, rows, steering, spec, seed=0, progress=False)
     alone = []
     for c in coeffs:
-        alone += generate_rows(model, ev, [r for r in rows if r.coeff == c], steering, spec, seed=0, progress=False)
+        alone += generate_rows(
+            model, ev, [r for r in rows if r.coeff == c], steering, spec, seed=0, progress=False
+        )
     key = {(r.question_id, r.coeff): r for r in alone}
     for r in together:
         other = key[(r.question_id, r.coeff)]
         assert r.completion_ids == other.completion_ids
         torch.testing.assert_close(r.answer_logps, other.answer_logps, rtol=1e-4, atol=1e-4)
-    assert len({tuple(r.completion_ids) for r in together}) > 2, "steering should change some completions"
-    unsteered = generate_rows(model, ev, [r for r in rows if r.coeff == 0.0], None, spec, seed=0, progress=False)
+    assert len({tuple(r.completion_ids) for r in together}) > 2, (
+        "steering should change some completions"
+    )
+    unsteered = generate_rows(
+        model, ev, [r for r in rows if r.coeff == 0.0], None, spec, seed=0, progress=False
+    )
     assert [r.completion_ids for r in unsteered] == [key[(q.id, 0.0)].completion_ids for q in qs]
 
 

@@ -21,12 +21,23 @@ SMALL = ["eval.repeats=1", "dataset.max_pairs=48"]
 
 
 def sweep_cmd(tmp: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "steerexp", "-m", *args, *SMALL, f"hydra.sweep.dir={tmp / 'sweep'}",
-            f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}", "report_name=test"]
+    return [
+        sys.executable,
+        "-m",
+        "steerexp",
+        "-m",
+        *args,
+        *SMALL,
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+        f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}",
+        "report_name=test",
+    ]
 
 
 def run_sweep(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(sweep_cmd(tmp, *args), cwd=REPO, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        sweep_cmd(tmp, *args), cwd=REPO, capture_output=True, text=True, timeout=900
+    )
 
 
 def job_metrics(sweep_dir: Path) -> list[dict]:
@@ -34,13 +45,21 @@ def job_metrics(sweep_dir: Path) -> list[dict]:
 
 
 def table_rows(md: str) -> list[str]:
-    return [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    return [
+        line
+        for line in md.splitlines()
+        if line.startswith("| ") and not line.startswith("| method")
+    ]
 
 
 @pytest.fixture(scope="module")
-def main_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def main_sweep(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     tmp = tmp_path_factory.mktemp("sweep")
-    out = run_sweep(tmp, "method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj", "logger=wandb")
+    out = run_sweep(
+        tmp, "method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj", "logger=wandb"
+    )
     return tmp, out
 
 
@@ -53,7 +72,16 @@ def test_sweep_writes_ranking_with_shared_work(main_sweep) -> None:
     for line in md.splitlines():
         if line.startswith("| method"):
             assert [c.strip() for c in line.strip("|").split("|")] == [
-                "method", "slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
+                "method",
+                "slope",
+                "r2",
+                "valid_frac",
+                "effect_size",
+                "p_value",
+                "score",
+                "min",
+                "max",
+            ]
     metrics = job_metrics(tmp / "sweep")
     assert len(metrics) == 4 and all(m["status"] == "ok" for m in metrics)
     assert sum(not m["extraction_cached"] for m in metrics) == 2, "one extraction per module"
@@ -76,15 +104,23 @@ def test_report_cli_reproduces_byte_for_byte(main_sweep) -> None:
     md = tmp / "sweep" / "ranking.md"
     before = md.read_bytes()
     md.unlink()
-    out = subprocess.run([sys.executable, "-m", "steerexp.report", str(tmp / "sweep"), "--no-copy"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "steerexp.report", str(tmp / "sweep"), "--no-copy"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert md.read_bytes() == before
 
 
 def test_failed_job_is_a_row_and_the_exit_status_says_so(tmp_path: Path) -> None:
-    out = run_sweep(tmp_path, "method=mean_diff",
-                    "module.template='model.layers.{N}.mlp','model.layers.{N}.mlp.gate_up_proj'")
+    out = run_sweep(
+        tmp_path,
+        "method=mean_diff",
+        "module.template='model.layers.{N}.mlp','model.layers.{N}.mlp.gate_up_proj'",
+    )
     assert out.returncode == 1
     assert "1 job(s) of the sweep failed" in out.stderr
     ranking = pd.read_csv(tmp_path / "sweep" / "ranking.csv")
@@ -97,7 +133,12 @@ def test_failed_job_is_a_row_and_the_exit_status_says_so(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_submitit_local_gives_the_same_ranking(main_sweep, tmp_path: Path) -> None:
     tmp, _ = main_sweep
-    out = run_sweep(tmp_path, "method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj", "hydra/launcher=submitit_local")
+    out = run_sweep(
+        tmp_path,
+        "method=fisher_steer_cov_reg1,pca_diff",
+        "module=k_proj,v_proj",
+        "hydra/launcher=submitit_local",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     key = ["method", "module"]
     a = pd.read_csv(tmp / "sweep" / "ranking.csv").sort_values(key).reset_index(drop=True)
@@ -109,8 +150,13 @@ def test_submitit_local_gives_the_same_ranking(main_sweep, tmp_path: Path) -> No
 def test_interrupted_sweep_resumes_to_the_same_ranking(main_sweep, tmp_path: Path) -> None:
     tmp, _ = main_sweep
     args = ("method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj")
-    proc = subprocess.Popen(sweep_cmd(tmp_path, *args), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_cmd(tmp_path, *args),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and not any((tmp_path / "sweep").glob("*/status.json")):
         time.sleep(0.5)
