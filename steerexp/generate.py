@@ -19,7 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from steerexp.data import Question, question_messages
 from steerexp.extract import left_pad
-from steerexp.intervene import Steering, steer, steered_logits
+from steerexp.intervene import Steering, shifts, steer, steered_logits
 from steerexp.judge import AnswerSpec, GenRow
 from steerexp.models import LoadedModel
 
@@ -46,8 +46,9 @@ class _LastIds(StoppingCriteria):
 
 def answer_logps(logits: Tensor, spec: AnswerSpec) -> Tensor:
     """``[B, n_answers]``: log total probability of each answer's variant tokens."""
-    lsm = torch.log_softmax(logits.float(), -1)
-    return torch.stack([lsm[:, ids].logsumexp(-1) for ids in spec.variant_ids], -1).cpu()
+    x = logits.float()
+    lse = x.logsumexp(-1)
+    return torch.stack([x[:, ids].logsumexp(-1) - lse for ids in spec.variant_ids], -1).cpu()
 
 
 def prompt_ids(loaded: LoadedModel, eval_cfg: Mapping[str, Any], q: Question) -> list[int]:
@@ -101,6 +102,7 @@ def generate_chunk(
     ids, mask = left_pad(prompts, loaded.tokenizer.pad_token_id)
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
     c = torch.tensor(list(coeffs), dtype=torch.float32)
+    deltas = shifts(steering, c, loaded.device) if steering is not None else {}
     last = _LastIds()
     steps: list[Tensor] = []
     n = int(kwargs["max_new_tokens"])
@@ -111,8 +113,7 @@ def generate_chunk(
         **kwargs,
     ) as tracer:
         for _ in tracer.iter[:n]:
-            if steering is not None:
-                steer(loaded, steering, c)
+            steer(loaded, deltas)
             steps.append(answer_logps(loaded.lm.lm_head.output[:, -1], spec))
     assert last.ids is not None
     new = last.ids[:, ids.shape[1] :].cpu()

@@ -45,15 +45,21 @@ def base_scales(units: str, extraction: Extraction, modules: Sequence[str]) -> d
     return {m: extraction.act_norm(m) for m in modules}
 
 
-def steer(loaded: LoadedModel, steering: Steering, coeffs: Tensor) -> None:
-    """Inside a trace/generation step: add ``coeffs[row] * s * v`` to each module's output."""
-    for m in forward_order(list(steering.vectors)):
+def shifts(steering: Steering, coeffs: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """Per module, the ``[B, 1, d]`` float32 shift ``coeffs[row] * s * v`` (exact zeros at c = 0)."""
+    c = coeffs.to(device, torch.float32)[:, None, None]
+    return {
+        m: c * (steering.scales[m] * steering.vectors[m].to(device, torch.float32))
+        for m in forward_order(list(steering.vectors))
+    }
+
+
+def steer(loaded: LoadedModel, deltas: dict[str, Tensor]) -> None:
+    """Inside a trace or generation step: add each module's shift to its output (in forward order)."""
+    for m, delta in deltas.items():
         envoy = loaded.envoy(m)
         out = envoy.output
         h = out[0] if isinstance(out, tuple) else out
-        delta = coeffs.to(h.device, torch.float32)[:, None, None] * (
-            steering.scales[m] * steering.vectors[m].to(h.device, torch.float32)
-        )
         new = h + delta.to(h.dtype)
         envoy.output = (new, *out[1:]) if isinstance(out, tuple) else new
 
@@ -63,9 +69,9 @@ def steered_logits(
 ) -> Tensor:
     """Logits of one forward pass, steered per row (or not at all)."""
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+    deltas = shifts(steering, coeffs, loaded.device) if steering is not None and coeffs is not None else {}
     with torch.no_grad(), loaded.lm.trace(model_inputs(ids, mask)):
-        if steering is not None and coeffs is not None:
-            steer(loaded, steering, coeffs)
+        steer(loaded, deltas)
         logits = loaded.lm.output.logits.save()
     return logits
 
