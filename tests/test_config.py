@@ -104,7 +104,7 @@ def test_spec_keys_present() -> None:
     [
         ("eval.coeffs=[1,2]", r"eval.coeffs=\[1.0, 2.0\] has no 0"),
         (
-            "eval.coeffs=[0,.inf]",
+            "eval.coeffs=[0,inf]",
             r"eval.coeffs=\[0.0, inf\] must be a non-empty list of finite numbers",
         ),
         ("eval.answer_regex='Final choice: Yes|No'", r"has 0 capture groups; it needs exactly one"),
