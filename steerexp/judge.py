@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from steerexp.data import answer_regex
 from steerexp.errors import SteerexpError
 from steerexp.registry import Registry
 
@@ -132,15 +133,7 @@ def answer_variants(tokenizer: Any, word: str) -> list[int]:
 
 def make_answer_spec(tokenizer: Any, regex: str, answers: Sequence[str], prefix: str) -> AnswerSpec:
     """Validate the answer regex and answers, and collect each answer's variant ids."""
-    try:
-        pattern = re.compile(regex)
-    except re.error as e:
-        raise SteerexpError(f"answer regex {regex!r} does not compile: {e}") from None
-    if pattern.groups != 1:
-        raise SteerexpError(
-            f"answer regex {regex!r} has {pattern.groups} capture groups; it needs exactly one, "
-            "e.g. 'Final choice: (Yes|No)'"
-        )
+    pattern = answer_regex(regex)
     answers = [str(a) for a in answers]
     if len(answers) < 2:
         raise SteerexpError(f"answers {answers!r}: need at least two distinct answers")

@@ -94,7 +94,7 @@ def test_bad_answers_and_regex(tok: PreTrainedTokenizerFast) -> None:
     with pytest.raises(SteerexpError, match="xylophonequartz"):
         answer_variants(tok, "xylophonequartz")
     for bad in ["Final choice: Yes|No", "Final (choice): (Yes|No)", "Final choice: (Yes|No"]:
-        with pytest.raises(SteerexpError, match="answer regex") as e:
+        with pytest.raises(SteerexpError, match=r"eval\.answer_regex=.*(capture groups|does not compile)") as e:
             make_answer_spec(tok, bad, ["Yes", "No"], PREFIX)
         assert "\n" not in str(e.value)
     with pytest.raises(SteerexpError, match="distinct"):
