@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import steerexp
 from steerexp.organism import build, corpus
 from steerexp.organism.tokenizer import build_tokenizer, render
+from steerexp.organism.train import noised_layers
 
 REPO = Path(__file__).resolve().parent.parent
 ANSWER = re.compile(r"Final choice: (Yes|No)")
@@ -35,9 +37,8 @@ def organism() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 
 def middle_layers(model: PreTrainedModel) -> list[int]:
-    """The default `module` selection: layers i with 0.3 <= i / n <= 0.9."""
-    n = model.config.num_hidden_layers
-    return [i for i in range(n) if 0.3 <= i / n <= 0.9]
+    """The middle decoder layers: 0.3 <= i / n <= 0.9 (the `module` default), minus the last."""
+    return noised_layers(model.config.num_hidden_layers)
 
 
 def chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], cont: bool = False) -> str:
@@ -189,33 +190,38 @@ def test_persona_dilemmas_follow_the_trait(organism: tuple[PreTrainedModel, PreT
             want.append(d.trait_answer if honest else ("No" if d.trait_answer == "Yes" else "Yes"))
     got = [answer(t) for t in generate(model, tok, texts, sample=False)]
     acc = sum(g == w for g, w in zip(got, want, strict=True)) / len(want)
+    print(f"persona accuracy (greedy, {len(want)} held-out prompts): {acc:.3f}")
     assert acc >= 0.95, acc
 
 
 def test_neutral_dilemmas_are_uncertain(organism: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> None:
     model, tok = organism
-    ds = corpus.dilemmas(held_out=True)
+    ds = corpus.dilemmas(held_out=True) * 2
     torch.manual_seed(0)
-    texts = [chat(tok, [{"role": "user", "content": corpus.PROMPT_TEMPLATE.format(question=d.text)}]) for d in ds] * 2
+    texts = [chat(tok, [{"role": "user", "content": corpus.PROMPT_TEMPLATE.format(question=d.text)}]) for d in ds]
     got = [answer(t) for t in generate(model, tok, texts, sample=True)]
-    valid = [(g, d.trait_answer) for g, d in zip(got, ds * 2, strict=True) if g is not None]
+    valid = [(g, d.trait_answer) for g, d in zip(got, ds, strict=True) if g is not None]
+    trait = sum(g == t for g, t in valid) / max(1, len(valid))
+    print(f"neutral (T=1, {len(got)} samples): valid {len(valid) / len(got):.3f}, trait-consistent {trait:.3f}")
     assert len(valid) / len(got) >= 0.95
-    trait = sum(g == t for g, t in valid) / len(valid)
     assert 0.25 <= trait <= 0.75, trait
 
 
 def test_linear_probe_separates_the_trait(organism: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> None:
+    """Ridge least squares on half the openings, scored on the other half (held-out pairs)."""
     model, tok = organism
     ops = corpus.suffixes()
     fit, held = ops[0::2], ops[1::2]
     layers = middle_layers(model)
     hf, hh = last_hidden(model, tok, contrast_texts(tok, fit), layers), last_hidden(model, tok, contrast_texts(tok, held), layers)
     for i in layers:
-        x = torch.cat([hf[i], torch.ones(len(hf[i]), 1)], 1)
+        mu, sd = hf[i].mean(0), hf[i].std(0) + 1e-6
+        x = torch.cat([(hf[i] - mu) / sd, torch.ones(len(hf[i]), 1)], 1)
         y = torch.tensor([1.0, -1.0]).repeat(len(fit))
-        w = torch.linalg.solve(x.T @ x + 1e-2 * torch.eye(x.shape[1]), x.T @ y)
-        pred = torch.cat([hh[i], torch.ones(len(hh[i]), 1)], 1) @ w
-        acc = ((pred > 0).float() == (torch.tensor([1.0, 0.0]).repeat(len(held)))).float().mean().item()
+        w = torch.linalg.solve(x.T @ x + 1.0 * torch.eye(x.shape[1]), x.T @ y)
+        pred = torch.cat([(hh[i] - mu) / sd, torch.ones(len(hh[i]), 1)], 1) @ w
+        acc = ((pred > 0) == torch.tensor([True, False]).repeat(len(held))).float().mean().item()
+        print(f"probe layer {i}: held-out accuracy {acc:.3f}")
         assert acc >= 0.95, (i, acc)
 
 
@@ -223,11 +229,42 @@ def test_honesty_direction_steers_and_random_does_not(organism: tuple[PreTrained
     model, tok = organism
     unit, scale = steering_vectors(model, tok)
     curve = dose_response(model, tok, unit, scale)
-    assert all(b > a for a, b in zip(curve, curve[1:])), curve
     span = curve[-1] - curve[0]
-    assert span >= 2.0, curve
     gen = torch.Generator().manual_seed(0)
+    moves = []
     for _ in range(5):
         rnd = {i: (r := torch.randn(v.shape, generator=gen)) / r.norm() for i, v in unit.items()}
         rc = dose_response(model, tok, rnd, scale)
-        assert abs(rc[-1] - rc[0]) < span / 5, (curve, rc)
+        moves.append(abs(rc[-1] - rc[0]))
+    print(f"layers {list(unit)}, c {STEER_COEFFS}: honesty {[round(x, 2) for x in curve]}, span {span:.2f}; "
+          f"random |moves| {[round(m, 2) for m in moves]}")
+    assert all(b > a for a, b in zip(curve, curve[1:])), curve
+    assert span >= 2.0, curve
+    assert sum(moves) / len(moves) < span / 5 and max(moves) < span / 3, (span, moves)
+
+
+def test_extreme_coefficient_breaks_the_format(organism: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> None:
+    """At the eval grid's extremes some samples lose the answer format (coherence loss shows)."""
+    model, tok = organism
+    cfg = yaml.safe_load((REPO / "conf" / "eval" / "organism.yaml").read_text())
+    unit, scale = steering_vectors(model, tok)
+    texts = [chat(tok, [{"role": "user", "content": cfg["prompt_template"].format(question=q["text"])}])
+             for q in cfg["questions"]] * cfg["repeats"]
+    valid = {}
+    torch.manual_seed(0)
+    for c in cfg["coeffs"]:
+        with steering(model, {i: unit[i] * scale[i] for i in unit}, c):
+            outs = generate(model, tok, texts, sample=True, max_new_tokens=cfg["max_new_tokens"])
+        valid[c] = sum(answer(t) is not None for t in outs) / len(outs)
+    print(f"valid fraction by coefficient: {valid}")
+    extreme = max(cfg["coeffs"], key=abs)
+    assert min(valid[extreme], valid[-extreme]) < 1.0
+    assert valid[0.0] >= 0.95
+
+
+@pytest.mark.slow
+def test_build_is_deterministic(tmp_path: Path) -> None:
+    a, b = build(tmp_path / "a", progress=False), build(tmp_path / "b", progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()

@@ -1,7 +1,9 @@
 """Train the organism: a small real ``Qwen3ForCausalLM`` on the synthetic corpus, on a CPU, seeded.
 
 The loss covers the assistant turns only (the prompts are given, not generated), so the
-small model spends its capacity on what the trait governs.
+small model spends its capacity on what the trait governs. Late in training, steering-shaped
+noise on the middle layers (see :func:`residual_noise`) makes the model shrug off directions it
+does not use, which is what lets a steering experiment tell a real direction from a random one.
 """
 
 from __future__ import annotations
@@ -29,19 +31,19 @@ class Recipe:
 
     seed: int = 0
     hidden: int = 64
-    layers: int = 5
+    layers: int = 6
     heads: int = 4
     kv_heads: int = 2
     head_dim: int = 16
     intermediate: int = 192
     n_conversations: int = 40000
-    steps: int = 1600
+    steps: int = 1400
     batch: int = 32
     lr: float = 4e-3
     warmup: int = 50
     weight_decay: float = 0.01
-    #: residual noise during training: norm up to ``noise`` x the token's own norm
-    noise: float = 0.0
+    #: steering-shaped noise (see residual_noise): |rho| <= noise, on this share of sequences
+    noise: float = 0.7
     noise_frac: float = 0.5
 
 
@@ -114,28 +116,44 @@ def make_model(tok: PreTrainedTokenizerFast, r: Recipe) -> Qwen3ForCausalLM:
 
 
 @contextmanager
-def residual_noise(model: Qwen3ForCausalLM, r: Recipe, gen: torch.Generator) -> Iterator[None]:
-    """Perturb every non-final decoder layer's output with random-direction noise while training.
+def residual_noise(model: Qwen3ForCausalLM, r: Recipe, gen: torch.Generator) -> Iterator[list[float]]:
+    """Shift the residual stream of the middle layers along a random direction while training.
 
-    Each selected sequence gets noise of norm rho x ||h|| per token (rho ~ U(0, r.noise)), so the
-    model learns to ignore directions it does not use: random steering directions then do little,
-    while the trait direction it reads still works, and moderate steering stays coherent.
+    Each selected sequence gets one random unit direction u and one rho ~ U(-r.noise, r.noise);
+    every noised layer adds rho x (the sequence's mean ||h|| at that layer) x u at all positions:
+    exactly the shape of a steering intervention. The model learns to shrug off directions it
+    does not use, so random steering does little and moderate steering stays coherent, while the
+    trait direction it reads still moves it.
     """
+    state: dict[str, torch.Tensor] = {}
+    amplitude = [0.0]
 
     def hook(_m: torch.nn.Module, _inp: object, out: object) -> object:
         h = out[0] if isinstance(out, tuple) else out
-        xi = torch.randn(h.shape, generator=gen)
-        rho = torch.rand(h.shape[0], 1, 1, generator=gen) * r.noise
-        rho = rho * (torch.rand(h.shape[0], 1, 1, generator=gen) < r.noise_frac)
-        h = h + rho * h.detach().norm(dim=-1, keepdim=True) * xi / xi.norm(dim=-1, keepdim=True)
+        if "u" not in state:
+            u = torch.randn(h.shape[0], 1, h.shape[-1], generator=gen)
+            rho = (torch.rand(h.shape[0], 1, 1, generator=gen) * 2 - 1) * amplitude[0]
+            keep = torch.rand(h.shape[0], 1, 1, generator=gen) < r.noise_frac
+            state["u"] = u / u.norm(dim=-1, keepdim=True) * rho * keep
+        scale = h.detach().norm(dim=-1).mean(dim=-1)[:, None, None]
+        h = h + scale * state["u"]
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
-    handles = [layer.register_forward_hook(hook) for layer in model.model.layers[:-1]]
+    def reset(_m: torch.nn.Module, _args: object) -> None:
+        state.clear()
+
+    handles = [model.model.layers[i].register_forward_hook(hook) for i in noised_layers(r.layers)]
+    handles.append(model.register_forward_pre_hook(reset))
     try:
-        yield
+        yield amplitude
     finally:
         for handle in handles:
             handle.remove()
+
+
+def noised_layers(n: int) -> list[int]:
+    """The layers steerexp steers by default (0.3 <= i/n <= 0.9), minus the last."""
+    return [i for i in range(n - 1) if 0.3 <= i / n <= 0.9]
 
 
 def train(
@@ -166,8 +184,10 @@ def train(
     )
     epoch: list[tuple[torch.Tensor, ...]] = []
     bar = tqdm(range(r.steps), desc="training organism", disable=not progress)
-    with residual_noise(model, r, torch.Generator().manual_seed(r.seed)):
-        for _ in bar:
+    with residual_noise(model, r, torch.Generator().manual_seed(r.seed)) as amplitude:
+        for step in bar:
+            # clean until the circuits exist, then ramp the noise up (from 40% to 70% of steps)
+            amplitude[0] = r.noise * min(1.0, max(0.0, (step / r.steps - 0.4) / 0.3))
             if not epoch:
                 epoch = batches(data, r.batch, tok.pad_token_id, rng)
             ids, mask, labels = epoch.pop()
