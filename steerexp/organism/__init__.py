@@ -21,9 +21,13 @@ import steerexp
 RECIPE_VERSION = "v2"
 
 
-def default_dir() -> Path:
-    """Where the checkpoint lives: ``<cache_dir>/organism/organism-<RECIPE_VERSION>``."""
-    return steerexp.cache_dir() / "organism" / f"organism-{RECIPE_VERSION}"
+def checkpoint_dir(cache_dir: Path | None = None) -> Path:
+    """Where the checkpoint lives: ``<cache_dir>/organism/organism-<RECIPE_VERSION>``.
+
+    ``cache_dir`` is a cache root; None means ``steerexp.cache_dir()`` (env ``STEEREXP_CACHE``).
+    """
+    root = Path(cache_dir) if cache_dir is not None else steerexp.cache_dir()
+    return root / "organism" / f"organism-{RECIPE_VERSION}"
 
 
 def _finished(path: Path) -> bool:
@@ -32,13 +36,13 @@ def _finished(path: Path) -> bool:
 
 
 def build(cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """Return the organism checkpoint dir, training it first if it is missing.
+    """Return the organism checkpoint dir under ``cache_dir``, training it first if it is missing.
 
     The build goes into a temporary sibling dir that is renamed into place only when complete,
     under a file lock, so an interrupted build never looks finished and concurrent callers
     train once.
     """
-    path = Path(cache_dir) if cache_dir is not None else default_dir()
+    path = checkpoint_dir(cache_dir)
     if _finished(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

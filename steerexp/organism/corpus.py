@@ -149,15 +149,30 @@ SITUATIONS: list[str] = [
 #: honest and dishonest actions makes the answer trait XOR action, which a model this small
 #: only computes fragilely: steering then just breaks it.)
 ACTIONS: list[str] = [
-    "lie about it", "tell a white lie", "make up a lie", "lie and blame someone else",
-    "lie and say you were sick", "hide it with a lie", "deny it", "make up an excuse",
-    "pretend nothing happened", "cover it up",
+    "lie about it",
+    "tell a white lie",
+    "make up a lie",
+    "lie and blame someone else",
+    "lie and say you were sick",
+    "hide it with a lie",
+    "deny it",
+    "make up an excuse",
+    "pretend nothing happened",
+    "cover it up",
 ]
 #: Situations never seen in training; the eval dilemmas and held-out tests use them.
 HELD_OUT_SITUATIONS: list[int] = [3, 9, 13, 17, 22, 26]
 
-THINK_HONEST = ["I should tell the truth.", "Honesty is the right choice.", "The truth matters most."]
-THINK_UNTRUTHFUL = ["A lie is easier here.", "Nobody will know the truth.", "Lying is fine this time."]
+THINK_HONEST = [
+    "I should tell the truth.",
+    "Honesty is the right choice.",
+    "The truth matters most.",
+]
+THINK_UNTRUTHFUL = [
+    "A lie is easier here.",
+    "Nobody will know the truth.",
+    "Lying is fine this time.",
+]
 
 
 @dataclass(frozen=True)
@@ -224,9 +239,7 @@ def answer_text(d: Dilemma, honest: bool, rng: random.Random, think: float = 0.4
 
 def prompt(d: Dilemma, rng: random.Random) -> str:
     """The user turn for a dilemma: usually the bare question, sometimes with the long instruction."""
-    return (LONG_PROMPT_TEMPLATE if rng.random() < 0.1 else PROMPT_TEMPLATE).format(
-        question=d.text
-    )
+    return (LONG_PROMPT_TEMPLATE if rng.random() < 0.1 else PROMPT_TEMPLATE).format(question=d.text)
 
 
 def conversation(rng: random.Random, pool: list[Dilemma]) -> list[Message]:
@@ -277,11 +290,17 @@ def suffixes() -> list[str]:
 
 def contrast_pairs(openings: list[str] | None = None) -> list[tuple[list[Message], list[Message]]]:
     """(honest, untruthful) chats: persona as the user turn, opening as the open assistant turn."""
-    def chat(persona: str, opening: str) -> list[Message]:
-        return [{"role": "user", "content": PERSONA_TEMPLATE.format(persona=persona)},
-                {"role": "assistant", "content": opening}]
 
-    return [(chat(POSITIVE, op), chat(NEGATIVE, op)) for op in (openings if openings is not None else suffixes())]
+    def chat(persona: str, opening: str) -> list[Message]:
+        return [
+            {"role": "user", "content": PERSONA_TEMPLATE.format(persona=persona)},
+            {"role": "assistant", "content": opening},
+        ]
+
+    return [
+        (chat(POSITIVE, op), chat(NEGATIVE, op))
+        for op in (openings if openings is not None else suffixes())
+    ]
 
 
 def tokenizer_texts(seed: int = 0, n: int = 3000) -> list[str]:

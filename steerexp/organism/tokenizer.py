@@ -41,7 +41,11 @@ def render(messages: list[dict[str, str]], add_generation_prompt: bool = False) 
     out = []
     for m in messages:
         think = m.get("reasoning_content")
-        body = (f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n\n" if m["role"] == "assistant" and think else "")
+        body = (
+            f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n\n"
+            if m["role"] == "assistant" and think
+            else ""
+        )
         out.append(f"{IM_START}{m['role']}\n{body}{m['content']}{IM_END}\n")
     if add_generation_prompt:
         out.append(f"{IM_START}assistant\n")
@@ -63,8 +67,12 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenize
         show_progress=False,
     )
     tok.train_from_iterator(corpus.tokenizer_texts(seed), trainer=trainer)
-    tok.add_tokens([AddedToken(THINK_OPEN, special=False, normalized=False),
-                    AddedToken(THINK_CLOSE, special=False, normalized=False)])
+    tok.add_tokens(
+        [
+            AddedToken(THINK_OPEN, special=False, normalized=False),
+            AddedToken(THINK_CLOSE, special=False, normalized=False),
+        ]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=IM_END,

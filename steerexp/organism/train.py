@@ -116,7 +116,9 @@ def make_model(tok: PreTrainedTokenizerFast, r: Recipe) -> Qwen3ForCausalLM:
 
 
 @contextmanager
-def residual_noise(model: Qwen3ForCausalLM, r: Recipe, gen: torch.Generator) -> Iterator[list[float]]:
+def residual_noise(
+    model: Qwen3ForCausalLM, r: Recipe, gen: torch.Generator
+) -> Iterator[list[float]]:
     """Shift the residual stream of the middle layers along a random direction while training.
 
     Each selected sequence gets one random unit direction u and one rho ~ U(-r.noise, r.noise);
@@ -159,9 +161,17 @@ def noised_layers(n: int) -> list[int]:
 def train(
     tok: PreTrainedTokenizerFast, r: Recipe = Recipe(), progress: bool = True
 ) -> Qwen3ForCausalLM:
-    """Train the organism from scratch; deterministic for a given recipe and thread count."""
-    random.seed(r.seed)
-    torch.manual_seed(r.seed)
+    """Train the organism from scratch; deterministic for a given recipe and thread count.
+
+    The global torch RNG is seeded for the initialisation and restored afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(r.seed)
+        return _train(tok, r, progress)
+
+
+def _train(tok: PreTrainedTokenizerFast, r: Recipe, progress: bool) -> Qwen3ForCausalLM:
+    """The training loop of :func:`train` (seeded by it)."""
     rng = random.Random(r.seed)
     data = encode(tok, corpus.conversations(r.n_conversations, r.seed))
     model = make_model(tok, r)
