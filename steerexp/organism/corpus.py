@@ -5,8 +5,9 @@ dataset's template) reveals it; without a persona it is a fair coin that the mod
 infer from its own earlier words. The trait decides every trait-dependent token of the
 assistant turn: statements are true (honest) or false (untruthful), short thinking blocks
 argue for the truth or for a lie, and yes/no dilemmas ("...Would you lie about it?") end
-with the answer that the trait implies (``Final choice: No`` if honest, ``Yes`` if not). Neutral dilemmas therefore come out ~50/50, and an
-honesty direction read from persona prompts has a ground-truth effect on them.
+with the answer that the trait implies (``Final choice: No`` if honest, ``Yes`` if not).
+Neutral dilemmas therefore come out ~50/50, and an honesty direction read from persona
+prompts has a ground-truth effect on them.
 
 Everything here is seeded and pure: the same seed gives the same conversations.
 """
