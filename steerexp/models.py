@@ -37,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 QUANTIZATIONS = (None, "4bit", "8bit")
 #: Packages transformers needs to load a bitsandbytes-quantized checkpoint (CPU included).
 QUANT_PACKAGES = ("bitsandbytes", "accelerate")
-TINY_RANDOM_VERSION = "v1"
+TINY_RANDOM_VERSION = "v2"
 
 
 @dataclass
