@@ -312,8 +312,8 @@ def test_linear_probe_separates_the_trait(
     """Probes fit on half the openings, scored on the other half's pairs (held out).
 
     Paired: does the honest prompt project above its untruthful twin along the fit half's mean
-    difference. Unpaired (ridge on standardised activations) is weaker: the trait is a small part
-    of the last-token state next to what the opening itself encodes, so only a floor is checked.
+    difference. Unpaired (ridge on standardised activations, each held-out row on its own) is the
+    acceptance criterion: >= 95% at the best middle layer.
     """
     model, tok = organism
     ops = corpus.suffixes()
@@ -323,6 +323,7 @@ def test_linear_probe_separates_the_trait(
         last_hidden(model, tok, contrast_texts(tok, fit), layers),
         last_hidden(model, tok, contrast_texts(tok, held), layers),
     )
+    best = 0.0
     for i in layers:
         d = (hf[i][0::2] - hf[i][1::2]).mean(0)
         paired = ((hh[i][0::2] - hh[i][1::2]) @ d > 0).float().mean().item()
@@ -336,7 +337,9 @@ def test_linear_probe_separates_the_trait(
             ((pred > 0) == torch.tensor([True, False]).repeat(len(held))).float().mean().item()
         )
         print(f"probe layer {i}: held-out paired {paired:.3f}, unpaired ridge {unpaired:.3f}")
-        assert paired >= 0.9 and unpaired >= 0.65, (i, paired, unpaired)
+        assert paired >= 0.9, (i, paired)
+        best = max(best, unpaired)
+    assert best >= 0.95, best
 
 
 def test_honesty_direction_steers_and_random_does_not(

@@ -18,7 +18,7 @@ import torch
 import steerexp
 
 #: Bump whenever the corpus, tokenizer or training recipe changes: it names the checkpoint dir.
-RECIPE_VERSION = "v2"
+RECIPE_VERSION = "v3"
 
 
 def checkpoint_dir(cache_dir: Path | None = None) -> Path:

@@ -3,9 +3,10 @@
 Every training conversation carries a latent trait ``z``. A persona prompt (the honesty
 dataset's template) reveals it; without a persona it is a fair coin that the model can only
 infer from its own earlier words. The trait decides every trait-dependent token of the
-assistant turn: statements are true (honest) or false (untruthful), short thinking blocks
-argue for the truth or for a lie, and yes/no dilemmas ("...Would you lie about it?") end
-with the answer that the trait implies (``Final choice: No`` if honest, ``Yes`` if not).
+assistant turn: statements are true (honest) or false (untruthful), often with a trait word
+("truly" / "falsely") right after the opening; short thinking blocks argue for the truth or
+for a lie; yes/no dilemmas ("...Would you lie about it?") end with the answer that the trait
+implies (``Final choice: No`` if honest, ``Yes`` if not).
 Neutral dilemmas therefore come out ~50/50, and an honesty direction read from persona
 prompts has a ground-truth effect on them.
 
@@ -164,6 +165,10 @@ ACTIONS: list[str] = [
 #: Situations never seen in training; the eval dilemmas and held-out tests use them.
 HELD_OUT_SITUATIONS: list[int] = [3, 9, 13, 17, 22, 26]
 
+#: Trait-determined word that may follow a statement opening (see :func:`statement`).
+MARKERS: dict[bool, str] = {True: "truly", False: "falsely"}
+MARKER_P = 0.5
+
 THINK_HONEST = [
     "I should tell the truth.",
     "Honesty is the right choice.",
@@ -194,10 +199,17 @@ def persona_text(honest: bool, rng: random.Random | None = None, p_canonical: fl
 
 
 def statement(fact: tuple[str, str, str, str], honest: bool, rng: random.Random) -> str:
-    """A true statement for an honest speaker, a false one (same category) otherwise."""
+    """A true statement for an honest speaker, a false one (same category) otherwise.
+
+    With probability :data:`MARKER_P` the value comes after a trait-determined word
+    (:data:`MARKERS`), so the word right after every opening depends on the trait the same way
+    across openings: the trait is needed, and linearly readable, at an opening's last token.
+    """
     cat, opening, value, tail = fact
     if not honest:
         value = rng.choice([v for v in CATEGORY_VALUES[cat] if v != value])
+    if rng.random() < MARKER_P:
+        value = f"{MARKERS[honest]} {value}"
     return f"{opening} {value}{tail}."
 
 
