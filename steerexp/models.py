@@ -37,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 QUANTIZATIONS = (None, "4bit", "8bit")
 #: Packages transformers needs to load a bitsandbytes-quantized checkpoint (CPU included).
 QUANT_PACKAGES = ("bitsandbytes", "accelerate")
-TINY_RANDOM_VERSION = "v2"
+TINY_RANDOM_VERSION = "v1"
 
 
 @dataclass
@@ -305,6 +305,7 @@ def build_tiny_random() -> Path:
     """A 4-layer random-weight Qwen3 with the organism's tokenizer: the fast test fixture."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from steerexp.organism import RECIPE_VERSION
     from steerexp.organism.tokenizer import build_tokenizer
 
     def make(out: Path) -> None:
@@ -327,7 +328,9 @@ def build_tiny_random() -> Path:
         Qwen3ForCausalLM(config).save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _atomic_build(cache_dir() / "tiny_random" / f"tiny_random-{TINY_RANDOM_VERSION}", make)
+    # The tokenizer comes from the organism's corpus, so its recipe version is part of the name.
+    name = f"tiny_random-{TINY_RANDOM_VERSION}-tok{RECIPE_VERSION}"
+    return _atomic_build(cache_dir() / "tiny_random" / name, make)
 
 
 def build_organism() -> Path:
