@@ -57,11 +57,11 @@ FALLBACK = ["model=tiny_random", "dataset=honesty", "eval=white_lie"]
 
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """One torch thread while inside: on a shared, oversubscribed CPU a descheduled worker stalls
-    every thread barrier and timings swing 10-100x; the benchmark models are tiny, so one thread
-    costs them nothing. The previous thread count is restored on exit."""
+    """One torch thread while inside (``STEEREXP_BENCH_THREADS`` overrides, as in bench.fisher):
+    on a shared, oversubscribed CPU a descheduled worker stalls every thread barrier and timings
+    swing 10-100x. The previous thread count is restored on exit."""
     saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("STEEREXP_BENCH_THREADS", "1")))
     try:
         yield
     finally:
