@@ -8,6 +8,7 @@ whether it ends the process (single run) or just the job (multirun).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,13 @@ from steerexp.errors import SteerexpError, choice_error, error_text
 from steerexp.extract import GRAD_TOKENS, extract
 from steerexp.generate import generate_rows, grid, make_rescore, prompt_ids
 from steerexp.intervene import COEFF_UNITS, Steering, base_scales, calibrate_kl
-from steerexp.judge import JUDGES, make_answer_spec
+from steerexp.judge import JUDGES, judge_rows, make_answer_spec
 from steerexp.losses import LOSSES
 from steerexp.methods import METHODS, fit_from_config
 from steerexp.models import load_model, resolve_modules, validate_model_cfg
-from steerexp.regress import journal_table, regress
+from steerexp.regress import X_TRANSFORMS, journal_table, regress
 from steerexp.tracking import make_logger
 
-REGRESS_X = ("symlog", "linear")
 IDENTITY = ("model", "module", "method", "loss", "dataset", "eval", "judge")
 
 
@@ -51,8 +51,8 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     validate_model_cfg(_plain(cfg.model))
     if cfg.coeff_units not in COEFF_UNITS:
         raise choice_error("coeff_units", cfg.coeff_units, COEFF_UNITS)
-    if cfg.regress_x not in REGRESS_X:
-        raise choice_error("regress_x", cfg.regress_x, REGRESS_X)
+    if cfg.regress_x not in X_TRANSFORMS:
+        raise choice_error("regress_x", cfg.regress_x, X_TRANSFORMS)
     if cfg.extract.grad_tokens not in GRAD_TOKENS:
         raise choice_error("extract.grad_tokens", cfg.extract.grad_tokens, GRAD_TOKENS)
     METHODS.get(str(cfg.method.kind))
@@ -183,7 +183,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
 
     t0 = t()
     rescore = make_rescore(loaded, cfg.eval, questions, steering, spec)
-    judgements = [JUDGES.get(str(cfg.judge.name))(r, spec, rescore) for r in rows]
+    judgements = judge_rows(str(cfg.judge.name), rows, spec, rescore)
     dose = _dose_frame(rows, judgements)
     artifacts.write_dose_response(run_dir / "dose_response.csv", dose)
     metrics["time_judge_s"] = t() - t0
@@ -210,8 +210,6 @@ def run(
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     if artifacts.read_status(run_dir) == "ok":
-        import json
-
         print(f"[steerexp] {run_dir} already finished (status ok); skipping")
         return json.loads((run_dir / "metrics.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import struct
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from steerexp.artifacts import jsonable
 from steerexp.errors import SteerexpError, choice_error
 from steerexp.registry import Registry
 
@@ -66,15 +66,6 @@ class NoneLogger:
 
     def finish(self, status: str) -> None:
         """Nothing to finish."""
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe scalar: NaN/inf -> None, numpy scalars -> Python."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def run_group(run_dir: Path) -> str:
@@ -147,7 +138,7 @@ class WandbLogger:
         try:
             import wandb
 
-            self.run.summary.update({k: _clean(v) for k, v in metrics.items()})
+            self.run.summary.update(jsonable(dict(metrics)))
             if len(dose):
                 self.run.log({"dose_response": wandb.Table(dataframe=dose.reset_index(drop=True))}, commit=False)
                 if {"coeff", "log_ratio"} <= set(dose.columns):
