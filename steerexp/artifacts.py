@@ -6,6 +6,7 @@ artifact; ``status.json`` is written last, so ``ok`` there means every artifact 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from steerexp.cache import apply_umask
 from steerexp.regress import transform_x
 
 DOSE_COLUMNS = [
@@ -56,6 +58,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        apply_umask(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -82,16 +85,63 @@ def write_json(path: Path, obj: Any) -> Path:
     )
 
 
-def write_status(run_dir: Path, status: str, error: str | None = None) -> Path:
-    return write_json(run_dir / "status.json", {"status": status, "error": error})
+def write_status(
+    run_dir: Path, status: str, error: str | None = None, config_hash: str | None = None
+) -> Path:
+    return write_json(
+        run_dir / "status.json", {"status": status, "error": error, "config_hash": config_hash}
+    )
+
+
+def read_status_file(run_dir: Path) -> dict[str, Any]:
+    """A run dir's status.json as a dict (empty when absent or unreadable)."""
+    try:
+        data = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_status(run_dir: Path) -> str | None:
-    """``ok``/``failed`` from a run dir's status.json, or None when absent or unreadable."""
-    try:
-        return str(json.loads((run_dir / "status.json").read_text())["status"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """``ok``/``failed``/``interrupted`` from a run dir's status.json, or None when absent or unreadable."""
+    status = read_status_file(run_dir).get("status")
+    return None if status is None else str(status)
+
+
+#: Top-level config keys that cannot change a run's results (where reports and caches go, the
+#: experiment logger): a finished run dir is reused across them.
+RESULT_NEUTRAL_KEYS = ("report_name", "report_overwrite", "cache_dir", "logger")
+
+
+def run_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved task config that identifies a run's results (neutral keys dropped)."""
+    return {k: v for k, v in resolved.items() if k not in RESULT_NEUTRAL_KEYS and k != "hydra"}
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """sha256 (first 16 hex) of :func:`run_config`: stored in status.json, compared on reuse."""
+    blob = json.dumps(jsonable(run_config(resolved)), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 3) -> str:
+    """``method.name: 'pca_diff' -> 'random'``-style summary of where two configs differ."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, Mapping):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out if out else {prefix: d}
+
+    a, b = flat(run_config(old)), flat(run_config(new))
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    parts = [
+        f"{k.rstrip('.')}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:limit]
+    ]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more
 
 
 def write_directions(

@@ -2,7 +2,9 @@
 
 An entry is a directory ``<root>/<key>/`` with ``activations.safetensors`` and ``key.json``
 (what was hashed, plus the tensor file's sha256). An entry whose file is missing,
-unreadable, or whose digest does not match is treated as absent and rebuilt.
+unreadable, or whose digest does not match is treated as absent and rebuilt. Entries get the
+permissions the umask allows (a group-shared cache stays shared); a cache that cannot be
+written (read-only, full) only costs the reuse: the run goes on uncached, with a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,15 @@ from safetensors.torch import load_file, save_file
 
 TENSORS = "activations.safetensors"
 META = "key.json"
+
+
+def apply_umask(path: Path) -> None:
+    """Give a ``mkstemp``/``mkdtemp`` result (0600/0700) the mode a plain create would have had
+    under the current umask, recursively for a dir, before it is renamed into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def hash_key(payload: Any) -> str:
@@ -51,18 +63,36 @@ def load(root: Path, key: str) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def save(root: Path, key: str, tensors: dict[str, torch.Tensor], payload: Any) -> Path:
-    """Write an entry into a temp dir and rename it into place (never half-written)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
+def save(root: Path, key: str, tensors: dict[str, torch.Tensor], payload: Any) -> Path | None:
+    """Write an entry into a temp dir and rename it into place (never half-written).
+
+    Returns the entry, or None (with a warning) when the cache cannot be written.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
+    except OSError as e:
+        warnings.warn(
+            f"extraction cache {str(root)!r} is not writable ({e.strerror or e}); running uncached",
+            stacklevel=2,
+        )
+        return None
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
         meta = {"key": key, "sha256": _digest(tmp / TENSORS), "hashed": payload}
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        apply_umask(tmp)
         entry = root / key
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
         os.replace(tmp, entry)
+    except OSError as e:
+        warnings.warn(
+            f"could not write extraction cache entry {key} in {str(root)!r} ({e.strerror or e}); "
+            "running uncached",
+            stacklevel=2,
+        )
+        return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / key

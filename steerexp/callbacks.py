@@ -2,8 +2,9 @@
 
 Registered in ``conf/config.yaml`` under ``hydra.callbacks``. The pipeline records per-job failures in
 the job dirs instead of raising (Hydra skips ``on_multirun_end`` when a job raises), so this callback
-sees every job; ``steerexp.__main__`` reads ``steerexp.callbacks.LAST_SWEEP_FAILED`` afterwards to exit
-non-zero when a job failed.
+sees every job; :func:`steerexp.cli.cli` reads ``LAST_SWEEP_FAILED``/``LAST_SWEEP_ERROR`` afterwards
+to exit non-zero when a job failed or the ranking could not be written, and calls
+:func:`rank_interrupted` on Ctrl-C (Hydra calls no callback then).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 LAST_SWEEP_FAILED: int = 0
 # Why the last report could not be built (one line), or None when it was written.
 LAST_SWEEP_ERROR: str | None = None
+# The running sweep's config and callback (set at multirun start), for a ranking after Ctrl-C.
+_CURRENT: tuple[DictConfig, RankingCallback] | None = None
 
 
 class RankingCallback(Callback):
@@ -29,8 +32,9 @@ class RankingCallback(Callback):
 
     ``reports_root``: where the copy goes (None -> ``<repo>/multirun_reports``); ``print_tables``: echo
     ``ranking.md`` to stdout. The report's folder name is the config's ``report_name`` when set, else
-    ``<date>_<time>`` of the sweep dir. Never raises: a report error is logged and kept in
-    ``LAST_SWEEP_ERROR``.
+    ``<date>_<time>-<id>`` of the sweep dir; ``report_overwrite`` decides what happens when another
+    sweep's report has that name (see :func:`steerexp.report.build_report`). Never raises: a report
+    error is logged and kept in ``LAST_SWEEP_ERROR``.
     """
 
     def __init__(self, reports_root: str | None = None, print_tables: bool = True) -> None:
@@ -39,11 +43,18 @@ class RankingCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Reset the module-level results so a second sweep in one process starts clean."""
-        global LAST_SWEEP_FAILED, LAST_SWEEP_ERROR
-        LAST_SWEEP_FAILED, LAST_SWEEP_ERROR = 0, None
+        global LAST_SWEEP_FAILED, LAST_SWEEP_ERROR, _CURRENT
+        LAST_SWEEP_FAILED, LAST_SWEEP_ERROR, _CURRENT = 0, None, (config, self)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Build and print the ranking of the sweep that just ended."""
+        global _CURRENT
+        self.rank(config)
+        _CURRENT = None
+
+    def rank(self, config: DictConfig, interrupted: bool = False) -> Path | None:
+        """Write the ranking (jobs never started are ``interrupted`` rows when ``interrupted``);
+        returns the sweep dir, or None when the report failed (the reason is in ``LAST_SWEEP_ERROR``)."""
         global LAST_SWEEP_FAILED, LAST_SWEEP_ERROR
         LAST_SWEEP_FAILED, LAST_SWEEP_ERROR = 0, None
         try:
@@ -54,12 +65,36 @@ class RankingCallback(Callback):
                 raise ValueError("config has no hydra.sweep.dir")
             sweep_dir = Path(str(raw))
             name = OmegaConf.select(config, "report_name", default=None)
+            overwrite = bool(OmegaConf.select(config, "report_overwrite", default=False))
             root = Path(self.reports_root) if self.reports_root else DEFAULT_REPORTS_ROOT
-            df = build_report(sweep_dir, reports_root=root, name=str(name) if name else None)
+            df = build_report(
+                sweep_dir,
+                reports_root=root,
+                name=str(name) if name else None,
+                overwrite=overwrite,
+                interrupted=interrupted,
+            )
             LAST_SWEEP_FAILED = int((df["status"] != "ok").sum())
             if self.print_tables:
                 print((sweep_dir / "ranking.md").read_text(), flush=True)
-            log.info("ranking written to %s and %s", sweep_dir, root)
+            log.info("ranking written to %s and %s", sweep_dir, df.attrs.get("report_dir"))
+            return sweep_dir
         except Exception as e:  # noqa: BLE001 -- a report problem must not turn a finished sweep into a crash
             LAST_SWEEP_ERROR = f"{type(e).__name__}: {' '.join(str(e).split())}"
             log.error("could not build the sweep ranking: %s", LAST_SWEEP_ERROR)
+            return None
+
+
+def rank_interrupted() -> str:
+    """After Ctrl-C: rank what finished, the rest ``interrupted``; one line saying where it went."""
+    if _CURRENT is None:
+        return "no sweep was running, so no ranking was written"
+    config, callback = _CURRENT
+    callback.print_tables = False
+    sweep_dir = callback.rank(config, interrupted=True)
+    if sweep_dir is None:
+        return f"the partial ranking could not be written: {LAST_SWEEP_ERROR}"
+    return (
+        f"partial ranking written to {sweep_dir / 'ranking.md'} "
+        f"({LAST_SWEEP_FAILED} job(s) not ok); rerun the same command to resume"
+    )

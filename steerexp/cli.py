@@ -2,23 +2,57 @@
 
 A failing job never raises out of the task (Hydra would skip the end-of-sweep ranking); it
 is recorded in its run dir and in :data:`FAILED`, and :func:`cli` exits non-zero afterwards.
+Command-line mistakes that Hydra would report as a traceback, or not at all, are caught by
+:func:`check_args` first, in one line (exit 2). Exit codes: 0 ok, 1 a run/job failed or the
+ranking could not be written, 2 bad input, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+import secrets
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from steerexp import CONF_DIR
-from steerexp.errors import SteerexpError, choice_error, error_text
+from steerexp.errors import SteerexpError, choice_error, error_text, plain_name
 
 log = logging.getLogger("steerexp")
 
 #: ``"<job dir>: <error>"`` for each job of this process that failed.
 FAILED: list[str] = []
+
+#: A short random id drawn once per process: default run/sweep dir names end in it, so two
+#: runs started in the same second never share a dir.
+RUN_ID = secrets.token_hex(3)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")
+MAX_JOB_NAME = 96
+#: Keys whose value becomes one file or folder name: no separators, no ``..``.
+NAME_KEYS = ("report_name", "hydra.job.name")
+
+
+def job_dir_name(override_dirname: Any) -> str:
+    """A job-dir name from Hydra's ``override_dirname``: runs of ``/``, spaces, quotes etc. become
+    ``_`` (so ``model.path=Org/Name`` or ``cache_dir=/abs`` never nest), and a name longer than
+    :data:`MAX_JOB_NAME` is cut and ends in a hash of the whole. The job number in front keeps
+    names unique even when two values sanitise alike."""
+    text = str(override_dirname)
+    name = _UNSAFE.sub("_", text)
+    if len(name) > MAX_JOB_NAME:
+        name = name[: MAX_JOB_NAME - 9] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return name
+
+
+OmegaConf.register_new_resolver("steerexp.run_id", lambda: RUN_ID, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("steerexp.job_dir_name", job_dir_name, replace=True)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -37,48 +71,176 @@ def main(cfg: DictConfig) -> float | None:
         return None
 
 
-def check_group_overrides(args: list[str]) -> None:
-    """Unknown ``group=option`` values (sweep lists included) fail here, in one line, with
-    did-you-mean and the valid choices, before Hydra composes anything."""
+def _parse(args: list[str]) -> list[Any]:
+    """Hydra's parse of each ``key=value`` argument; a parse error names the argument and how to quote."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in args:
+        try:
+            parsed.extend(parser.parse_overrides([arg]))
+        except OverrideParseException as e:
+            key, _, value = arg.partition("=")
+            lines = [
+                ln for ln in str(e).splitlines() if ln and not ln.startswith(("See ", "Error "))
+            ]
+            why = lines[0] if lines else "syntax error"
+            if "{N}" in value:
+                hint = f"'{{N}}' must be quoted for Hydra: '{key}=\"{value}\"'"
+            elif value.lstrip().startswith("[") and not value.rstrip().endswith("]"):
+                hint = "a list needs its closing ']', e.g. eval.coeffs=[-0.5,0,0.5]"
+            else:
+                hint = f"quote values with brackets, parentheses, braces or spaces: '{key}=\"{value}\"'"
+            raise SteerexpError(f"cannot parse override {arg!r} ({why}); {hint}") from None
+    return parsed
+
+
+def _yaml(rel: str) -> dict[str, Any]:
+    """A config file as plain YAML (no interpolation resolved)."""
+    return yaml.safe_load((CONF_DIR / rel).read_text()) or {}
+
+
+def _groups() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _values(override: Any) -> list[Any]:
+    """The value(s) of one override: a sweep list's elements, else the single value."""
     from hydra.core.override_parser.types import ChoiceSweep
 
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
+    value = override.value()
+    return list(value.list) if isinstance(value, ChoiceSweep) else [value]
+
+
+def _check_added_key(key: str) -> None:
+    """``+group.key``/``+key`` must name a key steerexp reads (else it would be ignored silently)."""
+    parts = key.split(".")
+    if parts[0] == "hydra" or "@" in key:
+        return
+    if parts[0] in _groups():
+        if len(parts) == 1:
+            return
+        valid: set[str] = set()
+        for opt in _options(parts[0]):
+            valid |= set(_yaml(f"{parts[0]}/{opt}.yaml"))
+        if parts[1] not in valid:
+            raise choice_error(f"key of {parts[0]} (from +{key})", parts[1], valid)
+        return
+    node: Any = _yaml("config.yaml")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            return
+        keys = [k for k in node if k not in ("defaults", "hydra")]
+        if i == 0:
+            keys += _groups()
+        if part not in keys:
+            where = ".".join(parts[:i]) or "the config"
+            raise choice_error(f"key of {where} (from +{key})", part, keys)
+        node = node.get(part)
+
+
+def _check_writable(key: str, value: str) -> None:
+    """The static part of an output dir must be creatable and writable (else Hydra tracebacks)."""
+    static = value.split("${", 1)[0]
+    if "${" in value and not static.endswith("/"):
+        static = static.rpartition("/")[0]
+    base = Path(static or ".")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise SteerexpError(
+            f"{key}={value!r}: cannot create or write {str(base)!r} ({reason}); choose a writable directory"
+        ) from None
+
+
+def check_args(args: list[str]) -> None:
+    """Everything on the command line that Hydra would accept silently or answer with a traceback,
+    checked before anything composes: parse errors (with a quoting hint), unknown group options
+    (did-you-mean), unknown ``+keys``, path-like names, and unwritable output dirs."""
+    multirun = "-m" in args or "--multirun" in args
     candidates = [a for a in args if "=" in a and not a.startswith("-")]
-    for o in OverridesParser.create().parse_overrides(candidates):
-        if o.key_or_group not in groups or o.is_delete():
+    overrides = _parse(candidates)
+    groups = _groups()
+    out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    out_value = str(_yaml("config.yaml")["hydra"][out_key.split(".")[1]]["dir"])
+    for o in overrides:
+        key = o.key_or_group
+        if o.is_delete():
             continue
-        value = o.value()
-        values = (
-            value.list
-            if isinstance(value, ChoiceSweep)
-            else [value]
-            if isinstance(value, str)
-            else []
-        )
-        options = sorted(p.stem for p in (CONF_DIR / o.key_or_group).glob("*.yaml"))
-        for v in values:
-            if str(v) not in options:
-                raise choice_error(f"{o.key_or_group} option", v, options)
+        if o.is_add() or o.is_force_add():
+            _check_added_key(key)
+        values = _values(o)
+        if key in groups:
+            options = _options(key)
+            for v in values:
+                if isinstance(v, str) and v not in options:
+                    raise choice_error(f"{key} option", v, options)
+        if key in NAME_KEYS:
+            for v in values:
+                if v is not None:
+                    plain_name(key, v)
+        if key == "hydra.sweep.subdir":
+            for v in values:
+                if Path(str(v)).is_absolute() or ".." in Path(str(v)).parts:
+                    raise SteerexpError(
+                        f"hydra.sweep.subdir={v!r} must stay inside the sweep dir (relative, no '..')"
+                    )
+        if key == out_key and len(values) == 1:
+            out_value = str(values[0])
+    _check_writable(out_key, out_value)
+
+
+def _interrupted(multirun: bool) -> int:
+    """Ctrl-C: rank the finished jobs of the sweep (the rest marked interrupted), say so in one line."""
+    from steerexp import callbacks
+
+    if not multirun:
+        print("steerexp: interrupted (the run dir records status 'interrupted')", file=sys.stderr)
+        return 130
+    where = callbacks.rank_interrupted()
+    print(f"steerexp: interrupted; {where}", file=sys.stderr)
+    return 130
 
 
 def cli() -> None:
-    """Entry point of ``python -m steerexp``: exit 1 when the run, or any job of a sweep, failed."""
+    """Entry point of ``python -m steerexp``; exit codes in the module docstring."""
     from steerexp import callbacks
 
+    args = sys.argv[1:]
+    multirun = "-m" in args or "--multirun" in args
     try:
-        check_group_overrides(sys.argv[1:])
+        check_args(args)
     except SteerexpError as e:
         print(f"steerexp: error: {e}", file=sys.stderr)
         sys.exit(2)
-    main()
-    if FAILED and "-m" not in sys.argv and "--multirun" not in sys.argv:
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(_interrupted(multirun))
+    if FAILED and not multirun:
         print(f"steerexp: error: {FAILED[-1].split(': ', 1)[1]}", file=sys.stderr)
         sys.exit(1)
+    if not multirun:
+        return
     failed = max(len(FAILED), callbacks.LAST_SWEEP_FAILED)
     if failed:
         print(
             f"steerexp: {failed} job(s) of the sweep failed; their rows in ranking.md say why",
             file=sys.stderr,
         )
+    if callbacks.LAST_SWEEP_ERROR:
+        print(
+            f"steerexp: error: the sweep's ranking could not be written: {callbacks.LAST_SWEEP_ERROR}",
+            file=sys.stderr,
+        )
+    if failed or callbacks.LAST_SWEEP_ERROR:
         sys.exit(1)

@@ -7,6 +7,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from steerexp import DATA_DIR
@@ -108,7 +109,28 @@ def check_coeffs(coeffs: Sequence[Any]) -> list[float]:
         raise SteerexpError(f"eval.coeffs={grid} must be a non-empty list of finite numbers")
     if 0.0 not in grid:
         raise SteerexpError(f"eval.coeffs={grid} has no 0; the unsteered reference is required")
+    if len(set(grid)) < 2:
+        raise SteerexpError(
+            f"eval.coeffs={grid} has fewer than two distinct coefficients; a dose-response slope "
+            "needs 0 and at least one other value, e.g. [-0.25, 0, 0.25]"
+        )
     return grid
+
+
+def load_neutral_prompts(name: str) -> list[str]:
+    """Held-out neutral prompts, one per line: a file in ``steerexp/data/`` or a path. Used for
+    ``coeff_units=kl`` calibration (never the eval questions) and coherence costs."""
+    path = DATA_DIR / name if (DATA_DIR / name).is_file() else Path(name).expanduser()
+    if not path.is_file():
+        raise choice_error(
+            "kl.prompts file (a path or one of steerexp/data/)",
+            name,
+            sorted(p.name for p in DATA_DIR.glob("*.txt")),
+        )
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise SteerexpError(f"kl.prompts={name!r} has no prompts (one per line)")
+    return lines
 
 
 def load_questions(cfg: Mapping[str, Any]) -> list[Question]:

@@ -27,3 +27,14 @@ def error_text(e: BaseException) -> str:
     """One line for logs and status files: bad input as is, anything else with its type."""
     text = " ".join(str(e).split())
     return text if isinstance(e, SteerexpError) else f"{type(e).__name__}: {text}"
+
+
+def plain_name(key: str, value: object) -> str:
+    """``value`` must be usable as one file or folder name (it becomes a path component)."""
+    text = str(value)
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0") or text.startswith("~"):
+        raise SteerexpError(
+            f"{key}={text!r} must be a plain name (one folder or file name: no '/', '\\', "
+            "not '.' or '..'), e.g. my_sweep"
+        )
+    return text

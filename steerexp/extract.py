@@ -23,9 +23,9 @@ from steerexp import cache
 from steerexp.data import Pair
 from steerexp.errors import SteerexpError
 from steerexp.losses import LOSSES, LossInputs
-from steerexp.models import LoadedModel, forward_order
+from steerexp.models import LoadedModel, model_fingerprint
 
-EXTRACT_VERSION = 1
+EXTRACT_VERSION = 2
 LOGP_TOKENS = ("suffix", "all")
 #: ``all``: a row's gradient is summed over its tokens, i.e. the gradient with respect to a
 #: bias added to the module's output at every position -- exactly what the intervention
@@ -58,15 +58,19 @@ _MEMO: dict[str, Extraction] = {}
 
 
 def loss_layer_path(n_layers: int, layer: int) -> str:
-    """``hidden_states[k]`` is the output of block ``k - 1`` (negative k counts from the end)."""
+    """The module whose output is HF's ``output_hidden_states[layer]``: 0 = the embedding output,
+    ``k`` = the output of block ``k - 1``, ``n_layers`` (= -1) = the final norm's output
+    (negative ``layer`` counts from the end, as in Python)."""
     k = int(layer)
-    idx = (k % (n_layers + 1) if -(n_layers + 1) <= k <= n_layers else -99) - 1
-    if idx < 0:
+    if not -(n_layers + 1) <= k <= n_layers:
         raise SteerexpError(
-            f"loss.layer={layer} is not a block output of a {n_layers}-layer model; "
-            f"valid: 1..{n_layers} or -{n_layers}..-1 (hidden_states index, -3 = default)"
+            f"loss.layer={layer} is not a hidden_states index of a {n_layers}-layer model; "
+            f"valid: 0..{n_layers} or -{n_layers + 1}..-1 (0 = embeddings, -1 = final norm output)"
         )
-    return f"model.layers.{idx}"
+    k %= n_layers + 1
+    if k == 0:
+        return "model.embed_tokens"
+    return "model.norm" if k == n_layers else f"model.layers.{k - 1}"
 
 
 def encode(
@@ -129,10 +133,8 @@ def cache_payload(
     """Everything an extraction depends on; its hash is the cache key."""
     return {
         "version": EXTRACT_VERSION,
-        "model": {
-            k: model_cfg.get(k) for k in ("path", "builder", "revision", "dtype", "quantization")
-        },
-        "checkpoint": loaded.path,
+        "model": {k: model_cfg.get(k) for k in ("dtype", "quantization")},
+        "checkpoint": model_fingerprint(model_cfg, loaded),
         "chat_kwargs": loaded.chat_kwargs,
         "modules": modules,
         "loss": dict(loss_cfg),
@@ -162,7 +164,7 @@ def _run_batch(
         else:
             tmask[i, width - len(s) + 1 :] = 1
     ids, mask, tmask = (t.to(loaded.device) for t in (ids, mask, tmask))
-    paths = forward_order([*modules, loss_path])
+    paths = loaded.forward_order([*modules, loss_path])
     saved: list[Any] = []
     with loaded.lm.trace(model_inputs(ids, mask)):
         for p in paths:

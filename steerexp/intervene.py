@@ -18,7 +18,7 @@ from torch import Tensor
 
 from steerexp.errors import choice_error
 from steerexp.extract import Extraction, left_pad, model_inputs
-from steerexp.models import LoadedModel, forward_order
+from steerexp.models import LoadedModel
 
 COEFF_UNITS = ("norm", "raw", "kl")
 KL_TARGET = 1.0
@@ -50,13 +50,15 @@ def shifts(steering: Steering, coeffs: Tensor, device: torch.device) -> dict[str
     c = coeffs.to(device, torch.float32)[:, None, None]
     return {
         m: c * (steering.scales[m] * steering.vectors[m].to(device, torch.float32))
-        for m in forward_order(list(steering.vectors))
+        for m in steering.vectors
     }
 
 
 def steer(loaded: LoadedModel, deltas: dict[str, Tensor]) -> None:
-    """Inside a trace or generation step: add each module's shift to its output (in forward order)."""
-    for m, delta in deltas.items():
+    """Inside a trace or generation step: add each module's shift to its output, in the order the
+    model runs them (:meth:`LoadedModel.forward_order`), whatever order ``deltas`` has."""
+    for m in loaded.forward_order(list(deltas)):
+        delta = deltas[m]
         envoy = loaded.envoy(m)
         out = envoy.output
         h = out[0] if isinstance(out, tuple) else out
@@ -88,22 +90,41 @@ def kl_quantile(
     return float(torch.quantile(kl[mask.to(kl.device).bool()], KL_QUANTILE))
 
 
+def neutral_prompt_ids(loaded: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
+    """Each neutral prompt as a chat-templated user turn with the generation prompt."""
+    out = []
+    for text in texts:
+        rendered = loaded.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}],
+            tokenize=False,
+            add_generation_prompt=True,
+            **loaded.chat_kwargs,
+        )
+        out.append(loaded.tokenizer(rendered, add_special_tokens=False).input_ids)
+    return out
+
+
 def calibrate_kl(
     loaded: LoadedModel, prompts: Sequence[list[int]], steering: Steering, rtol: float = 0.02
 ) -> dict[str, float]:
-    """Find ``c*`` with p95 KL(steered || unsteered) = 1 nat on neutral prompts.
+    """Find ``c*`` whose p95 per-token KL(steered || unsteered) is 1 nat at the worse of ``+c*``
+    and ``-c*`` (SPEC 4.4), on ``prompts`` (held-out neutral prompts, never the eval questions).
 
-    Brackets by doubling/halving from ``c = 0.1`` (in ``norm`` units), then solves
-    ``log p95(c) = 0`` in ``log c`` with Brent's method. The grid is then read in multiples
-    of ``c*`` (the scales returned by ``Steering.scaled(c*)``).
+    Brackets by doubling/halving from ``c = 0.1`` (in the steering's units), then solves
+    ``log max(p95(+c), p95(-c)) = 0`` in ``log c`` with Brent's method. The grid is then read in
+    multiples of ``c*`` (the scales returned by ``Steering.scaled(c*)``).
     """
     ids, mask = left_pad(prompts, loaded.tokenizer.pad_token_id)
     base = steered_logits(loaded, ids, mask, None, None)
 
+    def worse(c: float) -> tuple[float, float]:
+        return (
+            kl_quantile(loaded, ids, mask, base, steering, c),
+            kl_quantile(loaded, ids, mask, base, steering, -c),
+        )
+
     def f(log_c: float) -> float:
-        return math.log(
-            max(kl_quantile(loaded, ids, mask, base, steering, math.exp(log_c)), 1e-12)
-        ) - math.log(KL_TARGET)
+        return math.log(max(*worse(math.exp(log_c)), 1e-12)) - math.log(KL_TARGET)
 
     lo = hi = math.log(0.1)
     f_lo = f_hi = f(lo)
@@ -120,7 +141,11 @@ def calibrate_kl(
         raise RuntimeError("could not bracket the iso-KL coefficient (KL never reached 1 nat)")
     log_c = lo if f_lo == 0 else brentq(f, lo, hi, rtol=rtol, xtol=1e-4)
     c_star = float(np.exp(log_c))
+    plus, minus = worse(c_star)
     return {
         "c_star": c_star,
-        "kl_p95_at_c_star": kl_quantile(loaded, ids, mask, base, steering, c_star),
+        "kl_p95_at_c_star": max(plus, minus),
+        "kl_p95_plus": plus,
+        "kl_p95_minus": minus,
+        "kl_n_prompts": len(prompts),
     }

@@ -8,6 +8,7 @@ config for the life of the process, so a sweep in one process loads each model o
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.util
 import json
 import os
@@ -31,6 +32,7 @@ from transformers import (
 )
 
 from steerexp import cache_dir
+from steerexp.cache import apply_umask
 from steerexp.errors import SteerexpError, choice_error
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,6 +54,8 @@ class LoadedModel:
     chat_kwargs: dict[str, Any] = field(default_factory=dict)
     load_s: float = 0.0
     reused: bool = False
+    fingerprint: dict[str, Any] | None = None
+    _exec_rank: dict[str, int] | None = field(default=None, repr=False)
 
     @property
     def n_layers(self) -> int:
@@ -63,6 +67,36 @@ class LoadedModel:
 
     def module_names(self) -> list[str]:
         return [n for n, _ in self.hf.named_modules() if n]
+
+    def forward_order(self, paths: list[str]) -> list[str]:
+        """``paths`` (deduplicated) in the order the model produces their outputs: nnsight must be
+        asked for module outputs in that order (else ``OutOfOrderError``), and a name order or a
+        set order (which depends on ``PYTHONHASHSEED``) can differ from it, e.g. two modules of one
+        block. Measured once per model with forward hooks on a two-token input."""
+        if self._exec_rank is None:
+            rank: dict[str, int] = {}
+
+            def record(name: str) -> Any:
+                def hook(*_: Any) -> None:
+                    rank.setdefault(name, len(rank))
+
+                return hook
+
+            hooks = [
+                module.register_forward_hook(record(name))
+                for name, module in self.hf.named_modules()
+                if name
+            ]
+            token = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
+            try:
+                with torch.no_grad():
+                    self.hf(input_ids=torch.full((1, 2), int(token), device=self.device))
+            finally:
+                for h in hooks:
+                    h.remove()
+            self._exec_rank = rank
+        rank = self._exec_rank
+        return sorted(set(paths), key=lambda p: (rank.get(p, len(rank)), p))
 
     def envoy(self, path: str) -> Any:
         """The nnsight envoy at a dotted module path (``model.layers.3.mlp``)."""
@@ -102,6 +136,49 @@ def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
         raise choice_error("model.builder", builder, ["null", *BUILDERS])
     if builder is None and not cfg.get("path"):
         raise SteerexpError(f"model {cfg.get('name')!r} has neither a path nor a builder")
+    if builder is None:
+        check_local_path(str(cfg["path"]))
+
+
+#: A hub id is ``name`` or ``org/name`` (letters, digits, ``-_.``); anything else is a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def check_local_path(path: str) -> None:
+    """A ``model.path`` that is not a hub id must be an existing checkpoint directory."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise SteerexpError(
+                f"model.path={path!r} is a file; give the checkpoint directory (with config.json)"
+            )
+        return
+    if path.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(path):
+        raise SteerexpError(
+            f"model.path={path!r} does not exist; give an existing local checkpoint directory "
+            "or a hub id such as 'Qwen/Qwen3-4B-Instruct-2507'"
+        )
+
+
+def check_safetensors(path: str) -> None:
+    """Every ``*.safetensors`` file of a local checkpoint opens (catches truncated or corrupt files,
+    naming the file, before ``from_pretrained`` fails with an anonymous header error)."""
+    from safetensors import safe_open
+
+    local = Path(path)
+    if not local.is_dir():
+        return
+    for f in sorted(local.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                keys = list(handle.keys())
+                if keys:
+                    handle.get_slice(keys[-1])
+        except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+            raise SteerexpError(
+                f"checkpoint file {str(f)!r} is truncated or corrupt ({type(e).__name__}: {e}); "
+                "delete it (a built model such as the organism is then rebuilt) or restore it"
+            ) from None
 
 
 def checkpoint_path(cfg: Mapping[str, Any]) -> str:
@@ -148,6 +225,7 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
             bnb_4bit_quant_type="nf4",
         )
         kwargs["device_map"] = {"": str(device)}
+    check_safetensors(path)
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
     )
@@ -271,16 +349,52 @@ def _fused_siblings(template: str, pool: list[str]) -> list[str]:
     return found
 
 
-def forward_order(paths: list[str]) -> list[str]:
-    """Sort module paths by when the model runs them: by layer, submodules before the block."""
+#: Files of a local checkpoint dir that ``from_pretrained`` may read (what the fingerprint hashes).
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".jinja", ".txt", ".py", ".tiktoken")
+#: Files above this size are fingerprinted by their size and 64 spread 1 MiB samples, not in full.
+FULL_HASH_LIMIT = 1 << 30
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
-    def key(p: str) -> tuple[int, int]:
-        m = re.match(r"model\.layers\.(\d+)(\..+)?$", p)
-        if not m:
-            return (10**9, 0)
-        return (int(m.group(1)), 0 if m.group(2) else 1)
 
-    return sorted(set(paths), key=key)
+def _file_digest(path: Path) -> str:
+    """sha256 of a file (sampled above :data:`FULL_HASH_LIMIT`), memoised by path, size and mtime."""
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            if st.st_size <= FULL_HASH_LIMIT:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(f"sampled:{st.st_size}".encode())
+                for i in range(64):
+                    f.seek(i * (st.st_size - (1 << 20)) // 63)
+                    h.update(f.read(1 << 20))
+        _DIGESTS[memo] = h.hexdigest()
+    return _DIGESTS[memo]
+
+
+def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict[str, Any]:
+    """What identifies the loaded checkpoint's content, independent of where it lives, so a copied
+    or shared cache still hits: a local dir -> the sha256 of each file ``from_pretrained`` reads;
+    a hub id -> the id, the requested revision and the commit it resolved to. Cache keys (e.g. the
+    extraction key) use this instead of the checkpoint path."""
+    if loaded.fingerprint is None:
+        local = Path(loaded.path)
+        if local.is_dir():
+            files = sorted(
+                f for f in local.iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix in CHECKPOINT_SUFFIXES
+            )
+            loaded.fingerprint = {"files": {f.name: _file_digest(f) for f in files}}
+        else:
+            loaded.fingerprint = {
+                "hub_id": loaded.path,
+                "revision": model_cfg.get("revision"),
+                "commit": getattr(loaded.hf.config, "_commit_hash", None),
+            }
+    return loaded.fingerprint
 
 
 def _atomic_build(target: Path, make: Any) -> Path:
@@ -291,6 +405,7 @@ def _atomic_build(target: Path, make: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
         make(tmp)
+        apply_umask(tmp)
         try:
             os.replace(tmp, target)
         except OSError:

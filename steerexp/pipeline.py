@@ -18,11 +18,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp import artifacts, cache_dir
-from steerexp.data import Pair, Question, answer_regex, check_coeffs, load_pairs, load_questions
+from steerexp.data import (
+    Pair,
+    Question,
+    answer_regex,
+    check_coeffs,
+    load_neutral_prompts,
+    load_pairs,
+    load_questions,
+)
 from steerexp.errors import SteerexpError, choice_error, error_text
 from steerexp.extract import GRAD_TOKENS, extract
-from steerexp.generate import generate_rows, grid, make_rescore, prompt_ids
-from steerexp.intervene import COEFF_UNITS, Steering, base_scales, calibrate_kl
+from steerexp.generate import generate_rows, grid, make_rescore
+from steerexp.intervene import (
+    COEFF_UNITS,
+    Steering,
+    base_scales,
+    calibrate_kl,
+    neutral_prompt_ids,
+)
 from steerexp.judge import JUDGES, judge_rows, make_answer_spec
 from steerexp.losses import LOSSES
 from steerexp.methods import METHODS, fit_from_config
@@ -46,8 +60,27 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     return ident
 
 
+def check_int(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
+    """``cfg.<key>`` as an int; a non-integer or one below ``minimum`` fails naming the key."""
+    value = OmegaConf.select(cfg, key)
+    try:
+        if isinstance(value, bool) or float(value) != int(value):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise SteerexpError(f"{key}={value!r} must be an integer") from None
+    if minimum is not None and number < minimum:
+        raise SteerexpError(f"{key}={number} must be >= {minimum}")
+    return number
+
+
 def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[float]]:
     """Every check that needs no model, so bad input fails before anything loads."""
+    check_int(cfg, "seed")
+    check_int(cfg, "eval.repeats", 1)
+    check_int(cfg, "eval.max_new_tokens", 1)
+    check_int(cfg, "eval.max_batch_size", 1)
+    check_int(cfg, "extract.batch_size", 1)
     validate_model_cfg(_plain(cfg.model))
     if cfg.coeff_units not in COEFF_UNITS:
         raise choice_error("coeff_units", cfg.coeff_units, COEFF_UNITS)
@@ -60,8 +93,8 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     JUDGES.get(str(cfg.judge.name))
     answer_regex(str(cfg.eval.answer_regex))
     coeffs = check_coeffs(list(cfg.eval.coeffs))
-    if int(cfg.eval.repeats) < 1:
-        raise SteerexpError(f"eval.repeats={cfg.eval.repeats} must be >= 1")
+    if cfg.coeff_units == "kl":
+        load_neutral_prompts(str(cfg.kl.prompts))
     return (
         load_pairs(_plain(cfg.dataset)),
         load_questions(_plain(cfg.eval)),
@@ -88,11 +121,10 @@ def _dose_frame(rows: list[Any], judgements: list[Any]) -> pd.DataFrame:
     )
 
 
-def _kl_scales(
-    loaded: Any, cfg: DictConfig, questions: list[Question], steering: Steering
-) -> dict[str, float]:
-    prompts = [prompt_ids(loaded, cfg.eval, q) for q in questions[:8]]
-    return calibrate_kl(loaded, prompts, steering)
+def _kl_scales(loaded: Any, cfg: DictConfig, steering: Steering) -> dict[str, float]:
+    """``coeff_units=kl``: calibrate on the held-out neutral prompts (never the eval questions)."""
+    texts = load_neutral_prompts(str(cfg.kl.prompts))
+    return calibrate_kl(loaded, neutral_prompt_ids(loaded, texts), steering)
 
 
 def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: bool = True) -> None:
@@ -147,7 +179,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     scales = base_scales(str(cfg.coeff_units), ex, modules)
     steering = Steering({m: f.vector for m, f in fits.items()}, scales)
     if cfg.coeff_units == "kl":
-        kl = _kl_scales(loaded, cfg, questions, steering)
+        kl = _kl_scales(loaded, cfg, steering)
         steering = steering.scaled(kl["c_star"])
         metrics.update(kl)
     metrics["time_fit_s"] = t() - t0
@@ -209,11 +241,14 @@ def run(
 
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
-    if artifacts.read_status(run_dir) == "ok":
-        print(f"[steerexp] {run_dir} already finished (status ok); skipping")
+    resolved = _plain(cfg)
+    config_hash = artifacts.config_hash(resolved)
+    if _finished(run_dir, resolved, config_hash):
+        print(f"[steerexp] {run_dir} already finished (status ok, same config); skipping")
         return json.loads((run_dir / "metrics.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "environment.json", artifacts.environment())
+    artifacts.write_json(run_dir / "config.json", artifacts.run_config(resolved))
     metrics: dict[str, Any] = {**identity(cfg), "status": "running", "error": None}
     logger = make_logger(cfg.get("logger"))
     t_start = time.perf_counter()
@@ -221,6 +256,9 @@ def run(
         logger.start(cfg, run_dir)
         execute(cfg, run_dir, metrics, progress)
         metrics["status"] = "ok"
+    except KeyboardInterrupt:
+        metrics.update(status="interrupted", error="interrupted (Ctrl-C); rerun to resume")
+        raise
     except BaseException as e:
         metrics.update(status="failed", error=error_text(e))
         raise
@@ -232,5 +270,23 @@ def run(
             logger.log(metrics, dose, run_dir / "dose_response.png")
             print(journal_table(pd.DataFrame([metrics])), flush=True)
         logger.finish(str(metrics["status"]))
-        artifacts.write_status(run_dir, str(metrics["status"]), metrics["error"])
+        artifacts.write_status(run_dir, str(metrics["status"]), metrics["error"], config_hash)
     return metrics
+
+
+def _finished(run_dir: Path, resolved: dict[str, Any], config_hash: str) -> bool:
+    """True when ``run_dir`` holds a finished run of this very config (skip it); a finished run of
+    another config (or of one not recorded) is never reused or overwritten: that raises."""
+    status = artifacts.read_status_file(run_dir)
+    if status.get("status") != "ok":
+        return False
+    if status.get("config_hash") == config_hash:
+        return True
+    try:
+        diff = artifacts.config_diff(json.loads((run_dir / "config.json").read_text()), resolved)
+    except (OSError, ValueError):
+        diff = "its config was not recorded"
+    raise SteerexpError(
+        f"run dir {str(run_dir)!r} already holds a finished run of a different config ({diff}); "
+        "not reusing or overwriting it: choose a new hydra.run.dir/hydra.sweep.dir or delete that dir"
+    )

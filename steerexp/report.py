@@ -9,8 +9,11 @@ The output is deterministic: re-running on the same dir reproduces ``ranking.md`
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -26,9 +29,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from steerexp.errors import SteerexpError  # noqa: E402
+from steerexp.errors import SteerexpError, plain_name  # noqa: E402
 from steerexp.regress import journal_table  # noqa: E402
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS_ROOT = REPO / "multirun_reports"
 
@@ -40,20 +44,59 @@ TIME_COLS = [f"time_{s}_s" for s in ("load", "extract", "fit", "generate", "judg
 RUN_COLS = ["model_reused", "extraction_cached", "cache_key"]
 METRIC_COLS = [*STAT_COLS, *EXTRA_STAT_COLS, *IDENTITY_COLS, *TIME_COLS, *RUN_COLS]
 OUTPUTS = ("ranking.csv", "ranking.md", "dose_response.png")
+#: In each report copy: the sweep dir it was made from, so a rebuild updates its own copy only.
+SOURCE_FILE = "source.txt"
 _OVERRIDE_PREFIX = re.compile(r"^[+~]+")
 
 
+def _job_number(rel: str) -> int:
+    head = rel.split("_", 1)[0]
+    return int(head) if head.isdigit() else sys.maxsize
+
+
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
-    """Job dirs of a sweep (children holding ``.hydra/overrides.yaml``), ordered by job number then name."""
-
-    def order(p: Path) -> tuple[int, str]:
-        head = p.name.split("_", 1)[0]
-        return (int(head) if head.isdigit() else sys.maxsize, p.name)
-
+    """Job dirs of a sweep: every dir below it holding ``.hydra/overrides.yaml``, at any depth (sweeps
+    whose override values nested the job dirs, as older steerexp versions did, are found whole),
+    ordered by job number then name."""
+    sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
-    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
-    return sorted(jobs, key=order)
+    jobs = []
+    for root, dirs, _ in os.walk(sweep_dir):
+        here = Path(root)
+        if here != sweep_dir and (here / ".hydra" / "overrides.yaml").is_file():
+            jobs.append(here)
+            dirs[:] = []
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    rel = {j: j.relative_to(sweep_dir).as_posix() for j in jobs}
+    return sorted(jobs, key=lambda j: (_job_number(rel[j]), rel[j]))
+
+
+def planned_jobs(sweep_dir: Path) -> list[dict[str, str]]:
+    """The overrides of every job the sweep planned (from ``multirun.yaml``, basic sweeper), in job
+    number order; empty when that cannot be told."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        cfg = yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text())
+        hyd = cfg["hydra"]
+        if "BasicSweeper" not in str(hyd.get("sweeper", {}).get("_target_", "")):
+            return []
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in hyd["overrides"]["task"]])
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # noqa: BLE001 -- no plan is fine: the ranking then lists the job dirs only
+        return []
+    return [_override_dict(job) for batch in batches for job in batch]
+
+
+def _override_dict(items: Sequence[Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        out[_OVERRIDE_PREFIX.sub("", key).strip()] = value.strip() if sep else "<deleted>"
+    return out
 
 
 def read_overrides(job_dir: Path) -> dict[str, str]:
@@ -62,12 +105,7 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
         items = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
     except (OSError, yaml.YAMLError):
         return {}
-    out: dict[str, str] = {}
-    for item in items if isinstance(items, list) else []:
-        text = str(item)
-        key, sep, value = text.partition("=")
-        out[_OVERRIDE_PREFIX.sub("", key).strip()] = value.strip() if sep else "<deleted>"
-    return out
+    return _override_dict(items if isinstance(items, list) else [])
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -102,6 +140,30 @@ def load_job(job_dir: Path) -> dict[str, Any]:
     return row
 
 
+def _stale(job_dir: Path) -> str | None:
+    """Why an ``ok`` job's results are not those of the config Hydra recorded for the dir (a rerun
+    with another config was refused there, after Hydra rewrote ``.hydra/``), or None."""
+    stored = (_read_json(job_dir / "status.json")[0] or {}).get("config_hash")
+    if not stored:
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        from steerexp.artifacts import config_hash
+
+        recorded = OmegaConf.to_container(
+            OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=True
+        )
+        if config_hash(recorded) == stored:  # type: ignore[arg-type]
+            return None
+    except Exception:  # noqa: BLE001 -- an unreadable/unresolvable config.yaml proves nothing
+        return None
+    return (
+        "this dir holds the results of an earlier run with another config (the rerun with the "
+        "config in .hydra/ was refused); rerun it in a new sweep dir"
+    )
+
+
 def swept_keys(overrides: Sequence[dict[str, str]]) -> list[str]:
     """Override keys whose value differs across jobs (or is absent in some), in first-seen order."""
     keys: list[str] = []
@@ -118,8 +180,12 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[order].reset_index(drop=True)
 
 
-def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """All job rows of ``sweep_dir`` (sorted) and the swept keys; raises when it is not a sweep dir."""
+def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """All job rows of ``sweep_dir`` (sorted) and the swept keys; raises when it is not a sweep dir.
+
+    Jobs the sweep planned (``multirun.yaml``) but never started get a row too: status
+    ``interrupted`` when ``interrupted`` (Ctrl-C), else ``missing``.
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SteerexpError(f"not a sweep dir: {str(sweep_dir)!r} does not exist or is not a directory")
@@ -129,11 +195,24 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
             f"not a sweep dir: {str(sweep_dir)!r} has no job dirs (subdirs with .hydra/overrides.yaml); "
             "pass multirun/<date>/<time>"
         )
+    names = [j.relative_to(sweep_dir).as_posix() for j in jobs]
     overrides = [read_overrides(j) for j in jobs]
+    loaded = [{**load_job(j), "job": n} for j, n in zip(jobs, names, strict=True)]
+    for row, job in zip(loaded, jobs, strict=True):
+        if row.get("status") == "ok" and (why := _stale(job)):
+            row.update(status="stale", error=why)
+    started = {_job_number(n) for n in names}
+    for num, ov in enumerate(planned_jobs(sweep_dir)):
+        if num not in started:
+            why = "the sweep was interrupted before this job started" if interrupted else (
+                "never started (sweep interrupted, or still running)"
+            )
+            status = "interrupted" if interrupted else "missing"
+            loaded.append({"job": f"{num}_(not started)", "status": status, "error": why})
+            overrides.append(ov)
     keys = swept_keys(overrides)
     rows = []
-    for index, (job, ov) in enumerate(zip(jobs, overrides, strict=True)):
-        row = load_job(job)
+    for index, (row, ov) in enumerate(zip(loaded, overrides, strict=True)):
         row["_index"] = index
         for k in keys:
             if row.get(k) is None:
@@ -164,14 +243,17 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
     """``ranking.md``: a short header, one journal table per combination of swept non-method keys, failures."""
     n_ok = int((df["status"] == "ok").sum())
     n_failed = int((df["status"] == "failed").sum())
-    n_missing = len(df) - n_ok - n_failed
+    n_interrupted = int((df["status"] == "interrupted").sum())
+    n_missing = len(df) - n_ok - n_failed - n_interrupted
     resolved = Path(sweep_dir).resolve()
     shown = resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else resolved
     lines = [
         f"# Ranking: {shown.as_posix()}",
         "",
-        f"jobs: {len(df)} (ok {n_ok}, failed {n_failed}, missing {n_missing}); "
-        f"swept: {', '.join(keys) or 'nothing'}; sorted by score = |slope| * r2 * valid_frac^2, descending",
+        f"jobs: {len(df)} (ok {n_ok}, failed {n_failed}, missing {n_missing}"
+        + (f", interrupted {n_interrupted}" if n_interrupted else "")
+        + "); "
+        + f"swept: {', '.join(keys) or 'nothing'}; sorted by score = |slope| * r2 * valid_frac^2, descending",
     ]
     for group in _groups(df):
         part = df[df["_group"] == group]
@@ -243,30 +325,64 @@ def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
 
 
 def sweep_name(sweep_dir: Path) -> str:
-    """``multirun/2026-11-24/10-31-02`` -> ``2026-11-24_10-31-02`` (the copy's folder name)."""
+    """``multirun/2026-11-24/10-31-02-a1b2c3`` -> ``2026-11-24_10-31-02-a1b2c3`` (the copy's folder name)."""
     parts = Path(sweep_dir).resolve().parts
     return "_".join(parts[-2:])
 
 
+def report_dir(reports_root: Path, name: str, sweep_dir: Path, overwrite: bool = False) -> Path:
+    """Where a sweep's copy goes: ``reports_root/name`` when free, when it already holds this sweep's
+    report (a rebuild or a resumed sweep), or with ``overwrite``; else the first free ``name-2``,
+    ``name-3``... so another sweep's report is never replaced silently."""
+    source = str(Path(sweep_dir).resolve())
+    for i in itertools.count(1):
+        dest = Path(reports_root) / (name if i == 1 else f"{name}-{i}")
+        if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+            return dest
+        if not dest.is_dir():
+            continue
+        try:
+            same = (dest / SOURCE_FILE).read_text().strip() == source
+        except OSError:
+            same = False
+        if same or (overwrite and i == 1):
+            return dest
+        if i == 1:
+            log.warning("report name %r is taken by another sweep; not replacing it", name)
+    raise AssertionError("unreachable")
+
+
 def build_report(
-    sweep_dir: Path, reports_root: Path | None = DEFAULT_REPORTS_ROOT, name: str | None = None
+    sweep_dir: Path,
+    reports_root: Path | None = DEFAULT_REPORTS_ROOT,
+    name: str | None = None,
+    overwrite: bool = False,
+    interrupted: bool = False,
 ) -> pd.DataFrame:
     """Write the ranking files into ``sweep_dir`` and copy them to ``reports_root/<name>/``.
 
-    ``name`` defaults to the sweep dir's last two parts (``2026-11-24_10-31-02``); ``reports_root=None``
-    skips the copy. Returns the ranking (one row per job, best score first).
+    ``name`` (a plain folder name) defaults to the sweep dir's last two parts; a name already holding
+    another sweep's report gets a ``-2``... suffix unless ``overwrite`` (:func:`report_dir`).
+    ``reports_root=None`` skips the copy. ``interrupted``: planned jobs that never started are
+    ``interrupted`` rows. Returns the ranking (one row per job, best score first); its
+    ``attrs["report_dir"]`` is where the copy went.
     """
     sweep_dir = Path(sweep_dir)
-    df, keys = collect(sweep_dir)
+    if name is not None:
+        plain_name("report_name", name)
+    df, keys = collect(sweep_dir, interrupted=interrupted)
     public = df.drop(columns=["_group", "_index"])
     public.to_csv(sweep_dir / "ranking.csv", index=False)
     (sweep_dir / "ranking.md").write_text(render_markdown(df, keys, sweep_dir))
     plot_dose_response(df, sweep_dir, sweep_dir / "dose_response.png")
+    public.attrs["report_dir"] = None
     if reports_root is not None:
-        dest = Path(reports_root) / (name or sweep_name(sweep_dir))
+        dest = report_dir(Path(reports_root), name or sweep_name(sweep_dir), sweep_dir, overwrite)
         dest.mkdir(parents=True, exist_ok=True)
         for f in OUTPUTS:
             shutil.copyfile(sweep_dir / f, dest / f)
+        (dest / SOURCE_FILE).write_text(str(sweep_dir.resolve()) + "\n")
+        public.attrs["report_dir"] = dest
     public.attrs["swept_keys"] = keys
     return public
 
@@ -278,9 +394,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reports-root", type=Path, default=DEFAULT_REPORTS_ROOT, help="copy destination root")
     parser.add_argument("--name", default=None, help="folder name under --reports-root (default <date>_<time>)")
     parser.add_argument("--no-copy", action="store_true", help="write into the sweep dir only")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace another sweep's report of the same --name"
+    )
     args = parser.parse_args(argv)
     try:
-        build_report(args.sweep_dir, None if args.no_copy else args.reports_root, name=args.name)
+        build_report(
+            args.sweep_dir,
+            None if args.no_copy else args.reports_root,
+            name=args.name,
+            overwrite=args.overwrite,
+        )
     except SteerexpError as e:
         print(f"steerexp.report: error: {e}", file=sys.stderr)
         return 2

@@ -46,10 +46,13 @@ def test_last_token_index_under_left_padding() -> None:
 
 def test_loss_layer_path_maps_hidden_states_index() -> None:
     assert loss_layer_path(36, -3) == "model.layers.33"
-    assert loss_layer_path(4, -1) == "model.layers.3"
+    assert loss_layer_path(4, -1) == "model.norm"
+    assert loss_layer_path(4, 4) == "model.norm"
+    assert loss_layer_path(4, -2) == "model.layers.3"
     assert loss_layer_path(4, 1) == "model.layers.0"
-    with pytest.raises(SteerexpError, match=r"loss.layer=0 .*valid: 1..4"):
-        loss_layer_path(4, 0)
+    assert loss_layer_path(4, 0) == loss_layer_path(4, -5) == "model.embed_tokens"
+    with pytest.raises(SteerexpError, match=r"loss.layer=5 .*valid: 0..4 or -5..-1"):
+        loss_layer_path(4, 5)
     with pytest.raises(SteerexpError, match="loss.layer=-9"):
         loss_layer_path(4, -9)
 

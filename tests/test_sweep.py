@@ -171,3 +171,94 @@ def test_interrupted_sweep_resumes_to_the_same_ranking(main_sweep, tmp_path: Pat
     a = pd.read_csv(tmp / "sweep" / "ranking.csv").sort_values(key).reset_index(drop=True)
     b = pd.read_csv(tmp_path / "sweep" / "ranking.csv").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a[key + STATS], b[key + STATS])
+
+
+TINY_SWEEP = [
+    "model=tiny_random",
+    "dataset.max_pairs=4",
+    "eval.repeats=1",
+    "eval.max_new_tokens=4",
+    "eval.coeffs=[-0.5,0,0.5]",
+]
+
+
+def tiny_sweep_cmd(tmp: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "steerexp",
+        "-m",
+        *TINY_SWEEP,
+        *args,
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+    ]
+
+
+def test_slash_and_absolute_override_values_keep_every_job(tmp_path: Path) -> None:
+    """`model.path=Org/Name` and an absolute `cache_dir=` used to nest job dirs and lose the ranking."""
+    out = subprocess.run(
+        tiny_sweep_cmd(
+            tmp_path,
+            "method=pca_diff,mean_diff",
+            "model.path=Org/Name",
+            f"cache_dir={tmp_path / 'abs' / 'cache'}",
+            f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all(j.startswith(("0_", "1_")) and "Org_Name" in j for j in jobs)
+    ranking = pd.read_csv(tmp_path / "sweep" / "ranking.csv")
+    assert sorted(ranking["method"]) == ["mean_diff", "pca_diff"]
+    assert list(ranking["status"]) == ["ok", "ok"]
+    copies = list((tmp_path / "reports").iterdir())
+    assert len(copies) == 1 and (copies[0] / "ranking.md").is_file()
+
+
+def test_sweep_whose_ranking_cannot_be_written_exits_nonzero(tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    out = subprocess.run(
+        tiny_sweep_cmd(tmp_path, "method=pca_diff", f"hydra.callbacks.ranking.reports_root={blocker}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "steerexp: error: the sweep's ranking could not be written:"
+    )
+
+
+def test_ctrl_c_writes_the_partial_ranking_and_exits_130(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        tiny_sweep_cmd(
+            tmp_path,
+            "method=pca_diff,mean_diff,random,svd_steer",
+            "eval.max_new_tokens=32",
+            "eval.repeats=2",
+            f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
+        ),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 400
+    while time.time() < deadline and not any((tmp_path / "sweep").glob("0_*/status.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("steerexp: interrupted; partial ranking written to"), last
+    assert "Traceback" not in err
+    ranking = pd.read_csv(tmp_path / "sweep" / "ranking.csv")
+    assert len(ranking) == 4
+    assert (ranking["status"] == "ok").sum() >= 1
+    assert set(ranking["status"]) <= {"ok", "interrupted"} and "interrupted" in set(ranking["status"])
