@@ -34,7 +34,7 @@ FAILED: list[str] = []
 #: runs started in the same second never share a dir.
 RUN_ID = secrets.token_hex(3)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")
-MAX_JOB_NAME = 96
+MAX_JOB_NAME = 160
 #: Keys whose value becomes one file or folder name: no separators, no ``..``.
 NAME_KEYS = ("report_name", "hydra.job.name")
 

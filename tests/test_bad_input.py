@@ -107,7 +107,7 @@ def test_job_dir_names_never_nest_or_collide() -> None:
     assert name == "cache_dir=_abs_cache,model.path=Org_Name"
     assert "/" not in job_dir_name("report_name=../../x")
     long_a, long_b = job_dir_name("x=" + "a" * 300), job_dir_name("x=" + "a" * 299 + "b")
-    assert len(long_a) == 96 and long_a != long_b
+    assert len(long_a) == 160 and long_a != long_b
 
 
 def test_default_dirs_carry_a_per_process_id() -> None:

@@ -211,7 +211,8 @@ def test_slash_and_absolute_override_values_keep_every_job(tmp_path: Path) -> No
     )
     assert out.returncode == 0, out.stderr[-2000:]
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert len(jobs) == 2 and all(j.startswith(("0_", "1_")) and "Org_Name" in j for j in jobs)
+    assert [j[:2] for j in jobs] == ["0_", "1_"]
+    assert all((tmp_path / "sweep" / j / ".hydra" / "overrides.yaml").is_file() for j in jobs)
     ranking = pd.read_csv(tmp_path / "sweep" / "ranking.csv")
     assert sorted(ranking["method"]) == ["mean_diff", "pca_diff"]
     assert list(ranking["status"]) == ["ok", "ok"]
