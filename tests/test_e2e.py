@@ -150,6 +150,9 @@ def test_iso_kl_units_hit_one_nat(tmp_path: Path) -> None:
     )
     assert m["status"] == "ok" and m["c_star"] > 0
     assert abs(m["kl_p95_at_c_star"] - 1.0) <= 0.1
+    # calibrated on the neutral prompts at both signs: the worse sign is the one at 1 nat
+    assert m["kl_n_prompts"] == 24
+    assert m["kl_p95_at_c_star"] == max(m["kl_p95_plus"], m["kl_p95_minus"])
 
 
 def test_finished_run_dir_is_skipped(tmp_path: Path) -> None:

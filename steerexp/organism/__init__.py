@@ -61,6 +61,9 @@ def build(cache_dir: Path | None = None, progress: bool = True) -> Path:
             torch.set_num_threads(1)
             tok = build_tokenizer()
             save(train(tok, progress=progress), tok, tmp)
+            from steerexp.cache import apply_umask
+
+            apply_umask(tmp)  # mkdtemp makes it 0700: a shared cache must stay readable
             if path.exists():
                 shutil.rmtree(path)
             os.rename(tmp, path)
