@@ -188,11 +188,11 @@ def check_args(args: list[str]) -> None:
             for v in values:
                 if v is not None:
                     plain_name(key, v)
-        if key == "hydra.sweep.subdir":
+        if key in ("hydra.sweep.subdir", "hydra.output_subdir"):
             for v in values:
-                if Path(str(v)).is_absolute() or ".." in Path(str(v)).parts:
+                if v is not None and (Path(str(v)).is_absolute() or ".." in Path(str(v)).parts):
                     raise SteerexpError(
-                        f"hydra.sweep.subdir={v!r} must stay inside the sweep dir (relative, no '..')"
+                        f"{key}={v!r} must stay inside its parent dir (relative, no '..')"
                     )
         if key == out_key and len(values) == 1:
             out_value = str(values[0])

@@ -60,9 +60,12 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     return ident
 
 
-def check_int(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
-    """``cfg.<key>`` as an int; a non-integer or one below ``minimum`` fails naming the key."""
-    value = OmegaConf.select(cfg, key)
+def check_int(
+    cfg: DictConfig, key: str, minimum: int | None = None, default: int | None = None
+) -> int:
+    """``cfg.<key>`` as an int (``default`` when absent); a non-integer or one below ``minimum``
+    fails naming the key."""
+    value = OmegaConf.select(cfg, key, default=default)
     try:
         if isinstance(value, bool) or float(value) != int(value):
             raise ValueError
@@ -79,7 +82,7 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     check_int(cfg, "seed")
     check_int(cfg, "eval.repeats", 1)
     check_int(cfg, "eval.max_new_tokens", 1)
-    check_int(cfg, "eval.max_batch_size", 1)
+    check_int(cfg, "eval.max_batch_size", 1, default=32)
     check_int(cfg, "extract.batch_size", 1)
     validate_model_cfg(_plain(cfg.model))
     if cfg.coeff_units not in COEFF_UNITS:

@@ -48,7 +48,7 @@ def test_loss_layer_path_maps_hidden_states_index() -> None:
     assert loss_layer_path(36, -3) == "model.layers.33"
     assert loss_layer_path(4, -1) == "model.norm"
     assert loss_layer_path(4, 4) == "model.norm"
-    assert loss_layer_path(4, -2) == "model.layers.3"
+    assert loss_layer_path(4, -2) == "model.layers.2"  # hidden_states[3]: block 2
     assert loss_layer_path(4, 1) == "model.layers.0"
     assert loss_layer_path(4, 0) == loss_layer_path(4, -5) == "model.embed_tokens"
     with pytest.raises(SteerexpError, match=r"loss.layer=5 .*valid: 0..4 or -5..-1"):
