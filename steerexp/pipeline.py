@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from steerexp import artifacts, cache_dir
 from steerexp.data import Pair, Question, answer_regex, check_coeffs, load_pairs, load_questions
+from steerexp.datafiles import prepare_eval, record_split
 from steerexp.errors import SteerexpError, choice_error, error_text
 from steerexp.extract import GRAD_TOKENS, extract
 from steerexp.generate import generate_rows, grid, make_rescore, prompt_ids
@@ -58,6 +59,7 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     METHODS.get(str(cfg.method.kind))
     LOSSES.get(str(cfg.loss.name))
     JUDGES.get(str(cfg.judge.name))
+    prepare_eval(cfg)
     answer_regex(str(cfg.eval.answer_regex))
     coeffs = check_coeffs(list(cfg.eval.coeffs))
     if int(cfg.eval.repeats) < 1:
@@ -99,6 +101,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     """The six stages; fills ``metrics`` as it goes and writes each artifact when it is ready."""
     t = time.perf_counter
     pairs, questions, coeffs = check_config(cfg)
+    record_split(cfg, run_dir)
     torch.manual_seed(int(cfg.seed))
 
     t0 = t()
