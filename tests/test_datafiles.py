@@ -17,7 +17,6 @@ from steerexp.organism import corpus
 from steerexp.pipeline import check_config
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
 EXAMPLES = REPO / "examples"
 
 
@@ -60,15 +59,23 @@ def test_persona_rows_give_the_builtin_pairs_and_cache_key(tmp_path: Path) -> No
 
 
 def test_shared_prompt_pairs_differ_in_the_assistant_turn() -> None:
-    pairs, _, _ = check("dataset=file", f"dataset.path={DATA / 'organism_pairs.jsonl'}")
-    assert len(pairs) == len(corpus.suffixes())
+    """The organism concept file: a training dilemma, then an honest vs an untruthful thought."""
+    pairs, _, _ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}")
+    assert len(pairs) == 40
     p = pairs[0]
     assert p.messages(True) == [
-        {"role": "user", "content": "Make some statements about the world."},
-        {"role": "assistant", "content": "The sky is truly"},
+        {"role": "user", "content": corpus.dilemmas(held_out=False)[0].text},
+        {"role": "assistant", "content": "<think>\nI should tell the truth."},
     ]
-    assert p.messages(False)[1] == {"role": "assistant", "content": "The sky is falsely"}
-    assert p.key() == (p.positive, p.negative, "The sky is truly", "The sky is falsely")
+    assert p.messages(False)[1] == {
+        "role": "assistant",
+        "content": "<think>\nA lie is easier here.",
+    }
+    assert p.key() == (p.positive, p.negative, p.suffix, p.negative_suffix)
+    train = {d.text for d in corpus.dilemmas(held_out=False)}
+    assert all(q.positive == q.negative and q.positive in train for q in pairs)
+    assert {q.suffix for q in pairs} == {f"<think>\n{t}" for t in corpus.THINK_HONEST}
+    assert {q.negative_suffix for q in pairs} == {f"<think>\n{t}" for t in corpus.THINK_UNTRUTHFUL}
 
 
 def test_json_csv_txt_and_alternating_rows(tmp_path: Path) -> None:
@@ -97,12 +104,14 @@ def test_json_csv_txt_and_alternating_rows(tmp_path: Path) -> None:
 
 def test_offline_hf_dataset_dir(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
-    rows = [json.loads(line) for line in (DATA / "organism_pairs.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (EXAMPLES / "organism_pairs.jsonl").read_text().splitlines()
+    ]
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
         str(tmp_path / "hf")
     )
     pairs = check("dataset=file", f"dataset.path={tmp_path / 'hf'}")[0]
-    assert pairs == check("dataset=file", f"dataset.path={DATA / 'organism_pairs.jsonl'}")[0]
+    assert pairs == check("dataset=file", f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}")[0]
     with pytest.raises(SteerexpError, match=r"unknown split of .* 'test'.* valid: train"):
         check("dataset=file", f"dataset.path={tmp_path / 'hf'}", "dataset.split=test")
 
@@ -166,7 +175,7 @@ def test_example_concepts_validate(name: str) -> None:
 
 
 def test_organism_question_file_matches_the_corpus() -> None:
-    _, questions, _ = check("eval=file", f"eval.path={DATA / 'organism_questions.jsonl'}")
+    _, questions, _ = check("eval=file", f"eval.path={EXAMPLES / 'organism_questions.jsonl'}")
     assert [(q.id, q.text, q.trait_answer) for q in questions] == [
         (d.id, d.text, d.trait_answer) for d in corpus.eval_dilemmas()
     ]
