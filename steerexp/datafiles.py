@@ -252,78 +252,89 @@ def _split(table: Table, cfg: Mapping[str, Any]) -> tuple[list[Row], list[Row]]:
     return [r for r in rows if r.index not in held], [r for r in rows if r.index in held]
 
 
+def _persona_pairs(table: Table, rows: list[Row], cfg: Mapping[str, Any]) -> list[Pair]:
+    """Persona template x suffixes, as ``dataset=honesty`` (word prefixes when ``truncate``)."""
+    template = str(cfg["template"])
+    pos, neg = str(cfg.get("positive") or ""), str(cfg.get("negative") or "")
+    if "{persona}" not in template or not pos.strip() or not neg.strip():
+        raise SteerexpError(
+            f"dataset.template={template!r} needs a '{{persona}}' placeholder and non-empty "
+            f"dataset.positive/negative personas (got {pos!r}, {neg!r})"
+        )
+    suffixes = [_text(table, r, "suffix", ("suffix",)) for r in rows]
+    if cfg.get("truncate"):
+        words = [s.split() for s in suffixes]
+        suffixes = list(dict.fromkeys(" ".join(w[:k]) for w in words for k in range(1, len(w) + 1)))
+    p_text, n_text = template.format(persona=pos), template.format(persona=neg)
+    return [Pair(p_text, n_text, s) for s in suffixes]
+
+
+def _row_pair(table: Table, shape: str, row: Row) -> Pair:
+    """The pair of one row of a one-row-per-pair shape."""
+    fields = PAIR_SHAPES[shape]
+    if shape == "caa":
+        _caa_options(table, row)
+        question = _text(table, row, "question", fields)
+        other = row.data[fields[2]]
+        other = other[0] if isinstance(other, list) else other
+        return Pair(question, question, str(row.data[fields[1]]).strip(), str(other).strip())
+    if shape == "pairs":
+        prompt = _text(table, row, "prompt", fields)
+        return Pair(
+            prompt,
+            prompt,
+            _text(table, row, "positive", fields),
+            _text(table, row, "negative", fields),
+        )
+    return Pair(*(_text(table, row, f, fields) for f in fields))
+
+
+def _alternating_pairs(table: Table, rows: list[Row]) -> list[Pair]:
+    """Rows 1, 2 are (positive, negative), rows 3, 4 the next pair, ..."""
+    fields = PAIR_SHAPES["alternating"]
+    if len(rows) % 2:
+        raise _fail(
+            table,
+            rows[-1],
+            f"{len(rows)} rows of {{prompt, completion}}; rows alternate positive, negative, "
+            "so their number must be even (this last row has no negative partner)",
+        )
+    return [
+        Pair(
+            _text(table, p, "prompt", fields),
+            _text(table, n, "prompt", fields),
+            _text(table, p, "completion", fields),
+            _text(table, n, "completion", fields),
+        )
+        for p, n in zip(rows[0::2], rows[1::2], strict=True)
+    ]
+
+
 def file_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
-    """Contrast pairs from ``dataset.path`` (the file's training part when it has a holdout)."""
+    """Contrast pairs from ``dataset.path`` (without its held-out rows, see ``holdout``)."""
     table = read_table(
         cfg.get("path"), str(cfg.get("format") or "auto"), cfg.get("split"), "dataset.path"
     )
+    persona = cfg.get("template") is not None
+    shape = "suffixes" if persona else _shape(table, PAIR_SHAPES, "dataset=file")
+    if float(cfg.get("holdout") or 0.0) and shape != "caa":
+        raise SteerexpError(
+            f"dataset.holdout={cfg.get('holdout')} needs CAA rows (the shape an eval can also "
+            f"read); {table.label} has {shape} rows: set dataset.holdout=0"
+        )
     rows, _held = _split(table, cfg)
-    template = cfg.get("template")
-    pairs: list[Pair] = []
-    if template is not None:
-        pos, neg = str(cfg.get("positive") or ""), str(cfg.get("negative") or "")
-        if "{persona}" not in str(template) or not pos.strip() or not neg.strip():
-            raise SteerexpError(
-                f"dataset.template={template!r} needs a '{{persona}}' placeholder and non-empty "
-                f"dataset.positive/negative personas (got {pos!r}, {neg!r})"
-            )
-        suffixes = [_text(table, r, "suffix", ("suffix",)) for r in rows]
-        if cfg.get("truncate"):
-            words = [s.split() for s in suffixes]
-            suffixes = list(
-                dict.fromkeys(" ".join(w[:k]) for w in words for k in range(1, len(w) + 1))
-            )
-        p_text, n_text = str(template).format(persona=pos), str(template).format(persona=neg)
-        pairs = [Pair(p_text, n_text, s) for s in suffixes]
+    if persona:
+        pairs = _persona_pairs(table, rows, cfg)
+    elif shape == "alternating":
+        pairs = _alternating_pairs(table, rows)
     else:
-        shape = _shape(table, PAIR_SHAPES, "dataset=file")
-        fields = PAIR_SHAPES[shape]
-        if shape == "alternating" and len(rows) % 2:
-            raise _fail(
-                table,
-                rows[-1],
-                f"{len(rows)} rows of {{prompt, completion}}; rows alternate positive, negative, "
-                "so their number must be even (this last row has no negative partner)",
-            )
-        for i, r in enumerate(rows):
-            if shape == "alternating":
-                if i % 2:
-                    pos_r = rows[i - 1]
-                    pairs.append(
-                        Pair(
-                            _text(table, pos_r, "prompt", fields),
-                            _text(table, r, "prompt", fields),
-                            _text(table, pos_r, "completion", fields),
-                            _text(table, r, "completion", fields),
-                        )
-                    )
-            elif shape == "caa":
-                _caa_options(table, r)
-                q = _text(table, r, "question", fields)
-                neg = r.data[fields[2]]
-                neg = neg[0] if isinstance(neg, list) else neg
-                pairs.append(Pair(q, q, str(r.data[fields[1]]).strip(), str(neg).strip()))
-            elif shape == "pairs":
-                prompt = _text(table, r, "prompt", fields)
-                pairs.append(
-                    Pair(
-                        prompt,
-                        prompt,
-                        _text(table, r, "positive", fields),
-                        _text(table, r, "negative", fields),
-                    )
-                )
-            else:
-                texts = [_text(table, r, f, fields) for f in fields]
-                pairs.append(Pair(*texts))
+        pairs = [_row_pair(table, shape, r) for r in rows]
     max_pairs = cfg.get("max_pairs")
     if max_pairs is not None:
         if int(max_pairs) < 1:
             raise SteerexpError(f"dataset.max_pairs={max_pairs} must be >= 1 (or null for all)")
         if len(pairs) > int(max_pairs):
             pairs = random.Random(SUBSAMPLE_SEED).sample(pairs, int(max_pairs))
-    if not pairs:
-        raise SteerexpError(f"{table.label}: no contrast pairs (every row is held out?)")
     return pairs
 
 

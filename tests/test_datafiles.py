@@ -116,6 +116,8 @@ def test_offline_hf_dataset_dir(tmp_path: Path) -> None:
     )
     pairs = check("dataset=file", f"dataset.path={tmp_path / 'hf'}")[0]
     assert pairs == check("dataset=file", f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}")[0]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
+    assert check("dataset=file", f"dataset.path={tmp_path / 'p.parquet'}")[0] == pairs
     with pytest.raises(SteerexpError, match=r"unknown split of .* 'test'.* valid: train"):
         check("dataset=file", f"dataset.path={tmp_path / 'hf'}", "dataset.split=test")
 
@@ -344,3 +346,14 @@ def test_readme_concept_commands_compose_and_validate() -> None:
             )
             assert out.returncode == 0, out.stderr
             assert "path: examples/" in out.stdout
+
+
+def test_holdout_needs_caa_rows() -> None:
+    with pytest.raises(
+        SteerexpError, match=r"dataset.holdout=0.25 needs CAA rows .* has pairs rows"
+    ):
+        check(
+            "dataset=file",
+            f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}",
+            "dataset.holdout=0.25",
+        )
