@@ -95,3 +95,30 @@ def test_file_concept_sweep_is_ranked(sweep: Path) -> None:
     assert rows[1:] == ["mean_diff", "pca_diff"], md  # header, then sorted by score
     assert (sweep / "reports" / "concept" / "ranking.csv").is_file()
     assert len(list((sweep / "sweep").glob("*/dose_response.csv"))) == 2
+
+
+def test_caa_run_asks_only_the_recorded_held_out_rows(tmp_path: Path) -> None:
+    """dataset=caa eval=caa on one file, through the whole pipeline (tiny model, forced judge)."""
+    from helpers import compose_cfg
+
+    from steerexp.pipeline import run
+
+    cfg = compose_cfg(
+        "model=tiny_random",
+        "judge=forced",
+        "dataset=caa",
+        "eval=caa",
+        f"dataset.path={REPO / 'examples' / 'sycophancy.jsonl'}",
+        "eval.coeffs=[-1,0,1]",
+        "eval.repeats=1",
+        "eval.max_new_tokens=4",
+    )
+    metrics = run(cfg, tmp_path, progress=False)
+    assert metrics["status"] == "ok" and metrics["n_pairs"] == 24
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert len(split["eval_rows"]) == 8 and not set(split["eval_rows"]) & set(
+        split["contrast_rows"]
+    )
+    dose = pd.read_csv(tmp_path / "dose_response.csv")
+    assert sorted(set(dose["question_id"])) == sorted(f"row{i}" for i in split["eval_rows"])
+    assert len(dose) == 8 * 3 and dose["valid"].all()
