@@ -18,15 +18,27 @@ Message = dict[str, str]
 
 @dataclass(frozen=True)
 class Pair:
-    """One contrast pair: the same assistant opening after a positive and a negative persona."""
+    """One contrast pair: a user turn and an open assistant turn per side.
+
+    By default both sides share the assistant opening ``suffix`` after a positive and a
+    negative persona; ``negative_suffix`` gives the negative side its own opening (e.g. the
+    same prompt continued two ways, as in CAA-style A/B pairs).
+    """
 
     positive: str
     negative: str
     suffix: str
+    negative_suffix: str | None = None
 
     def messages(self, positive: bool) -> list[Message]:
         persona = self.positive if positive else self.negative
-        return [{"role": "user", "content": persona}, {"role": "assistant", "content": self.suffix}]
+        suffix = self.suffix if positive or self.negative_suffix is None else self.negative_suffix
+        return [{"role": "user", "content": persona}, {"role": "assistant", "content": suffix}]
+
+    def key(self) -> tuple[str, ...]:
+        """What the extraction cache hashes: every text of the pair (unchanged for shared suffixes)."""
+        base = (self.positive, self.negative, self.suffix)
+        return base if self.negative_suffix is None else (*base, self.negative_suffix)
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,14 @@ SUBSAMPLE_SEED = 0
 
 
 def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
-    """Persona pairs for every suffix (and its word-prefixes when ``truncate``), fixed subsample."""
+    """Persona pairs for every suffix (and its word-prefixes when ``truncate``), fixed subsample.
+
+    A config with a ``path`` (``dataset=file|caa``) reads its pairs from that file instead.
+    """
+    if "path" in cfg:
+        from steerexp.datafiles import file_pairs
+
+        return file_pairs(cfg)
     template = str(cfg["template"])
     pos_word, neg_word = str(cfg.get("positive") or ""), str(cfg.get("negative") or "")
     if not pos_word.strip() or not neg_word.strip():

@@ -138,7 +138,7 @@ def cache_payload(
         "chat_kwargs": loaded.chat_kwargs,
         "modules": modules,
         "loss": dict(loss_cfg),
-        "pairs": cache.hash_key([(p.positive, p.negative, p.suffix) for p in pairs]),
+        "pairs": cache.hash_key([p.key() for p in pairs]),
         "n_pairs": len(pairs),
         "batch_size": batch_size,
     }

@@ -27,6 +27,7 @@ from steerexp.data import (
     load_pairs,
     load_questions,
 )
+from steerexp.datafiles import prepare_eval, record_split
 from steerexp.errors import SteerexpError, choice_error, error_text
 from steerexp.extract import GRAD_TOKENS, extract
 from steerexp.generate import generate_rows, grid, make_rescore
@@ -94,6 +95,7 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     METHODS.get(str(cfg.method.kind))
     LOSSES.get(str(cfg.loss.name))
     JUDGES.get(str(cfg.judge.name))
+    prepare_eval(cfg)
     answer_regex(str(cfg.eval.answer_regex))
     coeffs = check_coeffs(list(cfg.eval.coeffs))
     if cfg.coeff_units == "kl":
@@ -134,6 +136,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     """The six stages; fills ``metrics`` as it goes and writes each artifact when it is ready."""
     t = time.perf_counter
     pairs, questions, coeffs = check_config(cfg)
+    record_split(cfg, run_dir)
     torch.manual_seed(int(cfg.seed))
 
     t0 = t()

@@ -16,6 +16,13 @@ from steerexp.pipeline import check_config
 
 GROUPS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "logger"]
 REPO = Path(__file__).resolve().parent.parent
+#: Options that read a user file: checked with the shipped examples.
+FILE_OPTIONS = {
+    ("dataset", "file"): (f"dataset.path={REPO / 'examples' / 'organism_pairs.jsonl'}",),
+    ("dataset", "caa"): (f"dataset.path={REPO / 'examples' / 'sycophancy.jsonl'}",),
+    ("eval", "file"): (f"eval.path={REPO / 'examples' / 'organism_questions.jsonl'}",),
+    ("eval", "caa"): (f"eval.path={REPO / 'examples' / 'refusal.jsonl'}",),
+}
 
 
 def options(group: str) -> list[str]:
@@ -59,8 +66,8 @@ def test_spec_options_exist() -> None:
             *(f"fisher_steer_cov_reg{i}" for i in range(6)),
         },
         "loss": {"nll", "hs_diff", "reprpo_margin"},
-        "dataset": {"honesty", "organism"},
-        "eval": {"white_lie", "dilemmas", "organism"},
+        "dataset": {"honesty", "organism", "file", "caa"},
+        "eval": {"white_lie", "dilemmas", "organism", "file", "caa"},
         "judge": {"logratio", "forced"},
         "logger": {"wandb", "none"},
     }
@@ -71,7 +78,7 @@ def test_spec_options_exist() -> None:
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_composes_and_checks(group: str) -> None:
     for opt in options(group):
-        cfg = compose_cfg(f"{group}={opt}")
+        cfg = compose_cfg(f"{group}={opt}", *FILE_OPTIONS.get((group, opt), ()))
         assert cfg[group].name == opt, f"{group}/{opt}.yaml must carry name: {opt}"
         check_config(cfg)
         if group == "method":

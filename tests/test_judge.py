@@ -94,7 +94,9 @@ def test_bad_answers_and_regex(tok: PreTrainedTokenizerFast) -> None:
     with pytest.raises(SteerexpError, match="xylophonequartz"):
         answer_variants(tok, "xylophonequartz")
     for bad in ["Final choice: Yes|No", "Final (choice): (Yes|No)", "Final choice: (Yes|No"]:
-        with pytest.raises(SteerexpError, match=r"eval\.answer_regex=.*(capture groups|does not compile)") as e:
+        with pytest.raises(
+            SteerexpError, match=r"eval\.answer_regex=.*(capture groups|does not compile)"
+        ) as e:
             make_answer_spec(tok, bad, ["Yes", "No"], PREFIX)
         assert "\n" not in str(e.value)
     with pytest.raises(SteerexpError, match="distinct"):
@@ -207,3 +209,26 @@ def test_organism_tokenizer_variants() -> None:
     text = "Final choice: Yes"
     ids = tok.encode(text, add_special_tokens=False)
     assert ids[token_at_char(tok, ids, text, text.index("Yes"))] in spec.variant_ids[0]
+
+
+def test_any_answer_set_with_the_derived_regex(tok: PreTrainedTokenizerFast) -> None:
+    """Letters A/B/C with eval=file's default regex: the trait option against all the others."""
+    from steerexp.datafiles import default_regex
+
+    spec = make_answer_spec(
+        tok, default_regex("Answer:", ["A", "B", "C"]), ["A", "B", "C"], "Answer:"
+    )
+    assert all(spec.variant_ids)
+    ids = tok.encode("Hmm, A or B? Answer: (C)")
+    g = torch.Generator().manual_seed(5)
+    logps = torch.log_softmax(torch.randn(len(ids), 4, generator=g) * 3, dim=-1)[:, :3].float()
+    row = GenRow("q", 0.5, 0, "B", ids, tok.decode(ids, skip_special_tokens=True), logps)
+    step = token_at_char(tok, ids, row.completion, row.completion.rindex("C"))
+    lp = logps[step].double()
+    j = JUDGES.get("logratio")(row, spec, _no_rescore)
+    assert j.valid
+    assert j.log_ratio == pytest.approx(float(lp[1] - torch.logsumexp(lp[[0, 2]], 0)), rel=1e-6)
+    assert j.pmass == pytest.approx(float(lp.exp().sum()), rel=1e-6)
+    word = tok.encode("Answer: Absolutely")
+    bad = GenRow("q", 0.5, 0, "B", word, tok.decode(word), torch.zeros(len(word), 3))
+    assert not JUDGES.get("logratio")(bad, spec, _no_rescore).valid
