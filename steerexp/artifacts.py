@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,26 @@ def write_directions(
     meta = {k: v if isinstance(v, str) else json.dumps(jsonable(v)) for k, v in metadata_.items()}
     tensors = {m: v.detach().float().contiguous().cpu() for m, v in vectors.items()}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:
+    """One row per generation (``GenRow`` + its ``Judgement``), in ``DOSE_COLUMNS`` order."""
+    return pd.DataFrame(
+        [
+            {
+                "question_id": r.question_id,
+                "coeff": r.coeff,
+                "repeat": r.repeat,
+                "log_ratio": j.log_ratio,
+                "pmass": j.pmass,
+                "valid": bool(j.valid),
+                "forced": bool(j.forced),
+                "completion": r.completion,
+            }
+            for r, j in zip(rows, judgements, strict=True)
+        ],
+        columns=DOSE_COLUMNS,
+    )
 
 
 def write_dose_response(path: Path, df: pd.DataFrame) -> Path:
