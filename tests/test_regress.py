@@ -103,17 +103,18 @@ def test_bad_x_and_lengths() -> None:
 def test_journal_table_format() -> None:
     df = pd.DataFrame(
         [
-            {"method": "pca_diff", "slope": 1.684, "r2": 0.2, "valid_frac": 1.0, "score": 0.34},
+            {"method": "pca_diff", "slope": 1.684, "r2": 0.2, "valid_frac": 1.0, "score": 0.34, "signed_score": 0.34},
             {"method": "broken", "status": "failed"},
-            {"method": "mean_diff", "slope": -13.536, "r2": 0.58, "valid_frac": 0.8, "score": 7.79},
+            {"method": "mean_diff", "slope": -13.536, "r2": 0.58, "valid_frac": 0.8, "score": 7.79,
+             "signed_score": -7.79},
         ]
     ).assign(effect_size=np.nan, p_value=0.141, min=-18.75, max=20.375)
     assert journal_table(df) == "\n".join(
         [
             "| method    |   slope |     r2 |   valid_frac |   effect_size |   p_value |   score |    min |   max |",
             "|:----------|--------:|-------:|-------------:|--------------:|----------:|--------:|-------:|------:|",
-            "| mean_diff |  -13.54 |   0.58 |         0.80 |           nan |      0.14 |    7.79 | -18.75 | 20.38 |",
             "| pca_diff  |    1.68 |   0.20 |         1.00 |           nan |      0.14 |    0.34 | -18.75 | 20.38 |",
+            "| mean_diff |  -13.54 |   0.58 |         0.80 |           nan |      0.14 |    7.79 | -18.75 | 20.38 |",
             "| broken    |  nan    | nan    |       nan    |           nan |      0.14 |  nan    | -18.75 | 20.38 |",
         ]
     )
@@ -127,7 +128,7 @@ def test_journal_table_format() -> None:
 
 
 def test_journal_table_custom_label() -> None:
-    df = pd.DataFrame({"module": ["k_proj", "v_proj"], "score": [np.nan, 0.5]})
+    df = pd.DataFrame({"module": ["k_proj", "v_proj"], "score": [np.nan, 0.5], "signed_score": [np.nan, 0.5]})
     lines = journal_table(df, label_col="module").splitlines()
     assert lines[0].split("|")[1].strip() == "module"
     assert "v_proj" in lines[2] and "k_proj" in lines[3]

@@ -42,7 +42,7 @@ def write_job(sweep: Path, num: int, method: str, module: str, slope: float | No
                    error=error, model_reused=False, extraction_cached=num > 0, cache_key="abc123")
     if status == "ok":
         metrics.update(slope=slope, r2=r2, valid_frac=1.0, effect_size=None, p_value=0.05,
-                       score=abs(slope) * r2, min=-3.0, max=4.0, n_valid=10, n_rows=10, time_total_s=1.5)
+                       score=abs(slope) * r2, signed_score=slope * r2, min=-3.0, max=4.0, n_valid=10, n_rows=10, time_total_s=1.5)
         rows = [{"question_id": "q0", "coeff": c, "repeat": r, "log_ratio": slope * c + 0.1 * r,
                  "pmass": 0.9, "valid": True, "forced": False, "completion": f"Final choice: {'Yes' if c > 0 else 'No'}"}
                 for c in COEFFS for r in range(2)]
