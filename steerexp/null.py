@@ -2,12 +2,14 @@
 
 Any perturbation of the residual stream moves the log-ratio a little, so "slope != 0" proves
 nothing; the question is whether a direction beats random directions of the same size in the
-same place. Per group (model, modules, loss-free extraction, eval, judge, units, grid, seed)
-the null is K seeded random unit directions (the ``random`` method at seeds
-``null.seed .. null.seed + K - 1``, never sign-fixed), generated on the same questions,
-repeats and coefficients with the same per-row sampling seeds (common random numbers). The
-same single batched generation also holds the prompting reference: the unsteered model with
-the dataset's positive vs negative persona as its system turn, at coefficient 0.
+same place. Per group (model, modules, loss-free extraction, eval, judge, units, grid; not the
+run's seed, so seed sweeps share it) the null is K seeded random unit directions (the ``random``
+method at seeds ``random_null.seed .. random_null.seed + K - 1``, never sign-fixed), generated
+on the same questions, repeats and coefficients; its rows are sampled per row from
+``random_null.seed``, so the K directions share common random numbers. The same single batched
+generation also holds the prompting reference: the unsteered model with the dataset's positive
+vs negative persona as its system turn (before the eval's own system text, if any), at
+coefficient 0 -- the way the organism's corpus and chat models take a persona.
 
 Both are cached as judged rows (``dose.csv``) under ``<cache>/nulls/<key>/`` and reused by
 every method and later sweep of the group; slopes are recomputed under the run's ``regress_x``.

@@ -253,7 +253,10 @@ def _null_columns(
     """This run against its group's random null, and the prompting reference (cached, SPEC 4.8)."""
     k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
     personas = null.persona_texts(_plain(cfg.dataset))
-    payload = {**_group_payload(cfg, ex.acts_key, coeffs), "null": {"k": k, "seed": seed0}, "personas": personas}
+    # The run's own seed is not part of the group: a seed sweep shares one null, which is
+    # sampled with its own seed (sampling noise in a slope is small next to the null's spread).
+    group = {k_: v for k_, v in _group_payload(cfg, ex.acts_key, coeffs).items() if k_ != "seed"}
+    payload = {**group, "null": {"k": k, "seed": seed0}, "personas": personas}
     key = cache.hash_key(payload)
 
     def build() -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -266,7 +269,7 @@ def _null_columns(
             steerings.append(st)
         dose = null.generate_reference(
             loaded, cfg.eval, questions, coeffs, steerings, personas, spec, str(cfg.judge.name),
-            int(cfg.seed), progress,
+            seed0, progress,
         )
         return dose, {"key": key, "payload": payload}
 

@@ -132,3 +132,26 @@ def test_journal_table_custom_label() -> None:
     lines = journal_table(df, label_col="module").splitlines()
     assert lines[0].split("|")[1].strip() == "module"
     assert "v_proj" in lines[2] and "k_proj" in lines[3]
+
+
+def test_ci_is_clustered_by_question_and_anti_frac_counts_questions() -> None:
+    """Four questions share x; three rise, one falls: the clustered CI matches statsmodels'
+    cluster-robust fit (wider than the plain one here) and anti_frac is 1/4."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(0)
+    c = np.tile(np.repeat([-1.0, -0.5, 0.0, 0.5, 1.0], 3), 4)
+    q = np.repeat(["q0", "q1", "q2", "q3"], 15)
+    slope_q = np.repeat([3.0, 2.0, 4.0, -1.0], 15)
+    y = slope_q * symlog(c) + rng.normal(0, 0.3, len(c))
+    out = regress(c, y, np.ones(len(c), bool), groups=q)
+    fit = sm.OLS(y, sm.add_constant(symlog(c))).fit()
+    robust = fit.get_robustcov_results(cov_type="cluster", groups=np.unique(q, return_inverse=True)[1])
+    assert (out["slope_ci_low"], out["slope_ci_high"]) == pytest.approx(tuple(robust.conf_int()[1]))
+    plain = fit.conf_int()[1]
+    assert out["slope_ci_high"] - out["slope_ci_low"] > plain[1] - plain[0]
+    assert out["p_value"] == pytest.approx(fit.pvalues[1])
+    assert out["anti_frac"] == 0.25
+    one = regress(c, y, np.ones(len(c), bool), groups=np.full(len(c), "q"))
+    assert (one["slope_ci_low"], one["slope_ci_high"]) == pytest.approx(tuple(plain)) and one["anti_frac"] == 0.0
+    assert math.isnan(regress(c, y, np.ones(len(c), bool))["anti_frac"])
