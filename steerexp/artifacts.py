@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from steerexp.regress import transform_x
 
@@ -94,13 +94,27 @@ def read_status(run_dir: Path) -> str | None:
         return None
 
 
+def sorted_header(blob: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: safetensors writes metadata from a
+    hash map, whose order changes from process to process; data stays 8-byte aligned."""
+    n = int.from_bytes(blob[:8], "little")
+    text = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
+
+
 def write_directions(
     path: Path, vectors: Mapping[str, torch.Tensor], metadata_: Mapping[str, Any]
 ) -> Path:
-    """``directions.safetensors``: key = module name, value = unit direction; string metadata."""
-    meta = {k: v if isinstance(v, str) else json.dumps(jsonable(v)) for k, v in metadata_.items()}
+    """``directions.safetensors``: key = module name, value = unit direction; string metadata
+    (JSON with sorted keys), written byte-identically for identical content."""
+    meta = {
+        k: v if isinstance(v, str) else json.dumps(jsonable(v), sort_keys=True)
+        for k, v in metadata_.items()
+    }
     tensors = {m: v.detach().float().contiguous().cpu() for m, v in vectors.items()}
-    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    blob = sorted_header(save(tensors, metadata=meta))
+    return atomic_write(path, lambda p: p.write_bytes(blob))
 
 
 def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:

@@ -184,8 +184,20 @@ def _run_batch(
     result = {f"acts/{m}": outs[m][rows, last].detach().float().cpu() for m in modules}
     if need_grads:
         result.update(
-            _grads(outs, logits, ids, mask, tmask, rows, last, modules, loss_path, loss_cfg,
-                   n_pairs_total, grad_tokens)
+            _grads(
+                outs,
+                logits,
+                ids,
+                mask,
+                tmask,
+                rows,
+                last,
+                modules,
+                loss_path,
+                loss_cfg,
+                n_pairs_total,
+                grad_tokens,
+            )
         )
     for what in ("acts", "grads"):
         for m in modules:
@@ -285,7 +297,15 @@ def extract(
     cached = acts is not None and grads is not None
     if not cached:
         acts, grads = _compute(
-            loaded, modules, loss_path, loss_cfg, pairs, batch_size, grad_tokens, need_grads, progress
+            loaded,
+            modules,
+            loss_path,
+            loss_cfg,
+            pairs,
+            batch_size,
+            grad_tokens,
+            need_grads,
+            progress,
         )
         for key, tensors, meta in ((acts_key, acts, acts_payload), (grads_key, grads, payload)):
             if tensors and key not in _MEMO:

@@ -66,10 +66,18 @@ class RowSampler(LogitsProcessor):
     """
 
     def __init__(
-        self, seeds: Sequence[int], n_steps: int, prompt_width: int, temperature: float, min_p: float | None
+        self,
+        seeds: Sequence[int],
+        n_steps: int,
+        prompt_width: int,
+        temperature: float,
+        min_p: float | None,
     ) -> None:
         self.u = torch.stack(
-            [torch.rand(n_steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+            [
+                torch.rand(n_steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                for s in seeds
+            ]
         )
         self.width = prompt_width
         self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
@@ -81,7 +89,9 @@ class RowSampler(LogitsProcessor):
             scores = w(input_ids, scores)
         cdf = torch.softmax(scores.double(), -1).cumsum(-1)
         u = self.u[:, input_ids.shape[1] - self.width].to(cdf.device)
-        tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(scores.shape[-1] - 1)
+        tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(
+            scores.shape[-1] - 1
+        )
         out = torch.full_like(scores, -torch.inf)
         return out.scatter_(-1, tok, 0.0)
 
@@ -152,7 +162,10 @@ def _stop_ids(loaded: LoadedModel) -> set[int]:
 
 
 def row_shifts(
-    steerings: Sequence[Steering], directions: Sequence[int], coeffs: Sequence[float], device: torch.device
+    steerings: Sequence[Steering],
+    directions: Sequence[int],
+    coeffs: Sequence[float],
+    device: torch.device,
 ) -> dict[str, Tensor]:
     """Per module ``[B, 1, d]`` shifts, row ``i`` steered by ``steerings[directions[i]]`` at ``coeffs[i]``.
 
@@ -192,13 +205,16 @@ def generate_chunk(
         row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
     steps: list[Tensor] = []
-    with warnings.catch_warnings(), loaded.lm.generate(
-        {"input_ids": ids, "attention_mask": mask},
-        stopping_criteria=StoppingCriteriaList([last]),
-        logits_processor=processors,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-        **gen_kwargs,
-    ) as tracer:
+    with (
+        warnings.catch_warnings(),
+        loaded.lm.generate(
+            {"input_ids": ids, "attention_mask": mask},
+            stopping_criteria=StoppingCriteriaList([last]),
+            logits_processor=processors,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            **gen_kwargs,
+        ) as tracer,
+    ):
         # A chunk whose rows all stop early ends the bounded step loop before n steps; nnsight
         # warns about the unreached step, which is expected here (ids come from ``last``).
         warnings.filterwarnings("ignore", message=".*was never reached.*")

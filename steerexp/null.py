@@ -147,17 +147,25 @@ def generate_reference(
     by_text = {text: p for p, text in personas.items()}
     frames = []
     for k in range(len(steerings)):
-        part = [(s, r) for s, r in zip(specs, rows, strict=True) if s.system is None and s.direction == k]
+        part = [
+            (s, r)
+            for s, r in zip(specs, rows, strict=True)
+            if s.system is None and s.direction == k
+        ]
         rescore = make_rescore(loaded, eval_cfg, questions, steerings[k], spec)
         gen = [r for _, r in part]
         frames.append(
-            artifacts.dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(direction=k, persona="")
+            artifacts.dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(
+                direction=k, persona=""
+            )
         )
     for text, name in by_text.items():
         gen = [r for s, r in zip(specs, rows, strict=True) if s.system == text]
         rescore = make_rescore(loaded, with_system(eval_cfg, text), questions, None, spec)
         frames.append(
-            artifacts.dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(direction=-1, persona=name)
+            artifacts.dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(
+                direction=-1, persona=name
+            )
         )
     return pd.concat(frames, ignore_index=True)[NULL_COLUMNS]
 
@@ -206,7 +214,9 @@ def compare(slope: float, slopes: np.ndarray) -> dict[str, float]:
     return out
 
 
-def prompt_reference(dose: pd.DataFrame, coeffs: Sequence[float], slope: float, x: str) -> dict[str, float]:
+def prompt_reference(
+    dose: pd.DataFrame, coeffs: Sequence[float], slope: float, x: str
+) -> dict[str, float]:
     """Prompting's log-ratio shift (mean valid y, positive minus negative persona) beside the
     run's fitted shift over the grid: slope × (x(max c) − x(min c))."""
     ys = {}

@@ -65,7 +65,9 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     if int(cfg.eval.repeats) < 1:
         raise SteerexpError(f"eval.repeats={cfg.eval.repeats} must be >= 1")
     if int(cfg.random_null.k) != 0 and int(cfg.random_null.k) < 2:
-        raise SteerexpError(f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions")
+        raise SteerexpError(
+            f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"
+        )
     return (
         load_pairs(_plain(cfg.dataset)),
         load_questions(_plain(cfg.eval)),
@@ -158,7 +160,10 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     )
 
     t0 = t()
-    gen_key = cache.hash_key({"run": _group_payload(cfg, ex.acts_key, coeffs), **_steering_id(steering)})
+    gen_key = cache.hash_key(
+        {"run": _group_payload(cfg, ex.acts_key, coeffs), **_steering_id(steering)}
+    )
+    metrics["time_judge_s"] = 0.0
 
     def generate_and_judge() -> tuple[pd.DataFrame, dict[str, Any]]:
         rows = generate_rows(
@@ -170,19 +175,29 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
             int(cfg.seed),
             progress,
         )
+        t_judge = t()
         rescore = make_rescore(loaded, cfg.eval, questions, steering, spec)
         judged = judge_rows(str(cfg.judge.name), rows, spec, rescore)
+        metrics["time_judge_s"] = t() - t_judge
         return artifacts.dose_frame(rows, judged), {"key": gen_key, "method": metrics["method"]}
 
     dose, _, reused, _ = null.cached_rows(root / "generations" / gen_key, generate_and_judge)
     dose = dose[artifacts.DOSE_COLUMNS]
     artifacts.write_dose_response(run_dir / "dose_response.csv", dose)
-    metrics.update(generation_key=gen_key, generations_reused=reused, time_generate_s=t() - t0)
+    metrics.update(
+        generation_key=gen_key,
+        generations_reused=reused,
+        time_generate_s=t() - t0 - metrics["time_judge_s"],
+    )
 
     t0 = t()
     metrics.update(
         regress(
-            dose["coeff"], dose["log_ratio"], dose["valid"], x=str(cfg.regress_x), groups=dose["question_id"]
+            dose["coeff"],
+            dose["log_ratio"],
+            dose["valid"],
+            x=str(cfg.regress_x),
+            groups=dose["question_id"],
         )
     )
     title = f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
@@ -190,7 +205,11 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     metrics["time_regress_s"] = t() - t0
     if int(cfg.random_null.k) > 0:
         t0 = t()
-        metrics.update(_null_columns(cfg, loaded, ex, modules, questions, coeffs, spec, root, progress, metrics))
+        metrics.update(
+            _null_columns(
+                cfg, loaded, ex, modules, questions, coeffs, spec, root, progress, metrics
+            )
+        )
         metrics["time_null_s"] = t() - t0
     metrics["_dose"] = dose
 
@@ -235,7 +254,10 @@ def _steering_id(steering: Steering) -> dict[str, Any]:
         m: hashlib.sha256(v.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
         for m, v in sorted(steering.vectors.items())
     }
-    return {"directions": digest, "scales": {m: float(s) for m, s in sorted(steering.scales.items())}}
+    return {
+        "directions": digest,
+        "scales": {m: float(s) for m, s in sorted(steering.scales.items())},
+    }
 
 
 def _null_columns(
@@ -268,8 +290,16 @@ def _null_columns(
                 st = st.scaled(_kl_scales(loaded, cfg, questions, st)["c_star"])
             steerings.append(st)
         dose = null.generate_reference(
-            loaded, cfg.eval, questions, coeffs, steerings, personas, spec, str(cfg.judge.name),
-            seed0, progress,
+            loaded,
+            cfg.eval,
+            questions,
+            coeffs,
+            steerings,
+            personas,
+            spec,
+            str(cfg.judge.name),
+            seed0,
+            progress,
         )
         return dose, {"key": key, "payload": payload}
 

@@ -176,7 +176,10 @@ def journal_table(
     table = pd.DataFrame({label_col: df[label_col].astype(str) if label_col in df else ""})
     for col in JOURNAL_COLUMNS:
         table[col] = pd.to_numeric(df[col], errors="coerce") if col in df else math.nan
-    lo, hi = (pd.to_numeric(df[c], errors="coerce") if c in df else None for c in ("slope_ci_low", "slope_ci_high"))
+    lo, hi = (
+        pd.to_numeric(df[c], errors="coerce") if c in df else None
+        for c in ("slope_ci_low", "slope_ci_high")
+    )
     if lo is not None and hi is not None and lo.notna().any():
         table["slope 95% CI"] = [f"[{a:.2f}, {b:.2f}]" for a, b in zip(lo, hi, strict=True)]
     if "p_random" in df and pd.to_numeric(df["p_random"], errors="coerce").notna().any():
@@ -185,7 +188,9 @@ def journal_table(
         p_mark = df["p_random_holm"] if "p_random_holm" in df else df["p_random"]
         if "p_random_holm" in df:
             table["p_holm"] = [_fmt_p(p) for p in p_mark]
-        table["null"] = ["" if p < 0.05 else "ns" for p in pd.to_numeric(p_mark, errors="coerce").fillna(1.0)]
+        table["null"] = [
+            "" if p < 0.05 else "ns" for p in pd.to_numeric(p_mark, errors="coerce").fillna(1.0)
+        ]
     if "fitted_shift" in df and pd.to_numeric(df["fitted_shift"], errors="coerce").notna().any():
         table["shift"] = pd.to_numeric(df["fitted_shift"], errors="coerce")
     if "dup_of" in df and df["dup_of"].fillna("").astype(str).str.len().any():

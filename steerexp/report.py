@@ -25,7 +25,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
-
 from safetensors.torch import load_file  # noqa: E402
 from statsmodels.stats.multitest import multipletests  # noqa: E402
 
@@ -195,7 +194,7 @@ def _directions(job_dir: Path) -> dict[str, np.ndarray] | None:
 def duplicates(rows: pd.DataFrame, sweep_dir: Path) -> list[str]:
     """Per row (in ranking order), the first better-ranked row whose directions on the same modules
     have mean |cos| >= ``DUP_COS`` with its own ("" when none)."""
-    dirs = [_directions(Path(sweep_dir) / str(j)) if s == "ok" else None for j, s in zip(rows["job"], rows["status"])]
+    dirs = [_directions(Path(sweep_dir) / str(j)) if s == "ok" else None for j, s in zip(rows["job"], rows["status"], strict=True)]
     labels = list(rows["method"].astype(str))
     out = []
     for i, d in enumerate(dirs):

@@ -320,7 +320,15 @@ def test_activations_are_cached_without_the_loss(model, pairs, tmp_path: Path) -
     handle = model.hf.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     try:
         acts_only = extract(
-            model, mc, HS, group("loss", "reprpo_margin"), pairs[:4], 4, tmp_path, progress=False, need_grads=False
+            model,
+            mc,
+            HS,
+            group("loss", "reprpo_margin"),
+            pairs[:4],
+            4,
+            tmp_path,
+            progress=False,
+            need_grads=False,
         )
     finally:
         handle.remove()

@@ -71,7 +71,9 @@ def test_every_method_option(path: Path) -> None:
     fit = fit_from_config(cfg, acts, grads, lgn, seed=3)
     proj = (acts[0::2] - acts[1::2]) @ v
     if cfg["kind"] == "random":
-        raw = torch.randn(acts.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        raw = torch.randn(
+            acts.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64
+        )
         assert torch.equal(v, (raw / raw.norm()).float()) and fit.info["flipped"] is False
     else:
         assert int((proj > 0).sum()) >= int((proj < 0).sum())
@@ -284,7 +286,9 @@ def test_ief_weights_matter_and_uniform_norms_give_emp() -> None:
         uniform = torch.full((acts.shape[0],), scale)
         ief = fit_direction("fisher_steer_reg2", acts, grads, uniform)
         assert torch.allclose(ief, emp, atol=1e-6), scale
-    varied = torch.exp(torch.randn(acts.shape[0], generator=torch.Generator().manual_seed(4))) * 1e-10
+    varied = (
+        torch.exp(torch.randn(acts.shape[0], generator=torch.Generator().manual_seed(4))) * 1e-10
+    )
     ief = fit_direction("fisher_steer_reg2", acts, grads, varied)
     assert float(ief @ emp) < 0.99
 

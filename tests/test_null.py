@@ -19,7 +19,10 @@ from steerexp.judge import make_answer_spec
 from steerexp.regress import regress
 
 MODULES = ["model.layers.1", "model.layers.2"]
-QS = [Question("a", "Would you tell the truth?", "Yes"), Question("b", "Would you hide the mistake?", "No")]
+QS = [
+    Question("a", "Would you tell the truth?", "Yes"),
+    Question("b", "Would you hide the mistake?", "No"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +42,10 @@ def spec(model, ev):
 
 def steering(seed: int) -> Steering:
     g = torch.Generator().manual_seed(seed)
-    return Steering({m: torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) for m in MODULES},
-                    {m: 4.0 for m in MODULES})
+    return Steering(
+        {m: torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) for m in MODULES},
+        {m: 4.0 for m in MODULES},
+    )
 
 
 def test_chunking_and_order_never_change_a_sample(model, ev, spec) -> None:
@@ -48,7 +53,9 @@ def test_chunking_and_order_never_change_a_sample(model, ev, spec) -> None:
     st = steering(0)
     default = generate_rows(model, ev, rows, st, spec, seed=7, progress=False)
     one = generate_rows(model, {**ev, "max_batch_size": 1}, rows, st, spec, seed=7, progress=False)
-    shuffled = generate_rows(model, {**ev, "max_batch_size": 4}, rows[::-1], st, spec, seed=7, progress=False)[::-1]
+    shuffled = generate_rows(
+        model, {**ev, "max_batch_size": 4}, rows[::-1], st, spec, seed=7, progress=False
+    )[::-1]
     for a, b, c in zip(default, one, shuffled, strict=True):
         assert a.completion_ids == b.completion_ids == c.completion_ids
         torch.testing.assert_close(a.answer_logps, b.answer_logps, rtol=0, atol=1e-4)
@@ -71,7 +78,9 @@ def test_per_row_directions_equal_one_call_per_direction(model, ev, spec) -> Non
         ]
     # common random numbers: the same row under both directions uses the same uniforms, and the
     # directions differ, so at least one completion differs
-    assert any(a.completion_ids != b.completion_ids for a, b in zip(mixed[0::2], mixed[1::2], strict=True))
+    assert any(
+        a.completion_ids != b.completion_ids for a, b in zip(mixed[0::2], mixed[1::2], strict=True)
+    )
 
 
 def test_compare_follows_the_prediction_interval() -> None:
@@ -89,10 +98,14 @@ def test_compare_follows_the_prediction_interval() -> None:
     assert s["null_k"] == 8 and s["null_abs_median"] == pytest.approx(np.median(np.abs(slopes)))
 
 
-def test_reference_rows_are_one_generation_and_cached(model, ev, spec, tmp_path, monkeypatch) -> None:
+def test_reference_rows_are_one_generation_and_cached(
+    model, ev, spec, tmp_path, monkeypatch
+) -> None:
     calls = []
     real = null.generate_rows
-    monkeypatch.setattr(null, "generate_rows", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    monkeypatch.setattr(
+        null, "generate_rows", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
+    )
     personas = null.persona_texts(group("dataset", "organism"))
     assert personas["positive"].startswith("Pretend you're an honest person")
     coeffs = [-1.0, 0.0, 1.0]
@@ -100,7 +113,9 @@ def test_reference_rows_are_one_generation_and_cached(model, ev, spec, tmp_path,
     ev2 = {**ev, "repeats": 2}
 
     def build():
-        dose = null.generate_reference(model, ev2, QS, coeffs, steerings, personas, spec, "logratio", 0, False)
+        dose = null.generate_reference(
+            model, ev2, QS, coeffs, steerings, personas, spec, "logratio", 0, False
+        )
         return dose, {"k": 3}
 
     dose, meta, cached, _ = null.cached_rows(tmp_path / "n", build)
@@ -124,3 +139,26 @@ def test_null_directions_are_the_random_method_unflipped() -> None:
     raw = torch.randn(64, generator=torch.Generator().manual_seed(101), dtype=torch.float64)
     assert torch.equal(dirs[1][MODULES[0]], (raw / raw.norm()).float())
     assert not torch.equal(dirs[0][MODULES[0]], dirs[1][MODULES[0]])
+
+
+def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
+    """safetensors writes metadata from a per-process hash map; write_directions sorts it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from pathlib import Path; from steerexp.artifacts import write_directions; "
+        "write_directions(Path(sys.argv[1]), {'model.layers.3': torch.ones(4), 'model.layers.2': torch.zeros(4)}, "
+        "{'method': 'm', 'loss': 'l', 'raw_norms': {'b': 1, 'a': 2}, 'scales': {'x': 1.5}, 'cache_key': 'k', "
+        "'fit_info': {'z': {'b': 1, 'a': True}}, 'coeff_units': 'norm'})"
+    )
+    blobs = set()
+    for i in range(3):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{i}.st")], check=True)
+        blobs.add((tmp_path / f"{i}.st").read_bytes())
+    assert len(blobs) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0.st"), "pt") as f:
+        assert f.metadata()["raw_norms"] == '{"a": 2, "b": 1}'
+        assert torch.equal(f.get_tensor("model.layers.3"), torch.ones(4))

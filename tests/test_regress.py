@@ -103,10 +103,23 @@ def test_bad_x_and_lengths() -> None:
 def test_journal_table_format() -> None:
     df = pd.DataFrame(
         [
-            {"method": "pca_diff", "slope": 1.684, "r2": 0.2, "valid_frac": 1.0, "score": 0.34, "signed_score": 0.34},
+            {
+                "method": "pca_diff",
+                "slope": 1.684,
+                "r2": 0.2,
+                "valid_frac": 1.0,
+                "score": 0.34,
+                "signed_score": 0.34,
+            },
             {"method": "broken", "status": "failed"},
-            {"method": "mean_diff", "slope": -13.536, "r2": 0.58, "valid_frac": 0.8, "score": 7.79,
-             "signed_score": -7.79},
+            {
+                "method": "mean_diff",
+                "slope": -13.536,
+                "r2": 0.58,
+                "valid_frac": 0.8,
+                "score": 7.79,
+                "signed_score": -7.79,
+            },
         ]
     ).assign(effect_size=np.nan, p_value=0.141, min=-18.75, max=20.375)
     assert journal_table(df) == "\n".join(
@@ -128,7 +141,9 @@ def test_journal_table_format() -> None:
 
 
 def test_journal_table_custom_label() -> None:
-    df = pd.DataFrame({"module": ["k_proj", "v_proj"], "score": [np.nan, 0.5], "signed_score": [np.nan, 0.5]})
+    df = pd.DataFrame(
+        {"module": ["k_proj", "v_proj"], "score": [np.nan, 0.5], "signed_score": [np.nan, 0.5]}
+    )
     lines = journal_table(df, label_col="module").splitlines()
     assert lines[0].split("|")[1].strip() == "module"
     assert "v_proj" in lines[2] and "k_proj" in lines[3]
@@ -146,12 +161,16 @@ def test_ci_is_clustered_by_question_and_anti_frac_counts_questions() -> None:
     y = slope_q * symlog(c) + rng.normal(0, 0.3, len(c))
     out = regress(c, y, np.ones(len(c), bool), groups=q)
     fit = sm.OLS(y, sm.add_constant(symlog(c))).fit()
-    robust = fit.get_robustcov_results(cov_type="cluster", groups=np.unique(q, return_inverse=True)[1])
+    robust = fit.get_robustcov_results(
+        cov_type="cluster", groups=np.unique(q, return_inverse=True)[1]
+    )
     assert (out["slope_ci_low"], out["slope_ci_high"]) == pytest.approx(tuple(robust.conf_int()[1]))
     plain = fit.conf_int()[1]
     assert out["slope_ci_high"] - out["slope_ci_low"] > plain[1] - plain[0]
     assert out["p_value"] == pytest.approx(fit.pvalues[1])
     assert out["anti_frac"] == 0.25
     one = regress(c, y, np.ones(len(c), bool), groups=np.full(len(c), "q"))
-    assert (one["slope_ci_low"], one["slope_ci_high"]) == pytest.approx(tuple(plain)) and one["anti_frac"] == 0.0
+    assert (one["slope_ci_low"], one["slope_ci_high"]) == pytest.approx(tuple(plain)) and one[
+        "anti_frac"
+    ] == 0.0
     assert math.isnan(regress(c, y, np.ones(len(c), bool))["anti_frac"])
