@@ -1,15 +1,16 @@
 """Random-direction null on the organism: the checks of issue 11, rerunnable on any organism.
 
 ``python -m bench.null [--out DIR] [--seeds 20] [--methods a,b]`` (or ``python -m bench null``) runs, in one process on the
-organism (``STEEREXP_CACHE``), every journal method on ``module=hs`` (a ranking with its null,
-built once) and then ``method=random`` at fresh seeds 1..N (not the null's), which must reuse the
-null. It writes two sweep dirs with ``ranking.md``/``ranking.csv`` and ``checks.json``, and prints:
+organism (``STEEREXP_CACHE``), on ``module=hs``: pca_diff and the iEF/emp pair (building the
+null once), ``method=random`` at fresh seeds 1..N (not the null's; they must reuse the null), then
+the other journal methods. It writes two sweep dirs with ``ranking.md``/``ranking.csv`` and ``checks.json``, and prints:
 
 - how many fresh random seeds get ``p_random > 0.05`` (target: >= 18 of 20);
 - ``pca_diff``'s ``p_random`` (target < 1e-3) and ``vs_random`` (target >= 5);
 - whether any row steering toward the negative persona (slope < 0) ranks above one steering
   toward the positive persona; the rows flagged ``dup_of``;
 - cos(fisher_steer_reg2, fisher_steer_emp_reg2) (iEF vs emp; 1.0 would mean iEF does nothing);
+- each null direction's p_random against the other K - 1 (leave-one-out calibration);
 - the null's cost: its one batched generation over one method's generate+judge (bench ratio),
   and that every later run found it cached.
 """
@@ -57,6 +58,18 @@ def _cos(a: Path, b: Path) -> float:
     )
 
 
+def leave_one_out(key: Path) -> np.ndarray:
+    """Each null direction's p_random against the other K - 1 (a calibration check needing no
+    new generation; the null's rows are read from the cache)."""
+    from steerexp import cache_dir, null
+
+    dose = pd.read_csv(cache_dir() / "extractions" / "nulls" / str(key) / "dose.csv")
+    slopes = null.null_slopes(dose)
+    return np.array(
+        [null.compare(s, np.delete(slopes, i))["p_random"] for i, s in enumerate(slopes)]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench null")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: a temp dir)")
@@ -94,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         float(pca["time_generate_s"] + pca["time_judge_s"]) if pca is not None else float("nan")
     )
     null_cost = float(ok["null_build_s"].dropna().iloc[0])
+    loo = leave_one_out(Path(ok["null_key"].iloc[0]))
     checks = {
+        "null_leave_one_out_p_gt_005": int((loo > 0.05).sum()),
         "random_fresh_seeds_p_gt_005": int((fresh["p_random"] > 0.05).sum()),
         "random_fresh_seeds": int(fresh["p_random"].notna().sum()),
         "random_fresh_p_random": fresh.sort_values("seed")["p_random"].round(4).tolist(),
