@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SECTIONS = ["fisher", "extract", "generate", "sweep"]
+SECTIONS = ["fisher", "extract", "generate", "sweep", "null"]
 
 
 def main(argv: list[str]) -> None:

@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from steerexp.cache import apply_umask
 from steerexp.regress import transform_x
@@ -144,13 +144,47 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 3) 
     return "; ".join(parts) + more
 
 
+def sorted_header(blob: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: safetensors writes metadata from a
+    hash map, whose order changes from process to process; data stays 8-byte aligned."""
+    n = int.from_bytes(blob[:8], "little")
+    text = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
+
+
 def write_directions(
     path: Path, vectors: Mapping[str, torch.Tensor], metadata_: Mapping[str, Any]
 ) -> Path:
-    """``directions.safetensors``: key = module name, value = unit direction; string metadata."""
-    meta = {k: v if isinstance(v, str) else json.dumps(jsonable(v)) for k, v in metadata_.items()}
+    """``directions.safetensors``: key = module name, value = unit direction; string metadata
+    (JSON with sorted keys), written byte-identically for identical content."""
+    meta = {
+        k: v if isinstance(v, str) else json.dumps(jsonable(v), sort_keys=True)
+        for k, v in metadata_.items()
+    }
     tensors = {m: v.detach().float().contiguous().cpu() for m, v in vectors.items()}
-    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    blob = sorted_header(save(tensors, metadata=meta))
+    return atomic_write(path, lambda p: p.write_bytes(blob))
+
+
+def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:
+    """One row per generation (``GenRow`` + its ``Judgement``), in ``DOSE_COLUMNS`` order."""
+    return pd.DataFrame(
+        [
+            {
+                "question_id": r.question_id,
+                "coeff": r.coeff,
+                "repeat": r.repeat,
+                "log_ratio": j.log_ratio,
+                "pmass": j.pmass,
+                "valid": bool(j.valid),
+                "forced": bool(j.forced),
+                "completion": r.completion,
+            }
+            for r, j in zip(rows, judgements, strict=True)
+        ],
+        columns=DOSE_COLUMNS,
+    )
 
 
 def write_dose_response(path: Path, df: pd.DataFrame) -> Path:

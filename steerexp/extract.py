@@ -5,6 +5,10 @@ open start of the assistant turn), padded on the left and read at the last non-p
 token. One nnsight trace per batch records every target module's output, the loss-layer
 output and the logits; the loss and its gradients with respect to those outputs are then
 taken with ``torch.autograd`` on the recorded graph (parameters stay frozen).
+
+Activations are cached under a loss-free key (``acts_key``), gradients, ``logp`` and
+``loss_grad_norms`` under a key that adds the loss: a loss sweep reuses one activation
+extraction, and activation methods never run the backward pass.
 """
 
 from __future__ import annotations
@@ -37,24 +41,29 @@ GRAD_TOKENS = ("all", "last")
 
 @dataclass
 class Extraction:
-    """Per module ``acts``/``grads`` ``[n, d]`` float32, rows interleaved (``0::2`` positive)."""
+    """Per module ``acts``/``grads`` ``[n, d]`` float32, rows interleaved (``0::2`` positive).
+
+    Without gradients (``need_grads=False``) ``grads`` is empty and ``logp``/``loss_grad_norms``
+    are None; ``key`` is then ``acts_key``. ``loss_grad_norms[i]`` is the squared norm of the
+    gradient of row i's own loss term (no 1/n_pairs factor) w.r.t. its loss-layer output."""
 
     modules: list[str]
     acts: dict[str, Tensor]
     grads: dict[str, Tensor]
-    logp: Tensor
-    loss_grad_norms: Tensor
+    logp: Tensor | None
+    loss_grad_norms: Tensor | None
     key: str
     cached: bool = False
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    acts_key: str = ""
 
     def act_norm(self, module: str) -> float:
         """Mean ``||h||`` of the module over the extraction set (the ``norm`` coefficient unit)."""
         return float(self.acts[module].norm(dim=-1).mean())
 
 
-_MEMO: dict[str, Extraction] = {}
+_MEMO: dict[str, dict[str, Tensor]] = {}
 
 
 def loss_layer_path(n_layers: int, layer: int) -> str:
@@ -153,6 +162,7 @@ def _run_batch(
     n_pairs_total: int,
     batch_no: int,
     grad_tokens: str,
+    need_grads: bool = True,
 ) -> dict[str, Tensor]:
     tok = loaded.tokenizer
     ids, mask = left_pad([s for s, _ in seqs], tok.pad_token_id)
@@ -171,13 +181,57 @@ def _run_batch(
             saved.append(loaded.envoy(p).output.save())
         logits = loaded.lm.output.logits.save()
     outs = {p: _first(o) for p, o in zip(paths, saved, strict=True)}
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    last = last_token_index(mask)
+    result = {f"acts/{m}": outs[m][rows, last].detach().float().cpu() for m in modules}
+    if need_grads:
+        result.update(
+            _grads(
+                outs,
+                logits,
+                ids,
+                mask,
+                tmask,
+                rows,
+                last,
+                modules,
+                loss_path,
+                loss_cfg,
+                n_pairs_total,
+                grad_tokens,
+            )
+        )
+    for what in ("acts", "grads"):
+        for m in modules:
+            if f"{what}/{m}" in result and not torch.isfinite(result[f"{what}/{m}"]).all():
+                name = "activations" if what == "acts" else "gradients"
+                raise SteerexpError(
+                    f"non-finite {name} at module {m!r} in extraction batch {batch_no}"
+                )
+    return result
+
+
+def _grads(
+    outs: dict[str, Tensor],
+    logits: Tensor,
+    ids: Tensor,
+    mask: Tensor,
+    tmask: Tensor,
+    rows: Tensor,
+    last: Tensor,
+    modules: list[str],
+    loss_path: str,
+    loss_cfg: Mapping[str, Any],
+    n_pairs_total: int,
+    grad_tokens: str,
+) -> dict[str, Tensor]:
+    """The loss of one batch and its gradients: ``grads/<m>``, ``logp``, ``loss_grad_norms``."""
+    paths = list(outs)
     logp_tok = (
         torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     )
     tm = tmask[:, 1:].float()
     ell = (logp_tok * tm).sum(1) / tm.sum(1).clamp_min(1.0)
-    rows = torch.arange(ids.shape[0], device=ids.device)
-    last = last_token_index(mask)
     h = outs[loss_path][rows, last]
     x = LossInputs(h[0::2], h[1::2], ell[0::2], ell[1::2], n_pairs_total)
     loss = LOSSES.get(str(loss_cfg["name"]))(x, loss_cfg)
@@ -186,24 +240,29 @@ def _run_batch(
         p: (g if g is not None else torch.zeros_like(outs[p]))
         for p, g in zip(paths, grads, strict=True)
     }
+    # Every loss is a sum of per-pair terms over n_pairs_total, and a row's hidden states only
+    # enter its own pair's term, so n_pairs_total x its gradient is that of its own term.
+    own = gmap[loss_path].detach().double() * n_pairs_total
     result = {
         "logp": ell.detach().float().cpu(),
-        "loss_grad_norms": gmap[loss_path].float().pow(2).sum(dim=(1, 2)).cpu(),
+        "loss_grad_norms": own.pow(2).sum(dim=(1, 2)).float().cpu(),
     }
     for m in modules:
         gm = gmap[m].detach().float()
-        result[f"acts/{m}"] = outs[m][rows, last].detach().float().cpu()
         result[f"grads/{m}"] = (
             (gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]
         ).cpu()
-    for what in ("acts", "grads"):
-        for m in modules:
-            if not torch.isfinite(result[f"{what}/{m}"]).all():
-                name = "activations" if what == "acts" else "gradients"
-                raise SteerexpError(
-                    f"non-finite {name} at module {m!r} in extraction batch {batch_no}"
-                )
     return result
+
+
+def _lookup(root: Path | None, key: str) -> tuple[dict[str, Tensor] | None, bool]:
+    """Tensors of a cache entry from memory, else disk; and whether they came from disk."""
+    if key in _MEMO:
+        return _MEMO[key], False
+    if root is not None and (tensors := cache.load(root, key)) is not None:
+        _MEMO[key] = tensors
+        return tensors, True
+    return None, False
 
 
 def extract(
@@ -216,8 +275,9 @@ def extract(
     cache_root: Path | None = None,
     progress: bool = True,
     grad_tokens: str = "all",
+    need_grads: bool = True,
 ) -> Extraction:
-    """Extract (or reuse) activations and gradients; batches always hold whole pairs."""
+    """Extract (or reuse) activations and, with ``need_grads``, gradients; batches hold whole pairs."""
     if not pairs:
         raise SteerexpError("the contrast set is empty: no pairs to extract")
     if str(loss_cfg.get("tokens", "suffix")) not in LOGP_TOKENS:
@@ -230,27 +290,57 @@ def extract(
     loss_path = loss_layer_path(loaded.n_layers, int(loss_cfg["layer"]))
     batch_size = max(2, int(batch_size) - int(batch_size) % 2)
     payload = cache_payload(loaded, model_cfg, modules, loss_cfg, pairs, batch_size)
+    acts_payload = {k: v for k, v in payload.items() if k != "loss"}
     payload["grad_tokens"] = grad_tokens
-    key = cache.hash_key(payload)
-    if key in _MEMO:
-        hit = _MEMO[key]
-        return Extraction(
-            hit.modules,
-            hit.acts,
-            hit.grads,
-            hit.logp,
-            hit.loss_grad_norms,
-            key,
-            True,
-            0.0,
-            hit.meta,
-        )
+    acts_key, grads_key = cache.hash_key(acts_payload), cache.hash_key(payload)
     t0 = time.perf_counter()
-    if cache_root is not None and (tensors := cache.load(cache_root, key)) is not None:
-        ex = _from_tensors(modules, tensors, key, cached=True, meta=payload)
-        ex.seconds = time.perf_counter() - t0
-        _MEMO[key] = ex
-        return ex
+    acts, acts_disk = _lookup(cache_root, acts_key)
+    grads, grads_disk = _lookup(cache_root, grads_key) if need_grads else ({}, False)
+    cached = acts is not None and grads is not None
+    if not cached:
+        acts, grads = _compute(
+            loaded,
+            modules,
+            loss_path,
+            loss_cfg,
+            pairs,
+            batch_size,
+            grad_tokens,
+            need_grads,
+            progress,
+        )
+        for key, tensors, meta in ((acts_key, acts, acts_payload), (grads_key, grads, payload)):
+            if tensors and key not in _MEMO:
+                _MEMO[key] = tensors
+                if cache_root is not None:
+                    cache.save(cache_root, key, tensors, meta)
+    assert acts is not None and grads is not None
+    return Extraction(
+        modules=list(modules),
+        acts={m: acts[f"acts/{m}"] for m in modules},
+        grads={m: grads[f"grads/{m}"] for m in modules} if need_grads else {},
+        logp=grads.get("logp"),
+        loss_grad_norms=grads.get("loss_grad_norms"),
+        key=grads_key if need_grads else acts_key,
+        cached=cached,
+        seconds=time.perf_counter() - t0,
+        meta={**payload, "disk_hit": acts_disk or grads_disk},
+        acts_key=acts_key,
+    )
+
+
+def _compute(
+    loaded: LoadedModel,
+    modules: list[str],
+    loss_path: str,
+    loss_cfg: Mapping[str, Any],
+    pairs: Sequence[Pair],
+    batch_size: int,
+    grad_tokens: str,
+    need_grads: bool,
+    progress: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Run every batch; returns the activation tensors and the gradient-side tensors."""
     seqs: list[tuple[list[int], int]] = []
     for p in pairs:
         seqs.append(encode(loaded.tokenizer, p.messages(True), loaded.chat_kwargs))
@@ -258,7 +348,7 @@ def extract(
     parts: list[dict[str, Tensor]] = []
     bar = tqdm(
         range(0, len(seqs), batch_size),
-        desc=f"extract {loss_cfg['name']}",
+        desc=f"extract {loss_cfg['name'] if need_grads else 'activations'}",
         disable=not progress,
         leave=False,
     )
@@ -273,27 +363,9 @@ def extract(
                 len(pairs),
                 b,
                 grad_tokens,
+                need_grads,
             )
         )
     tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    if cache_root is not None:
-        cache.save(cache_root, key, tensors, payload)
-    ex = _from_tensors(modules, tensors, key, cached=False, meta=payload)
-    ex.seconds = time.perf_counter() - t0
-    _MEMO[key] = ex
-    return ex
-
-
-def _from_tensors(
-    modules: list[str], t: Mapping[str, Tensor], key: str, cached: bool, meta: dict[str, Any]
-) -> Extraction:
-    return Extraction(
-        modules=list(modules),
-        acts={m: t[f"acts/{m}"] for m in modules},
-        grads={m: t[f"grads/{m}"] for m in modules},
-        logp=t["logp"],
-        loss_grad_norms=t["loss_grad_norms"],
-        key=key,
-        cached=cached,
-        meta=meta,
-    )
+    acts = {k: v for k, v in tensors.items() if k.startswith("acts/")}
+    return acts, {k: v for k, v in tensors.items() if not k.startswith("acts/")}

@@ -4,7 +4,8 @@ Every Fisher variant is written as ``F = UᵀU`` with ``U ∈ ℝ^{n×d}`` a row
 gradients ``G`` (rows ``gᵢ``), so ``tr(F) = ‖U‖²_F`` is cheap and the solve happens in the
 n×n space (SPEC §4.3):
 
-- ``ief``: ``F = (1/n) Σ wᵢ gᵢgᵢᵀ``, ``wᵢ = 1/(loss_grad_normsᵢ + 1e-6)`` → ``uᵢ = √(wᵢ/n) gᵢ``
+- ``ief``: ``F = (1/n) Σ wᵢ gᵢgᵢᵀ``, ``wᵢ = 1/(loss_grad_normsᵢ + ε)``, ``ε = 1e-6·median`` →
+  ``uᵢ = √(wᵢ/n) gᵢ`` (uniform norms: the same direction as ``emp``)
 - ``emp``: ``F = GᵀG/n`` → ``uᵢ = gᵢ/√n``
 - ``cov``: ``F = (G − ḡ)ᵀ(G − ḡ)/(n − 1)`` → ``uᵢ = (gᵢ − ḡ)/√(n − 1)``
 
@@ -42,7 +43,7 @@ from steerexp.errors import SteerexpError, choice_error
 
 FISHERS = ("ief", "emp", "cov")
 REG_SCALES = ("relative", "absolute")
-#: iEF weight floor: ``wᵢ = 1/(loss_grad_normsᵢ + IEF_EPS)``.
+#: iEF weight floor, relative: ``wᵢ = 1/(loss_grad_normsᵢ + IEF_EPS · median(loss_grad_norms))``.
 IEF_EPS = 1e-6
 #: Relative levels tried, in order, above a failed requested level (the stated fallback ladder).
 FALLBACK_LEVELS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -80,12 +81,22 @@ def fisher_factor(
         return (g - g.mean(dim=0)).div_((n - 1) ** 0.5), None
     if loss_grad_norms is None:
         raise SteerexpError("the iEF Fisher needs loss_grad_norms (one per row), got None")
-    w = 1.0 / (loss_grad_norms.to(torch.float64).reshape(-1) + IEF_EPS)
+    w = ief_weights(loss_grad_norms)
     if w.shape[0] != n:
         raise SteerexpError(
             f"loss_grad_norms has {w.shape[0]} entries, expected one per row (n={n})"
         )
     return g * (w / n).sqrt().unsqueeze(1), (n * w).rsqrt()
+
+
+def ief_weights(loss_grad_norms: Tensor) -> Tensor:
+    """``wᵢ = 1/(normᵢ + ε)`` with the floor ``ε = IEF_EPS · median(norms)`` relative to the norms'
+    own scale (falls back to their max, then to 1, when the median is 0)."""
+    norms = loss_grad_norms.to(torch.float64).reshape(-1)
+    ref = float(norms.median()) if norms.numel() else 1.0
+    if ref <= 0:
+        ref = float(norms.max()) or 1.0
+    return 1.0 / (norms + IEF_EPS * ref)
 
 
 def fisher_rows(

@@ -1,13 +1,20 @@
 """Stage 4: one batched, seeded generation over every (question x coefficient x repeat) row.
 
-Each row carries its own coefficient, so a whole grid runs as a few ``generate`` calls
-(chunked by ``eval.max_batch_size``) instead of one per coefficient. At every step the
+Each row carries its own coefficient and direction (an index into a list of steerings), so a
+whole grid, or the K directions of a random null, runs as a few ``generate`` calls (chunked by
+``eval.max_batch_size``) instead of one per coefficient or direction. At every step the
 model's raw logits give, per answer word, the log of the total probability of its variant
 tokens; the judge reads them at the step that wrote the answer.
+
+Sampling is seeded per row from ``(seed, question, repeat, coefficient)`` (:func:`row_seed`):
+HF's processors (repetition penalty) run, then :class:`RowSampler` applies temperature and
+min-p and draws each row's token from that row's own uniforms, so chunking never changes a
+sample and different directions share common random numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+)
 
 from steerexp.data import Question, question_messages
 from steerexp.extract import left_pad
@@ -27,11 +41,59 @@ from steerexp.models import LoadedModel
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One row of the generation grid."""
+    """One row of the generation grid: ``direction`` indexes the steerings passed to
+    :func:`generate_rows`; ``system`` (e.g. a persona) replaces the eval's system turn."""
 
     question: Question
     coeff: float
     repeat: int
+    direction: int = 0
+    system: str | None = None
+
+
+def row_seed(seed: int, question_id: str, repeat: int, coeff: float) -> int:
+    """The sampling seed of one row: the same for every method, direction and chunking."""
+    blob = f"{int(seed)}|{question_id}|{int(repeat)}|{float(coeff)!r}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)
+
+
+class RowSampler(LogitsProcessor):
+    """Temperature, min-p, then one draw per row from that row's own pre-drawn uniforms.
+
+    Returns logits that are 0 at the drawn token and -inf elsewhere, so greedy decoding
+    (``do_sample=False``) keeps the draw. Inverse-CDF sampling on per-row uniforms makes a
+    row's tokens independent of the other rows of its batch.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        n_steps: int,
+        prompt_width: int,
+        temperature: float,
+        min_p: float | None,
+    ) -> None:
+        self.u = torch.stack(
+            [
+                torch.rand(n_steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                for s in seeds
+            ]
+        )
+        self.width = prompt_width
+        self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+        if min_p:
+            self.warpers.append(MinPLogitsWarper(min_p=float(min_p)))
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        for w in self.warpers:
+            scores = w(input_ids, scores)
+        cdf = torch.softmax(scores.double(), -1).cumsum(-1)
+        u = self.u[:, input_ids.shape[1] - self.width].to(cdf.device)
+        tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(
+            scores.shape[-1] - 1
+        )
+        out = torch.full_like(scores, -torch.inf)
+        return out.scatter_(-1, tok, 0.0)
 
 
 class _LastIds(StoppingCriteria):
@@ -63,23 +125,31 @@ def prompt_ids(loaded: LoadedModel, eval_cfg: Mapping[str, Any], q: Question) ->
     return loaded.tokenizer(text, add_special_tokens=False).input_ids
 
 
-def grid(questions: Sequence[Question], coeffs: Sequence[float], repeats: int) -> list[RowSpec]:
-    return [RowSpec(q, float(c), r) for q in questions for c in coeffs for r in range(int(repeats))]
+def grid(
+    questions: Sequence[Question], coeffs: Sequence[float], repeats: int, direction: int = 0
+) -> list[RowSpec]:
+    return [
+        RowSpec(q, float(c), r, direction)
+        for q in questions
+        for c in coeffs
+        for r in range(int(repeats))
+    ]
 
 
 def sampling_kwargs(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The eval config is the whole sampling recipe: checkpoint defaults (top_k/top_p) are off."""
+    """The eval config is the whole sampling recipe: checkpoint defaults (top_k/top_p) are off.
+
+    HF decodes greedily; with ``do_sample`` the draw happens in :class:`RowSampler`
+    (``temperature``/``min_p`` are read from here by :func:`generate_chunk`)."""
     kw: dict[str, Any] = {
         "max_new_tokens": int(eval_cfg["max_new_tokens"]),
-        "do_sample": bool(eval_cfg.get("do_sample", True)),
+        "do_sample": False,
+        "top_k": None,
+        "top_p": None,
+        "temperature": None,
     }
-    if kw["do_sample"]:
-        kw.update(
-            temperature=float(eval_cfg.get("temperature", 1.0)),
-            min_p=eval_cfg.get("min_p"),
-            top_k=0,
-            top_p=1.0,
-        )
+    if bool(eval_cfg.get("do_sample", True)):
+        kw["sample"] = (float(eval_cfg.get("temperature", 1.0)), eval_cfg.get("min_p"))
     if eval_cfg.get("repetition_penalty") is not None:
         kw["repetition_penalty"] = float(eval_cfg["repetition_penalty"])
     return kw
@@ -91,28 +161,60 @@ def _stop_ids(loaded: LoadedModel) -> set[int]:
     return eos_ids | {loaded.tokenizer.pad_token_id, loaded.tokenizer.eos_token_id} - {None}
 
 
+def row_shifts(
+    steerings: Sequence[Steering],
+    directions: Sequence[int],
+    coeffs: Sequence[float],
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Per module ``[B, 1, d]`` shifts, row ``i`` steered by ``steerings[directions[i]]`` at ``coeffs[i]``.
+
+    Each direction's shift is computed with the other rows' coefficients set to 0 (exact zeros),
+    and the parts are summed, so a row's shift is bit-identical to steering it alone."""
+    dirs = torch.tensor(list(directions))
+    c = torch.tensor(list(coeffs), dtype=torch.float32)
+    total: dict[str, Tensor] = {}
+    for k in sorted(set(directions)):
+        for m, delta in shifts(steerings[k], torch.where(dirs == k, c, 0.0), device).items():
+            total[m] = delta if m not in total else total[m] + delta
+    return total
+
+
 def generate_chunk(
     loaded: LoadedModel,
     prompts: Sequence[list[int]],
     coeffs: Sequence[float],
-    steering: Steering | None,
+    steering: Steering | Sequence[Steering] | None,
     spec: AnswerSpec,
     kwargs: Mapping[str, Any],
+    seeds: Sequence[int] | None = None,
+    directions: Sequence[int] | None = None,
 ) -> list[tuple[list[int], Tensor]]:
-    """Generate one batch with per-row coefficients; returns (completion ids, answer logps) per row."""
+    """Generate one batch with per-row coefficients, directions and sampling seeds; returns
+    (completion ids, answer logps) per row."""
     ids, mask = left_pad(prompts, loaded.tokenizer.pad_token_id)
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
-    c = torch.tensor(list(coeffs), dtype=torch.float32)
-    deltas = shifts(steering, c, loaded.device) if steering is not None else {}
+    steerings = [steering] if isinstance(steering, Steering) else list(steering or [])
+    dirs = list(directions) if directions is not None else [0] * len(prompts)
+    deltas = row_shifts(steerings, dirs, coeffs, loaded.device) if steerings else {}
     last = _LastIds()
-    steps: list[Tensor] = []
+    gen_kwargs = {k: v for k, v in kwargs.items() if k != "sample"}
+    processors = LogitsProcessorList()
     n = int(kwargs["max_new_tokens"])
-    with warnings.catch_warnings(), loaded.lm.generate(
-        {"input_ids": ids, "attention_mask": mask},
-        stopping_criteria=StoppingCriteriaList([last]),
-        pad_token_id=loaded.tokenizer.pad_token_id,
-        **kwargs,
-    ) as tracer:
+    if "sample" in kwargs:
+        row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
+        processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
+    steps: list[Tensor] = []
+    with (
+        warnings.catch_warnings(),
+        loaded.lm.generate(
+            {"input_ids": ids, "attention_mask": mask},
+            stopping_criteria=StoppingCriteriaList([last]),
+            logits_processor=processors,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            **gen_kwargs,
+        ) as tracer,
+    ):
         # A chunk whose rows all stop early ends the bounded step loop before n steps; nnsight
         # warns about the unreached step, which is expected here (ids come from ``last``).
         warnings.filterwarnings("ignore", message=".*was never reached.*")
@@ -131,34 +233,46 @@ def generate_chunk(
     return out
 
 
+def with_system(eval_cfg: Mapping[str, Any], system: str | None) -> Mapping[str, Any]:
+    """The eval config with ``system`` put before its own system text (None: unchanged)."""
+    if system is None:
+        return eval_cfg
+    own = eval_cfg.get("system")
+    return {**dict(eval_cfg), "system": f"{system}\n\n{own}" if own else system}
+
+
 def generate_rows(
     loaded: LoadedModel,
     eval_cfg: Mapping[str, Any],
     rows: Sequence[RowSpec],
-    steering: Steering | None,
+    steering: Steering | Sequence[Steering] | None,
     spec: AnswerSpec,
     seed: int,
     progress: bool = True,
 ) -> list[GenRow]:
-    """Every row through batched generation, chunked by ``eval.max_batch_size``; seeded."""
+    """Every row through batched generation, chunked by ``eval.max_batch_size``.
+
+    ``steering`` is one steering or a list indexed by ``RowSpec.direction``. Each row is
+    sampled from :func:`row_seed`, so the chunking never changes a sample."""
     prompts = {
-        q.id: prompt_ids(loaded, eval_cfg, q)
-        for q in {r.question.id: r.question for r in rows}.values()
+        (r.question.id, r.system): prompt_ids(loaded, with_system(eval_cfg, r.system), r.question)
+        for r in rows
     }
     kwargs = sampling_kwargs(eval_cfg)
     size = max(1, int(eval_cfg.get("max_batch_size", 32)))
     out: list[GenRow] = []
     chunks = range(0, len(rows), size)
-    for k, start in enumerate(tqdm(chunks, desc="generate", disable=not progress, leave=False)):
+    for start in tqdm(chunks, desc="generate", disable=not progress, leave=False):
         chunk = rows[start : start + size]
-        torch.manual_seed(seed * 100_003 + k)
         results = generate_chunk(
             loaded,
-            [prompts[r.question.id] for r in chunk],
+            [prompts[r.question.id, r.system] for r in chunk],
             [r.coeff for r in chunk],
             steering,
             spec,
             kwargs,
+            seeds=[row_seed(seed, r.question.id, r.repeat, r.coeff) for r in chunk],
+            directions=[r.direction for r in chunk],
         )
         for r, (toks, lps) in zip(chunk, results, strict=True):
             out.append(

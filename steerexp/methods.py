@@ -1,13 +1,16 @@
 """Direction methods (SPEC §4.3): fit one unit steering vector per module from A and G.
 
 Inputs are interleaved pairs: ``acts[0::2]`` positive, ``acts[1::2]`` negative (same for
-``grads``). Every method returns a raw direction; :func:`fit_from_config` then fixes its sign
-so ``+v`` means "more like the positive persona" and normalises it:
+``grads``). Every method returns a raw direction; :func:`fit_from_config` normalises it and
+fixes its sign by one rule (SPEC 4.3), so ``+v`` means "more like the positive persona":
 
-- activation methods (``mean_diff``, ``pca_diff``, ``pca_center``, ``random``): keep ``v`` if
-  ``(a⁺ − a⁻)·v > 0`` in the majority of pairs (ties: by the mean projection), else ``−v``;
-- gradient methods (``svd_steer``, ``fisher``, ``fisher_dual``): keep ``v`` if
-  ``mean((g⁻ − g⁺)·v) ≥ 0`` (first order: stepping along ``+v`` on positives lowers the loss).
+- pair vote, every method except ``random``: keep ``v`` if ``(a⁺ − a⁻)·v > 0`` in the majority
+  of pairs (ties: by the mean projection), else ``−v``;
+- gradient methods (``svd_steer``, ``fisher``, ``fisher_dual``) also record the first-order
+  verdict ``mean((g⁻ − g⁺)·v) ≥ 0`` on the final ``v`` (``grad_rule``) and whether the unflipped
+  raw direction's verdict agreed with the vote (``grad_rule_agrees``): under ``nll`` on the
+  organism they disagree, a finding, not a reason to point a row away from the trait;
+- ``random`` is never flipped (it is the null).
 
 Methods are registered by ``kind``; a ``conf/method/<name>.yaml`` file picks the kind and its
 parameters, so names are never parsed.
@@ -45,9 +48,9 @@ class DirectionFit:
 class Inputs:
     """Validated inputs of one module: ``acts``, ``grads`` ``[n, d]``, ``loss_grad_norms [n]``.
 
-    The ones a method uses (acts for activation methods, grads for gradient methods) are
-    float64 on the CPU (n×d is small; float64 matters more than a GPU here); the other is
-    passed through unconverted (only its shape matters).
+    ``acts`` (every method's sign needs the pair vote) and, for gradient methods, ``grads`` are
+    float64 on the CPU (n×d is small; float64 matters more than a GPU here); unused ``grads``
+    pass through unconverted (only their shape matters).
     """
 
     acts: Tensor
@@ -162,18 +165,28 @@ def _fisher_dual(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     return (side["pos"] + side["neg"]) / 2, info
 
 
-def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool) -> Tensor:
-    """Apply the sign rule of the module docstring."""
-    if uses_grads:
-        assert x.grads is not None
-        p = x.grads @ v
-        return v if float((p[1::2] - p[0::2]).mean()) >= 0 else -v
-    p = x.acts @ v
+def pair_vote(v: Tensor, acts: Tensor) -> tuple[bool, float]:
+    """Whether ``+v`` wins the pair vote (ties: by the mean projection), and its share of pairs."""
+    p = acts.to(v.dtype) @ v
     proj = p[0::2] - p[1::2]
     votes = int(torch.sign(proj).sum())
-    if votes < 0 or (votes == 0 and float(proj.mean()) < 0):
-        return -v
-    return v
+    keep = votes > 0 or (votes == 0 and float(proj.mean()) >= 0)
+    return keep, float((proj > 0).double().mean())
+
+
+def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool, kind: str) -> tuple[Tensor, Info]:
+    """Apply the sign rule of the module docstring; returns the oriented ``v`` and what was decided."""
+    if kind == "random":
+        return v, {"flipped": False}
+    keep, share = pair_vote(v, x.acts)
+    out = v if keep else -v
+    info: Info = {"flipped": not keep, "pair_vote_frac": share if keep else 1.0 - share}
+    if uses_grads:
+        assert x.grads is not None
+        p = x.grads @ out
+        verdict = float((p[1::2] - p[0::2]).mean()) >= 0
+        info.update(grad_rule=verdict, grad_rule_agrees=verdict)
+    return out, info
 
 
 def _check_matrix(what: str, t: Tensor) -> None:
@@ -220,9 +233,8 @@ def _inputs(
         lgn = lgn.reshape(-1)
     f64 = {"device": "cpu", "dtype": torch.float64}
     lgn = None if lgn is None else lgn.to(**f64)
-    if uses_grads:
-        return Inputs(acts, None if grads is None else grads.to(**f64), lgn, int(seed))
-    return Inputs(acts.to(**f64), grads, lgn, int(seed))
+    g64 = None if grads is None or not uses_grads else grads.to(**f64)
+    return Inputs(acts.to(**f64), g64 if uses_grads else grads, lgn, int(seed))
 
 
 def fit_from_config(
@@ -251,11 +263,11 @@ def fit_from_config(
         raise SteerexpError(
             f"method {name!r} gave a zero or non-finite direction (norm {raw_norm})"
         )
-    v = _fix_sign(raw / raw_norm, x, method.uses_grads)
+    v, sign = _fix_sign(raw / raw_norm, x, method.uses_grads, str(cfg["kind"]))
     return DirectionFit(
         v.to(torch.float32).contiguous(),
         raw_norm,
-        {"method": name, "kind": str(cfg["kind"]), **info},
+        {"method": name, "kind": str(cfg["kind"]), **info, **sign},
     )
 
 

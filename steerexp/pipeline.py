@@ -8,16 +8,18 @@ whether it ends the process (single run) or just the job (multirun).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp import artifacts, cache_dir
+from steerexp import artifacts, cache, cache_dir, null
 from steerexp.data import (
     Pair,
     Question,
@@ -38,10 +40,10 @@ from steerexp.intervene import (
     calibrate_kl,
     neutral_prompt_ids,
 )
-from steerexp.judge import JUDGES, judge_rows, make_answer_spec
+from steerexp.judge import JUDGES, AnswerSpec, judge_rows, make_answer_spec
 from steerexp.losses import LOSSES
-from steerexp.methods import METHODS, fit_from_config
-from steerexp.models import load_model, resolve_modules, validate_model_cfg
+from steerexp.methods import METHODS, DirectionFit, fit_from_config
+from steerexp.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
 from steerexp.regress import X_TRANSFORMS, journal_table, regress
 from steerexp.tracking import make_logger
 
@@ -100,29 +102,14 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     coeffs = check_coeffs(list(cfg.eval.coeffs))
     if cfg.coeff_units == "kl":
         load_neutral_prompts(str(cfg.kl.prompts))
+    if int(cfg.random_null.k) != 0 and int(cfg.random_null.k) < 2:
+        raise SteerexpError(
+            f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"
+        )
     return (
         load_pairs(_plain(cfg.dataset)),
         load_questions(_plain(cfg.eval)),
         coeffs,
-    )
-
-
-def _dose_frame(rows: list[Any], judgements: list[Any]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "question_id": r.question_id,
-                "coeff": r.coeff,
-                "repeat": r.repeat,
-                "log_ratio": j.log_ratio,
-                "pmass": j.pmass,
-                "valid": bool(j.valid),
-                "forced": bool(j.forced),
-                "completion": r.completion,
-            }
-            for r, j in zip(rows, judgements, strict=True)
-        ],
-        columns=artifacts.DOSE_COLUMNS,
     )
 
 
@@ -152,6 +139,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
 
     t0 = t()
     root = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "extractions"
+    uses_grads = METHODS.get(str(cfg.method.kind)).uses_grads
     ex = extract(
         loaded,
         _plain(cfg.model),
@@ -162,13 +150,18 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
         root,
         progress=progress,
         grad_tokens=str(cfg.extract.grad_tokens),
+        need_grads=uses_grads,
     )
     metrics.update(
-        time_extract_s=t() - t0, extraction_cached=ex.cached, cache_key=ex.key, n_pairs=len(pairs)
+        time_extract_s=t() - t0,
+        extraction_cached=ex.cached,
+        cache_key=ex.key,
+        acts_key=ex.acts_key,
+        n_pairs=len(pairs),
     )
 
     t0 = t()
-    if METHODS.get(str(cfg.method.kind)).uses_grads:
+    if uses_grads:
         for m in modules:
             if not bool(ex.grads[m].any()):
                 raise SteerexpError(
@@ -178,7 +171,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
                 )
     fits = {
         m: fit_from_config(
-            cfg.method, ex.acts[m], ex.grads[m], ex.loss_grad_norms, seed=int(cfg.seed)
+            cfg.method, ex.acts[m], ex.grads.get(m), ex.loss_grad_norms, seed=int(cfg.seed)
         )
         for m in modules
     }
@@ -189,10 +182,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
         steering = steering.scaled(kl["c_star"])
         metrics.update(kl)
     metrics["time_fit_s"] = t() - t0
-    fallback = [f.info for f in fits.values() if f.info.get("reg_fallback")]
-    metrics["reg_fallback"] = bool(fallback)
-    if fallback:
-        metrics["reg_used"] = max(float(i.get("reg_used", 0.0)) for i in fallback)
+    metrics.update(_fit_summary(fits))
     artifacts.write_directions(
         run_dir / "directions.safetensors",
         steering.vectors,
@@ -208,30 +198,160 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
     )
 
     t0 = t()
-    rows = generate_rows(
-        loaded,
-        cfg.eval,
-        grid(questions, coeffs, int(cfg.eval.repeats)),
-        steering,
-        spec,
-        int(cfg.seed),
-        progress,
+    gen_key = cache.hash_key(
+        {"run": _group_payload(cfg, ex.acts_key, coeffs), **_steering_id(steering)}
     )
-    metrics["time_generate_s"] = t() - t0
+    metrics["time_judge_s"] = 0.0
 
-    t0 = t()
-    rescore = make_rescore(loaded, cfg.eval, questions, steering, spec)
-    judgements = judge_rows(str(cfg.judge.name), rows, spec, rescore)
-    dose = _dose_frame(rows, judgements)
+    def generate_and_judge() -> tuple[pd.DataFrame, dict[str, Any]]:
+        rows = generate_rows(
+            loaded,
+            cfg.eval,
+            grid(questions, coeffs, int(cfg.eval.repeats)),
+            steering,
+            spec,
+            int(cfg.seed),
+            progress,
+        )
+        t_judge = t()
+        rescore = make_rescore(loaded, cfg.eval, questions, steering, spec)
+        judged = judge_rows(str(cfg.judge.name), rows, spec, rescore)
+        metrics["time_judge_s"] = t() - t_judge
+        return artifacts.dose_frame(rows, judged), {"key": gen_key, "method": metrics["method"]}
+
+    dose, _, reused, _ = null.cached_rows(root / "generations" / gen_key, generate_and_judge)
+    dose = dose[artifacts.DOSE_COLUMNS]
     artifacts.write_dose_response(run_dir / "dose_response.csv", dose)
-    metrics["time_judge_s"] = t() - t0
+    metrics.update(
+        generation_key=gen_key,
+        generations_reused=reused,
+        time_generate_s=t() - t0 - metrics["time_judge_s"],
+    )
 
     t0 = t()
-    metrics.update(regress(dose["coeff"], dose["log_ratio"], dose["valid"], x=str(cfg.regress_x)))
+    metrics.update(
+        regress(
+            dose["coeff"],
+            dose["log_ratio"],
+            dose["valid"],
+            x=str(cfg.regress_x),
+            groups=dose["question_id"],
+        )
+    )
     title = f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
     artifacts.plot_dose_response(run_dir / "dose_response.png", dose, title, x=str(cfg.regress_x))
     metrics["time_regress_s"] = t() - t0
+    if int(cfg.random_null.k) > 0:
+        t0 = t()
+        metrics.update(
+            _null_columns(
+                cfg, loaded, ex, modules, questions, coeffs, spec, root, progress, metrics
+            )
+        )
+        metrics["time_null_s"] = t() - t0
     metrics["_dose"] = dose
+
+
+def _fit_summary(fits: dict[str, DirectionFit]) -> dict[str, Any]:
+    """Sign decisions over modules: any flip, mean pair-vote share, and (gradient methods)
+    whether the first-order gradient rule agreed with the pair vote at every module."""
+    infos = [f.info for f in fits.values()]
+    out: dict[str, Any] = {
+        "sign_flipped": any(bool(i.get("flipped")) for i in infos),
+        "pair_vote_frac": float(np.mean([float(i.get("pair_vote_frac", np.nan)) for i in infos])),
+        "grad_rule_agrees": None,
+    }
+    if all("grad_rule_agrees" in i for i in infos):
+        out["grad_rule_agrees"] = all(bool(i["grad_rule_agrees"]) for i in infos)
+    fallback = [i for i in infos if i.get("reg_fallback")]
+    out["reg_fallback"] = bool(fallback)
+    if fallback:
+        out["reg_used"] = max(float(i.get("reg_used", 0.0)) for i in fallback)
+    return out
+
+
+def _group_payload(cfg: DictConfig, acts_key: str, coeffs: list[float]) -> dict[str, Any]:
+    """What generations depend on besides the direction: model and modules (via the loss-free
+    extraction key, which also fixes the norm scales), eval (not its chunking), judge, units,
+    grid and sampling seed."""
+    ev = {k: v for k, v in _plain(cfg.eval).items() if k != "max_batch_size"}
+    return {
+        "version": null.NULL_VERSION,
+        "acts_key": acts_key,
+        "eval": ev,
+        "judge": _plain(cfg.judge),
+        "coeff_units": str(cfg.coeff_units),
+        "coeffs": coeffs,
+        "seed": int(cfg.seed),
+    }
+
+
+def _steering_id(steering: Steering) -> dict[str, Any]:
+    """Content hash of the directions and their scales."""
+    digest = {
+        m: hashlib.sha256(v.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        for m, v in sorted(steering.vectors.items())
+    }
+    return {
+        "directions": digest,
+        "scales": {m: float(s) for m, s in sorted(steering.scales.items())},
+    }
+
+
+def _null_columns(
+    cfg: DictConfig,
+    loaded: LoadedModel,
+    ex: Any,
+    modules: list[str],
+    questions: list[Question],
+    coeffs: list[float],
+    spec: AnswerSpec,
+    root: Path,
+    progress: bool,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """This run against its group's random null, and the prompting reference (cached, SPEC 4.8)."""
+    k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
+    personas = null.persona_texts(_plain(cfg.dataset))
+    # The run's own seed is not part of the group: a seed sweep shares one null, which is
+    # sampled with its own seed (sampling noise in a slope is small next to the null's spread).
+    group = {k_: v for k_, v in _group_payload(cfg, ex.acts_key, coeffs).items() if k_ != "seed"}
+    payload = {**group, "null": {"k": k, "seed": seed0}, "personas": personas}
+    key = cache.hash_key(payload)
+
+    def build() -> tuple[pd.DataFrame, dict[str, Any]]:
+        base = base_scales(str(cfg.coeff_units), ex, modules)
+        steerings = []
+        for vectors in null.null_directions(modules, ex.acts, k, seed0):
+            st = Steering(vectors, base)
+            if cfg.coeff_units == "kl":
+                st = st.scaled(_kl_scales(loaded, cfg, st)["c_star"])
+            steerings.append(st)
+        dose = null.generate_reference(
+            loaded,
+            cfg.eval,
+            questions,
+            coeffs,
+            steerings,
+            personas,
+            spec,
+            str(cfg.judge.name),
+            seed0,
+            progress,
+        )
+        return dose, {"key": key, "payload": payload}
+
+    dose, meta, cached, seconds = null.cached_rows(root / "nulls" / key, build)
+    slopes = null.null_slopes(dose, str(cfg.regress_x))
+    slope = float(metrics.get("slope", np.nan))
+    return {
+        "null_key": key,
+        "null_cached": cached,
+        "null_build_s": meta.get("build_s"),
+        **null.summary(slopes),
+        **null.compare(slope, slopes),
+        **null.prompt_reference(dose, coeffs, slope, str(cfg.regress_x)),
+    }
 
 
 def run(

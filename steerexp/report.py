@@ -28,6 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from statsmodels.stats.multitest import multipletests  # noqa: E402
 
 from steerexp.errors import SteerexpError, plain_name  # noqa: E402
 from steerexp.regress import journal_table  # noqa: E402
@@ -38,10 +40,20 @@ DEFAULT_REPORTS_ROOT = REPO / "multirun_reports"
 
 STAT_COLS = ["slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
 JOURNAL_COLS = ["method", *STAT_COLS]
-EXTRA_STAT_COLS = ["slope_ci_low", "slope_ci_high", "signed_score", "spearman", "n_valid", "n_rows"]
+EXTRA_STAT_COLS = [
+    "signed_score", "slope_ci_low", "slope_ci_high", "vs_random", "p_random", "p_random_holm", "p_random_rank",
+    "anti_frac", "fitted_shift", "prompt_shift", "prompt_y_positive", "prompt_y_negative", "spearman",
+    "n_valid", "n_rows", "pair_vote_frac", "null_k", "null_slope_mean", "null_slope_sd", "null_abs_median",
+    "null_abs_p95", "null_build_s",
+]
 IDENTITY_COLS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "coeff_units", "seed"]
-TIME_COLS = [f"time_{s}_s" for s in ("load", "extract", "fit", "generate", "judge", "regress", "total")]
-RUN_COLS = ["model_reused", "extraction_cached", "cache_key"]
+TIME_COLS = [f"time_{s}_s" for s in ("load", "extract", "fit", "generate", "judge", "regress", "null", "total")]
+RUN_COLS = [
+    "dup_of", "sign_flipped", "grad_rule_agrees", "model_reused", "extraction_cached", "generations_reused",
+    "null_cached", "cache_key", "acts_key", "generation_key", "null_key",
+]
+#: Two rows are duplicates when their directions' mean |cos| over the same modules is at least this.
+DUP_COS = 0.999
 METRIC_COLS = [*STAT_COLS, *EXTRA_STAT_COLS, *IDENTITY_COLS, *TIME_COLS, *RUN_COLS]
 OUTPUTS = ("ranking.csv", "ranking.md", "dose_response.png")
 #: In each report copy: the sweep dir it was made from, so a rebuild updates its own copy only.
@@ -173,8 +185,9 @@ def swept_keys(overrides: Sequence[dict[str, str]]) -> list[str]:
 
 
 def _sort(df: pd.DataFrame) -> pd.DataFrame:
-    """Score descending, NaN last; ties broken by method then job name, so the order is stable."""
-    score = pd.to_numeric(df["score"], errors="coerce")
+    """``signed_score`` descending (positive = toward the trait), NaN last; ties broken by method
+    then job name, so the order is stable."""
+    score = pd.to_numeric(df["signed_score"], errors="coerce")
     key = pd.DataFrame({"s": (-score).fillna(np.inf), "m": df["method"].astype(str), "j": df["job"]})
     order = key.sort_values(["s", "m", "j"], kind="mergesort").index
     return df.loc[order].reset_index(drop=True)
@@ -231,7 +244,50 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
         if num.notna().sum() == df[c].notna().sum() and (num.dropna() % 1 == 0).all():
             df[c] = num.astype("Int64")
     df["method"] = df["method"].where(df["method"].notna(), df["job"])
-    return _sort(df), keys
+    df = _sort(df)
+    df["dup_of"] = df["dup_of"].astype(object)
+    for group in df["_group"].unique():
+        rows = df.index[df["_group"] == group]
+        df.loc[rows, "p_random_holm"] = holm(df.loc[rows, "p_random"])
+        df.loc[rows, "dup_of"] = duplicates(df.loc[rows], sweep_dir)
+    return df, keys
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm-adjusted p-values over the finite entries of ``p`` (NaN stays NaN)."""
+    p = pd.to_numeric(p, errors="coerce")
+    out = pd.Series(np.nan, index=p.index)
+    ok = p.notna()
+    if ok.any():
+        out[ok] = multipletests(p[ok].to_numpy(), method="holm")[1]
+    return out
+
+
+def _directions(job_dir: Path) -> dict[str, np.ndarray] | None:
+    try:
+        return {k: v.double().numpy() for k, v in load_file(str(job_dir / "directions.safetensors")).items()}
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def duplicates(rows: pd.DataFrame, sweep_dir: Path) -> list[str]:
+    """Per row (in ranking order), the first better-ranked row whose directions on the same modules
+    have mean |cos| >= ``DUP_COS`` with its own ("" when none)."""
+    dirs = [_directions(Path(sweep_dir) / str(j)) if s == "ok" else None for j, s in zip(rows["job"], rows["status"], strict=True)]
+    labels = list(rows["method"].astype(str))
+    out = []
+    for i, d in enumerate(dirs):
+        match = ""
+        for j in range(i):
+            other = dirs[j]
+            if d is None or other is None or set(d) != set(other):
+                continue
+            cos = np.mean([abs(d[m] @ other[m]) / (np.linalg.norm(d[m]) * np.linalg.norm(other[m])) for m in d])
+            if cos >= DUP_COS:
+                match = labels[j] if labels.count(labels[j]) == 1 else f"{labels[j]} ({rows['job'].iloc[j]})"
+                break
+        out.append(match)
+    return out
 
 
 def _groups(df: pd.DataFrame) -> list[str]:
@@ -253,13 +309,15 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
         f"jobs: {len(df)} (ok {n_ok}, failed {n_failed}, missing {n_missing}"
         + (f", interrupted {n_interrupted}" if n_interrupted else "")
         + "); "
-        + f"swept: {', '.join(keys) or 'nothing'}; sorted by score = |slope| * r2 * valid_frac^2, descending",
+        + f"swept: {', '.join(keys) or 'nothing'}; sorted by signed_score = slope * r2 * valid_frac^2, "
+        "descending (positive = toward the trait); score is its absolute value",
     ]
     for group in _groups(df):
         part = df[df["_group"] == group]
         lines += [""] + ([f"## {group}", ""] if group else [])
         with_status = bool((part["status"] != "ok").any())
         lines.append(journal_table(part, label_col="method", extra_cols=("status",) if with_status else ()))
+        lines += footer(part)
     bad = df[df["status"] != "ok"].sort_values("_index", kind="mergesort")
     if len(bad):
         lines += ["", "## Not ok", ""]
@@ -267,6 +325,23 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
             err = " ".join(str(r["error"]).split()) if isinstance(r["error"], str) else "no error text"
             lines.append(f"- `{r['job']}`: {r['status']}: {err[:300]}")
     return "\n".join(lines) + "\n"
+
+
+def footer(part: pd.DataFrame) -> list[str]:
+    """Under a table: the random null's spread and the prompting reference (one line per null)."""
+    lines = []
+    cols = ["null_k", "null_abs_median", "null_abs_p95", "prompt_shift", "null_cached", "null_build_s"]
+    if "null_key" not in part or part["null_key"].isna().all():
+        return lines
+    for _, r in part.dropna(subset=["null_key"]).drop_duplicates("null_key").reindex(columns=cols).iterrows():
+        k, med, p95, shift = (pd.to_numeric(r[c], errors="coerce") for c in cols[:4])
+        lines += [
+            "",
+            f"null: {k:.0f} random directions, median |slope| {med:.2f}, 95th percentile |slope| {p95:.2f} "
+            f"(`ns` = p_holm >= 0.05 against it); prompting reference: positive minus negative persona, "
+            f"unsteered, log-ratio shift {shift:.2f} (compare `shift`, each row's fitted change over the grid)",
+        ]
+    return lines
 
 
 def _curve(job_dir: Path) -> pd.DataFrame | None:

@@ -18,17 +18,26 @@ from steerexp.pipeline import run
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """pca_diff on hs and five random baselines (one shared extraction)."""
+    """pca_diff on hs and five random baselines (one shared extraction and one shared null of
+    8 directions), and pca_diff again under another loss (reuses the generations)."""
     root = tmp_path_factory.mktemp("e2e")
+    k = "random_null.k=8"
     out = {
-        "pca_diff": run(compose_cfg("method=pca_diff", "module=hs"), root / "pca", progress=False)
+        "pca_diff": run(
+            compose_cfg("method=pca_diff", "module=hs", k), root / "pca", progress=False
+        )
     }
     for seed in range(5):
         out[f"random{seed}"] = run(
-            compose_cfg("method=random", "module=hs", f"seed={seed}"),
+            compose_cfg("method=random", "module=hs", f"seed={seed}", k),
             root / f"random{seed}",
             progress=False,
         )
+    out["pca_hs_diff"] = run(
+        compose_cfg("method=pca_diff", "module=hs", "loss=hs_diff", k),
+        root / "pca_hs",
+        progress=False,
+    )
     out["_root"] = {"path": str(root)}
     return out
 
@@ -46,10 +55,38 @@ def test_random_directions_do_not(runs) -> None:
     assert np.mean(slopes) <= runs["pca_diff"]["slope"] / 5, (slopes, runs["pca_diff"]["slope"])
 
 
+def test_null_and_prompting_reference(runs) -> None:
+    """One null per group, built once and shared by seeds; pca_diff beats it, prompting the honest
+    persona is more honest than prompting the untruthful one."""
+    pca = runs["pca_diff"]
+    assert pca["null_k"] == 8 and not pca["null_cached"] and pca["null_build_s"] > 0
+    assert all(runs[f"random{s}"]["null_cached"] for s in range(5))
+    assert len({runs[k]["null_key"] for k in runs if k != "_root"}) == 1
+    assert pca["vs_random"] > 2 and pca["p_random"] < 0.05, pca
+    assert pca["prompt_shift"] > 0 and pca["fitted_shift"] > 0
+    assert pca["slope_ci_low"] < pca["slope"] < pca["slope_ci_high"] and 0 <= pca["anti_frac"] <= 1
+    assert all(0 <= runs[f"random{s}"]["p_random"] <= 1 for s in range(5))
+
+
+def test_loss_sweep_reuses_activations_and_generations(runs) -> None:
+    a, b = runs["pca_diff"], runs["pca_hs_diff"]
+    assert b["extraction_cached"] and b["acts_key"] == a["acts_key"]
+    assert (
+        b["generations_reused"]
+        and not a["generations_reused"]
+        and b["generation_key"] == a["generation_key"]
+    )
+    root = Path(runs["_root"]["path"])
+    assert (root / "pca" / "dose_response.csv").read_text() == (
+        root / "pca_hs" / "dose_response.csv"
+    ).read_text()
+    assert b["slope"] == a["slope"]
+
+
 def test_seeds_share_one_extraction_and_one_model_load(runs) -> None:
     assert all(runs[f"random{s}"]["extraction_cached"] for s in range(5))
     assert all(runs[f"random{s}"]["model_reused"] for s in range(5))
-    assert len({runs[k]["cache_key"] for k in runs if k != "_root"}) == 1
+    assert len({runs[k]["acts_key"] for k in runs if k != "_root"}) == 1
 
 
 def test_artifacts_follow_the_spec(runs) -> None:
@@ -119,6 +156,7 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
         "module=o_proj",
         f"cache_dir={tmp_path / 'c1'}",
         "eval.repeats=1",
+        "random_null.k=0",
     )
     a = run(cfg, tmp_path / "a", progress=False)
     extract._MEMO.clear()
@@ -127,6 +165,7 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
         "module=o_proj",
         f"cache_dir={tmp_path / 'c2'}",
         "eval.repeats=1",
+        "random_null.k=0",
     )
     b = run(cfg2, tmp_path / "b", progress=False)
     assert not b["extraction_cached"]
@@ -144,7 +183,7 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
 
 def test_iso_kl_units_hit_one_nat(tmp_path: Path) -> None:
     m = run(
-        compose_cfg("coeff_units=kl", "method=mean_diff", "eval.repeats=1"),
+        compose_cfg("coeff_units=kl", "method=mean_diff", "eval.repeats=1", "random_null.k=0"),
         tmp_path,
         progress=False,
     )
@@ -156,7 +195,7 @@ def test_iso_kl_units_hit_one_nat(tmp_path: Path) -> None:
 
 
 def test_finished_run_dir_is_skipped(tmp_path: Path) -> None:
-    cfg = compose_cfg("method=mean_diff", "eval.repeats=1")
+    cfg = compose_cfg("method=mean_diff", "eval.repeats=1", "random_null.k=0")
     first = run(cfg, tmp_path, progress=False)
     stamp = (tmp_path / "metrics.json").stat().st_mtime_ns
     again = run(cfg, tmp_path, progress=False)

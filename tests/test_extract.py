@@ -308,3 +308,44 @@ def test_module_template_errors_name_close_modules(model) -> None:
     assert resolve_modules(model, group("module", "o_proj")) == [
         f"model.layers.{i}.self_attn.o_proj" for i in (2, 3)
     ]
+
+
+def test_activations_are_cached_without_the_loss(model, pairs, tmp_path: Path) -> None:
+    """A loss sweep shares one activation entry; an activation-only extraction runs no backward
+    and, once cached, no forward."""
+    mc = group("model", "tiny_random")
+    nll = extract(model, mc, HS, group("loss", "nll"), pairs[:4], 4, tmp_path, progress=False)
+    hs = extract(model, mc, HS, group("loss", "hs_diff"), pairs[:4], 4, tmp_path, progress=False)
+    assert nll.acts_key == hs.acts_key and nll.key != hs.key
+    assert (tmp_path / nll.acts_key).is_dir() and (tmp_path / nll.key).is_dir()
+    ex_mod._MEMO.clear()
+    calls = {"n": 0}
+    handle = model.hf.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        acts_only = extract(
+            model,
+            mc,
+            HS,
+            group("loss", "reprpo_margin"),
+            pairs[:4],
+            4,
+            tmp_path,
+            progress=False,
+            need_grads=False,
+        )
+    finally:
+        handle.remove()
+    assert calls["n"] == 0 and acts_only.cached and acts_only.key == nll.acts_key
+    assert acts_only.grads == {} and acts_only.loss_grad_norms is None
+    for m in HS:
+        assert torch.equal(acts_only.acts[m], nll.acts[m])
+
+
+def test_loss_grad_norms_are_each_samples_own_term(model, pairs) -> None:
+    """No 1/n_pairs factor: the same pairs give the same norms inside a 2-pair and an 8-pair set."""
+    mc, nll = group("model", "tiny_random"), group("loss", "nll")
+    small = extract(model, mc, HS, nll, pairs[:2], 4, None, progress=False)
+    large = extract(model, mc, HS, nll, pairs[:8], 4, None, progress=False)
+    torch.testing.assert_close(small.loss_grad_norms, large.loss_grad_norms[:4], rtol=1e-5, atol=0)
+    assert float(small.loss_grad_norms.min()) > 1e-4
+    torch.testing.assert_close(small.grads[HS[0]] / 4, large.grads[HS[0]][:4], rtol=1e-4, atol=1e-9)

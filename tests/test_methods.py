@@ -67,17 +67,45 @@ def test_every_method_option(path: Path) -> None:
     assert v.dtype == torch.float32 and v.shape == (acts.shape[1],)
     assert bool(torch.isfinite(v).all())
     assert abs(float(v.norm()) - 1.0) < 1e-5
-    if load_method_config(path.stem)["kind"] in ("mean_diff", "pca_diff", "pca_center", "random"):
-        proj = (acts[0::2] - acts[1::2]) @ v
-        assert int((proj > 0).sum()) >= int((proj < 0).sum())
+    cfg = load_method_config(path.stem)
+    fit = fit_from_config(cfg, acts, grads, lgn, seed=3)
+    proj = (acts[0::2] - acts[1::2]) @ v
+    if cfg["kind"] == "random":
+        raw = torch.randn(
+            acts.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64
+        )
+        assert torch.equal(v, (raw / raw.norm()).float()) and fit.info["flipped"] is False
     else:
-        assert float(((grads[1::2] - grads[0::2]) @ v).mean()) >= 0
+        assert int((proj > 0).sum()) >= int((proj < 0).sum())
+        assert fit.info["pair_vote_frac"] == pytest.approx(float((proj > 0).double().mean()))
+    if cfg["kind"] in ("svd_steer", "fisher", "fisher_dual"):
+        verdict = float(((grads[1::2] - grads[0::2]).double() @ v.double()).mean()) >= 0
+        assert fit.info["grad_rule"] is verdict and fit.info["grad_rule_agrees"] is verdict
     again = fit_direction(path.stem, acts.clone(), grads.clone(), lgn.clone(), seed=3)
     assert torch.equal(v, again)
 
 
 def test_method_names_match_config_files() -> None:
     assert method_names() == [p.stem for p in METHOD_FILES]
+
+
+def test_pair_vote_orients_even_against_the_gradient_rule() -> None:
+    """Gradients that fall along -u (a loss the trait raises): the pair vote still picks +u and the
+    disagreement is recorded; flipping the activations flips every non-random method."""
+    acts, grads, u = planted()
+    grads = -grads
+    lgn = loss_grad_norms(acts.shape[0])
+    for name in ("svd_steer", "fisher_steer_reg2", "fisher_steer_cov_reg1"):
+        fit = fit_from_config(load_method_config(name), acts, grads, lgn)
+        assert float(fit.vector @ u) > 0.1, name
+        assert fit.info["grad_rule_agrees"] is False and fit.info["pair_vote_frac"] > 0.9, name
+    swapped = acts.reshape(-1, 2, acts.shape[1]).flip(1).reshape(acts.shape)
+    for name in ("mean_diff", "pca_diff", "fisher_steer_reg2"):
+        a = fit_direction(name, acts, grads, lgn)
+        b = fit_direction(name, swapped, grads, lgn)
+        assert torch.allclose(a, -b, atol=1e-6), name
+    r = fit_direction("random", acts, seed=5)
+    assert torch.equal(r, fit_direction("random", swapped, seed=5))
 
 
 def test_random_is_seeded_and_low_precision_inputs_work() -> None:
@@ -249,10 +277,26 @@ def test_unknown_method_name_suggests() -> None:
     assert "\n" not in msg and "did you mean 'fisher_steer_cov_reg" in msg
 
 
+def test_ief_weights_matter_and_uniform_norms_give_emp() -> None:
+    """Uniform loss-gradient norms (at any scale, even 1e-11 as the old 1/N-scaled norms were)
+    give exactly emp's direction; varied norms give a different one."""
+    acts, grads, _ = planted()
+    emp = fit_direction("fisher_steer_emp_reg2", acts, grads)
+    for scale in (1e-11, 1.0, 1e4):
+        uniform = torch.full((acts.shape[0],), scale)
+        ief = fit_direction("fisher_steer_reg2", acts, grads, uniform)
+        assert torch.allclose(ief, emp, atol=1e-6), scale
+    varied = (
+        torch.exp(torch.randn(acts.shape[0], generator=torch.Generator().manual_seed(4))) * 1e-10
+    )
+    ief = fit_direction("fisher_steer_reg2", acts, grads, varied)
+    assert float(ief @ emp) < 0.99
+
+
 def test_fisher_rows_match_definitions() -> None:
     g = torch.randn(10, 6, generator=torch.Generator().manual_seed(2))
     lgn = loss_grad_norms(10)
-    w = 1.0 / (lgn.double() + 1e-6)
+    w = 1.0 / (lgn.double() + 1e-6 * lgn.double().median())
     u = fisher_rows(g, "ief", lgn)
     expect = (g.double() * w[:, None]).T @ g.double() / 10
     assert torch.allclose(u.T @ u, expect, rtol=1e-12, atol=1e-12)

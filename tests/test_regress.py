@@ -103,17 +103,31 @@ def test_bad_x_and_lengths() -> None:
 def test_journal_table_format() -> None:
     df = pd.DataFrame(
         [
-            {"method": "pca_diff", "slope": 1.684, "r2": 0.2, "valid_frac": 1.0, "score": 0.34},
+            {
+                "method": "pca_diff",
+                "slope": 1.684,
+                "r2": 0.2,
+                "valid_frac": 1.0,
+                "score": 0.34,
+                "signed_score": 0.34,
+            },
             {"method": "broken", "status": "failed"},
-            {"method": "mean_diff", "slope": -13.536, "r2": 0.58, "valid_frac": 0.8, "score": 7.79},
+            {
+                "method": "mean_diff",
+                "slope": -13.536,
+                "r2": 0.58,
+                "valid_frac": 0.8,
+                "score": 7.79,
+                "signed_score": -7.79,
+            },
         ]
     ).assign(effect_size=np.nan, p_value=0.141, min=-18.75, max=20.375)
     assert journal_table(df) == "\n".join(
         [
             "| method    |   slope |     r2 |   valid_frac |   effect_size |   p_value |   score |    min |   max |",
             "|:----------|--------:|-------:|-------------:|--------------:|----------:|--------:|-------:|------:|",
-            "| mean_diff |  -13.54 |   0.58 |         0.80 |           nan |      0.14 |    7.79 | -18.75 | 20.38 |",
             "| pca_diff  |    1.68 |   0.20 |         1.00 |           nan |      0.14 |    0.34 | -18.75 | 20.38 |",
+            "| mean_diff |  -13.54 |   0.58 |         0.80 |           nan |      0.14 |    7.79 | -18.75 | 20.38 |",
             "| broken    |  nan    | nan    |       nan    |           nan |      0.14 |  nan    | -18.75 | 20.38 |",
         ]
     )
@@ -127,7 +141,36 @@ def test_journal_table_format() -> None:
 
 
 def test_journal_table_custom_label() -> None:
-    df = pd.DataFrame({"module": ["k_proj", "v_proj"], "score": [np.nan, 0.5]})
+    df = pd.DataFrame(
+        {"module": ["k_proj", "v_proj"], "score": [np.nan, 0.5], "signed_score": [np.nan, 0.5]}
+    )
     lines = journal_table(df, label_col="module").splitlines()
     assert lines[0].split("|")[1].strip() == "module"
     assert "v_proj" in lines[2] and "k_proj" in lines[3]
+
+
+def test_ci_is_clustered_by_question_and_anti_frac_counts_questions() -> None:
+    """Four questions share x; three rise, one falls: the clustered CI matches statsmodels'
+    cluster-robust fit (wider than the plain one here) and anti_frac is 1/4."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(0)
+    c = np.tile(np.repeat([-1.0, -0.5, 0.0, 0.5, 1.0], 3), 4)
+    q = np.repeat(["q0", "q1", "q2", "q3"], 15)
+    slope_q = np.repeat([3.0, 2.0, 4.0, -1.0], 15)
+    y = slope_q * symlog(c) + rng.normal(0, 0.3, len(c))
+    out = regress(c, y, np.ones(len(c), bool), groups=q)
+    fit = sm.OLS(y, sm.add_constant(symlog(c))).fit()
+    robust = fit.get_robustcov_results(
+        cov_type="cluster", groups=np.unique(q, return_inverse=True)[1]
+    )
+    assert (out["slope_ci_low"], out["slope_ci_high"]) == pytest.approx(tuple(robust.conf_int()[1]))
+    plain = fit.conf_int()[1]
+    assert out["slope_ci_high"] - out["slope_ci_low"] > plain[1] - plain[0]
+    assert out["p_value"] == pytest.approx(fit.pvalues[1])
+    assert out["anti_frac"] == 0.25
+    one = regress(c, y, np.ones(len(c), bool), groups=np.full(len(c), "q"))
+    assert (one["slope_ci_low"], one["slope_ci_high"]) == pytest.approx(tuple(plain)) and one[
+        "anti_frac"
+    ] == 0.0
+    assert math.isnan(regress(c, y, np.ones(len(c), bool))["anti_frac"])

@@ -42,7 +42,7 @@ def write_job(sweep: Path, num: int, method: str, module: str, slope: float | No
                    error=error, model_reused=False, extraction_cached=num > 0, cache_key="abc123")
     if status == "ok":
         metrics.update(slope=slope, r2=r2, valid_frac=1.0, effect_size=None, p_value=0.05,
-                       score=abs(slope) * r2, min=-3.0, max=4.0, n_valid=10, n_rows=10, time_total_s=1.5)
+                       score=abs(slope) * r2, signed_score=slope * r2, min=-3.0, max=4.0, n_valid=10, n_rows=10, time_total_s=1.5)
         rows = [{"question_id": "q0", "coeff": c, "repeat": r, "log_ratio": slope * c + 0.1 * r,
                  "pmass": 0.9, "valid": True, "forced": False, "completion": f"Final choice: {'Yes' if c > 0 else 'No'}"}
                 for c in COEFFS for r in range(2)]
@@ -230,3 +230,41 @@ def test_none_logger_and_unknown_logger() -> None:
     logger.finish("ok")
     with pytest.raises(SteerexpError, match="unknown logger 'wandbb'.*did you mean 'wandb'"):
         tracking.make_logger(OmegaConf.create({"name": "wandbb"}))
+
+
+def test_null_columns_holm_duplicates_and_footer(tmp_path: Path) -> None:
+    """p_random is Holm-adjusted within the table, rows not beating the null are marked ns, a row
+    whose directions equal a better-ranked row's is dup_of it, and the footer gives the null's
+    spread and prompting's shift."""
+    import torch
+    from safetensors.torch import save_file
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    u = torch.nn.functional.normalize(torch.arange(1.0, 5.0), dim=0)
+    rows = [
+        ("pca_diff", 5.0, 1e-4, u),
+        ("fisher_steer_emp_reg2", 3.0, 0.02, -u),
+        ("random", 0.5, 0.6, torch.eye(4)[0]),
+    ]
+    for num, (method, slope, p, vec) in enumerate(rows):
+        job = write_job(sweep, num, method, "hs", slope, 0.5, "ok")
+        metrics = json.loads((job / "metrics.json").read_text())
+        metrics.update(p_random=p, vs_random=slope / 0.8, null_key="n1", null_k=16, null_abs_median=0.8,
+                       null_abs_p95=2.5, prompt_shift=3.9, fitted_shift=slope * 1.4,
+                       slope_ci_low=slope - 1, slope_ci_high=slope + 1)
+        (job / "metrics.json").write_text(json.dumps(metrics))
+        save_file({"model.layers.2": vec.contiguous()}, str(job / "directions.safetensors"))
+    df = report.build_report(sweep, reports_root=None)
+    assert list(df["method"]) == ["pca_diff", "fisher_steer_emp_reg2", "random"]
+    assert df["p_random_holm"].tolist() == pytest.approx([3e-4, 0.04, 0.6])
+    assert df["dup_of"].tolist() == ["", "pca_diff", ""]
+    md = (sweep / "ranking.md").read_text()
+    table = tables(md)[""]
+    header = table[0]
+    assert header[: len(JOURNAL_HEADER)] == JOURNAL_HEADER
+    for col in ("slope 95% CI", "vs_random", "p_random", "p_holm", "null", "shift", "dup_of"):
+        assert col in header, col
+    null_col = [r[header.index("null")] for r in table[1:]]
+    assert null_col == ["", "", "ns"]
+    assert "median |slope| 0.80, 95th percentile |slope| 2.50" in md and "log-ratio shift 3.90" in md

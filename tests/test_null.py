@@ -1,0 +1,164 @@
+"""Per-row seeded sampling and directions, the random null's statistics and its cache (SPEC 4.5, 4.8)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import group, tiny
+from scipy import stats
+
+from steerexp import null
+from steerexp.data import Question
+from steerexp.generate import RowSpec, generate_rows, row_seed
+from steerexp.intervene import Steering
+from steerexp.judge import make_answer_spec
+from steerexp.regress import regress
+
+MODULES = ["model.layers.1", "model.layers.2"]
+QS = [
+    Question("a", "Would you tell the truth?", "Yes"),
+    Question("b", "Would you hide the mistake?", "No"),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny()
+
+
+@pytest.fixture(scope="module")
+def ev() -> dict:
+    return {**group("eval", "white_lie"), "max_new_tokens": 6, "temperature": 1.3, "min_p": 0.05}
+
+
+@pytest.fixture(scope="module")
+def spec(model, ev):
+    return make_answer_spec(model.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
+
+
+def steering(seed: int) -> Steering:
+    g = torch.Generator().manual_seed(seed)
+    return Steering(
+        {m: torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) for m in MODULES},
+        {m: 4.0 for m in MODULES},
+    )
+
+
+def test_chunking_and_order_never_change_a_sample(model, ev, spec) -> None:
+    rows = [RowSpec(q, c, r) for q in QS for c in (-1.0, 0.0, 1.0) for r in range(3)]
+    st = steering(0)
+    default = generate_rows(model, ev, rows, st, spec, seed=7, progress=False)
+    one = generate_rows(model, {**ev, "max_batch_size": 1}, rows, st, spec, seed=7, progress=False)
+    shuffled = generate_rows(
+        model, {**ev, "max_batch_size": 4}, rows[::-1], st, spec, seed=7, progress=False
+    )[::-1]
+    for a, b, c in zip(default, one, shuffled, strict=True):
+        assert a.completion_ids == b.completion_ids == c.completion_ids
+        torch.testing.assert_close(a.answer_logps, b.answer_logps, rtol=0, atol=1e-4)
+    # repeats are different samples; another seed gives other samples
+    assert len({tuple(r.completion_ids) for r in default}) > len(default) // 2
+    other = generate_rows(model, ev, rows, st, spec, seed=8, progress=False)
+    assert [r.completion_ids for r in other] != [r.completion_ids for r in default]
+    assert row_seed(7, "a", 0, 1.0) != row_seed(7, "a", 1, 1.0) != row_seed(7, "b", 0, 1.0)
+
+
+def test_per_row_directions_equal_one_call_per_direction(model, ev, spec) -> None:
+    s0, s1 = steering(1), steering(2)
+    rows = [RowSpec(q, c, 0, k) for q in QS for c in (-1.0, 1.0) for k in (0, 1)]
+    mixed = generate_rows(model, ev, rows, [s0, s1], spec, seed=0, progress=False)
+    for k, st in enumerate((s0, s1)):
+        own = [RowSpec(r.question, r.coeff, r.repeat) for r in rows if r.direction == k]
+        alone = generate_rows(model, ev, own, st, spec, seed=0, progress=False)
+        assert [r.completion_ids for r, s in zip(mixed, rows, strict=True) if s.direction == k] == [
+            r.completion_ids for r in alone
+        ]
+    # common random numbers: the same row under both directions uses the same uniforms, and the
+    # directions differ, so at least one completion differs
+    assert any(
+        a.completion_ids != b.completion_ids for a, b in zip(mixed[0::2], mixed[1::2], strict=True)
+    )
+
+
+def test_compare_follows_the_prediction_interval() -> None:
+    slopes = np.array([-1.0, 0.5, 2.0, -0.3, 0.8, 1.2, -0.6, 0.1])
+    k, mean, sd = len(slopes), slopes.mean(), slopes.std(ddof=1)
+    out = null.compare(5.0, slopes)
+    t = (5.0 - mean) / (sd * math.sqrt(1 + 1 / k))
+    assert out["p_random"] == pytest.approx(2 * stats.t.sf(t, k - 1), rel=1e-12)
+    assert out["vs_random"] == pytest.approx(5.0 / np.median(np.abs(slopes)))
+    assert out["p_random_rank"] == pytest.approx(1 / (k + 1))
+    inside = null.compare(0.5, slopes)
+    assert inside["p_random"] > 0.5 and inside["p_random_rank"] == pytest.approx((1 + 6) / (k + 1))
+    assert math.isnan(null.compare(float("nan"), slopes)["p_random"])
+    s = null.summary(slopes)
+    assert s["null_k"] == 8 and s["null_abs_median"] == pytest.approx(np.median(np.abs(slopes)))
+
+
+def test_reference_rows_are_one_generation_and_cached(
+    model, ev, spec, tmp_path, monkeypatch
+) -> None:
+    calls = []
+    real = null.generate_rows
+    monkeypatch.setattr(
+        null, "generate_rows", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
+    )
+    personas = null.persona_texts(group("dataset", "organism"))
+    assert personas["positive"].startswith("Pretend you're an honest person")
+    coeffs = [-1.0, 0.0, 1.0]
+    steerings = [steering(10), steering(11), steering(12)]
+    ev2 = {**ev, "repeats": 2}
+
+    def build():
+        dose = null.generate_reference(
+            model, ev2, QS, coeffs, steerings, personas, spec, "logratio", 0, False
+        )
+        return dose, {"k": 3}
+
+    dose, meta, cached, _ = null.cached_rows(tmp_path / "n", build)
+    assert calls == [3 * 2 * 3 * 2 + 2 * 2 * 2] and not cached
+    assert sorted(dose["direction"].unique()) == [-1, 0, 1, 2]
+    assert (dose[dose["direction"] == -1]["coeff"] == 0).all()
+    assert sorted(dose[dose["direction"] == -1]["persona"].unique()) == ["negative", "positive"]
+    again, meta2, cached2, _ = null.cached_rows(tmp_path / "n", build)
+    assert cached2 and calls == [calls[0]] and meta2["build_s"] == meta["build_s"]
+    pd.testing.assert_frame_equal(again, dose, check_dtype=False)
+    # the stored slopes are the ones regress gives each direction
+    slopes = null.null_slopes(again)
+    part = dose[dose["direction"] == 1]
+    expect = regress(part["coeff"], part["log_ratio"], part["valid"])["slope"]
+    assert slopes[1] == pytest.approx(expect, nan_ok=True)
+
+
+def test_null_directions_are_the_random_method_unflipped() -> None:
+    acts = {m: torch.randn(8, 64) for m in MODULES}
+    dirs = null.null_directions(MODULES, acts, 3, 100)
+    raw = torch.randn(64, generator=torch.Generator().manual_seed(101), dtype=torch.float64)
+    assert torch.equal(dirs[1][MODULES[0]], (raw / raw.norm()).float())
+    assert not torch.equal(dirs[0][MODULES[0]], dirs[1][MODULES[0]])
+
+
+def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
+    """safetensors writes metadata from a per-process hash map; write_directions sorts it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from pathlib import Path; from steerexp.artifacts import write_directions; "
+        "write_directions(Path(sys.argv[1]), {'model.layers.3': torch.ones(4), 'model.layers.2': torch.zeros(4)}, "
+        "{'method': 'm', 'loss': 'l', 'raw_norms': {'b': 1, 'a': 2}, 'scales': {'x': 1.5}, 'cache_key': 'k', "
+        "'fit_info': {'z': {'b': 1, 'a': True}}, 'coeff_units': 'norm'})"
+    )
+    blobs = set()
+    for i in range(3):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{i}.st")], check=True)
+        blobs.add((tmp_path / f"{i}.st").read_bytes())
+    assert len(blobs) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0.st"), "pt") as f:
+        assert f.metadata()["raw_norms"] == '{"a": 2, "b": 1}'
+        assert torch.equal(f.get_tensor("model.layers.3"), torch.ones(4))
