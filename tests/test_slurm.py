@@ -3,7 +3,7 @@
 Needs a running cluster: ``make test-slurm`` starts a single-node one with
 ``scripts/slurm-cluster.sh start`` (or start it yourself, then ``pytest -m slurm``). Clients find it
 through ``SLURM_CONF``, else the script's ``<repo>/.slurm/slurm.conf``; without a reachable idle or
-busy node the tests skip with the reason.
+busy node the tests skip with the reason. Only the preset check runs in the default suite.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 
 from steerexp import organism
 from steerexp.report import TIME_COLS
-
-pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / ".slurm" / "slurm.conf"
@@ -88,6 +87,18 @@ def extractions(cache: Path) -> dict[str, str]:
     }
 
 
+def test_slurm_cpu_preset_composes() -> None:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm_cpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.cpus_per_task, launcher.gpus_per_node, launcher.array_parallelism) == (
+        1,
+        None,
+        2,
+    )
+
+
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The same sweep on the basic launcher and on SLURM, each with its own empty extraction cache.
@@ -109,6 +120,7 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return runs["basic"], runs["slurm"]
 
 
+@pytest.mark.slurm
 def test_slurm_sweep_ranks_like_the_basic_launcher(sweeps: tuple[Path, Path]) -> None:
     basic, slurm = sweeps
     a = pd.read_csv(basic / "sweep" / "ranking.csv")
@@ -125,6 +137,7 @@ def test_slurm_sweep_ranks_like_the_basic_launcher(sweeps: tuple[Path, Path]) ->
     pd.testing.assert_frame_equal(b[same], a[same], check_exact=False, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slurm
 def test_jobs_ran_as_slurm_array_tasks(sweeps: tuple[Path, Path]) -> None:
     _, slurm = sweeps
     tasks = sorted((slurm / "sweep" / ".submitit").glob("[0-9]*_[0-9]*"))
@@ -135,6 +148,7 @@ def test_jobs_ran_as_slurm_array_tasks(sweeps: tuple[Path, Path]) -> None:
         assert f"JobEnvironment(job_id={task.name}," in log, "submitit saw the SLURM job id"
 
 
+@pytest.mark.slurm
 def test_slurm_jobs_share_the_submitters_extraction_cache(sweeps: tuple[Path, Path]) -> None:
     basic, slurm = sweeps
     jobs = pd.read_csv(slurm / "sweep" / "ranking.csv")
