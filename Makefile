@@ -3,7 +3,7 @@ PY      ?= .venv/bin/python
 STAMP   := .venv/.installed
 ARGS    ?=
 
-.PHONY: help install run test test-slow test-all bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report clean
+.PHONY: help install run test test-slow test-all test-slurm bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report clean
 
 MODEL   ?= organism
 SWEEP   ?=
@@ -33,6 +33,11 @@ test-slow: $(STAMP)  ## run only the slow tests
 
 test-all: $(STAMP)  ## run every test, slow and GPU ones included (GPU ones skip without CUDA)
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+test-slurm: $(STAMP)  ## start a one-node SLURM cluster (apt-installs it as root if missing), run the SLURM tests, stop it
+	scripts/slurm-cluster.sh start
+	@rc=0; SLURM_CONF=$(CURDIR)/.slurm/slurm.conf $(PY) -m pytest -q -m slurm $(ARGS) || rc=$$?; \
+	scripts/slurm-cluster.sh stop; exit $$rc
 
 bench: $(STAMP)  ## print speed and memory ratios measured in one run
 	$(PY) -m bench $(ARGS)
