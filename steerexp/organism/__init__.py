@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_manifest(path: Path, seed: int) -> dict:
+def write_manifest(path: Path, seed: int) -> dict[str, Any]:
     """Record the recipe version, recipe fields and every file's sha256 in ``path/manifest.json``."""
     from steerexp.organism.train import Recipe
 
@@ -60,7 +61,7 @@ def write_manifest(path: Path, seed: int) -> dict:
     return manifest
 
 
-def verify(path: Path = SHIPPED) -> dict:
+def verify(path: Path = SHIPPED) -> dict[str, Any]:
     """Check a checkpoint dir against its manifest; a one-line SteerexpError names what is wrong."""
     if not (path / MANIFEST).is_file():
         raise SteerexpError(f"organism checkpoint {path} has no {MANIFEST}; run `make organism`")
