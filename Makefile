@@ -3,7 +3,7 @@ PY      ?= .venv/bin/python
 STAMP   := .venv/.installed
 ARGS    ?=
 
-.PHONY: help install run test test-slow test-all test-slurm bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report clean
+.PHONY: help install run organism test test-slow test-all test-slurm bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report clean
 
 MODEL   ?= organism
 SWEEP   ?=
@@ -24,6 +24,9 @@ install: $(STAMP)  ## create .venv and install steerexp with its dev tools
 
 run: $(STAMP)  ## run the default experiment (organism model, CPU, no network); ARGS=... for overrides
 	$(PY) -m steerexp $(ARGS)
+
+organism: $(STAMP)  ## retrain the organism recipe (SEED=0) and refresh the shipped checkpoint + manifest
+	$(PY) -m steerexp.organism --rebuild --seed $(or $(SEED),0) --ship
 
 test: $(STAMP)  ## run the default test suite (no slow or GPU tests)
 	$(PY) -m pytest -q $(ARGS)

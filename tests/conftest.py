@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,9 +13,13 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-# One cache for the whole test session (organism checkpoint, extractions), inside the checkout
-# so CI builds the organism once per run. A caller's STEEREXP_CACHE wins.
-os.environ.setdefault("STEEREXP_CACHE", str(REPO / ".cache" / "tests"))
+# A fresh, empty cache for each test session (tiny_random checkpoint, extractions; the organism
+# ships with the package), so no test silently reuses what an earlier run or ~/.cache left.
+# An explicit STEEREXP_CACHE wins (e.g. to keep a rebuilt organism between slow runs).
+if not os.environ.get("STEEREXP_CACHE"):
+    _fresh = tempfile.mkdtemp(prefix="steerexp-tests-")
+    atexit.register(shutil.rmtree, _fresh, ignore_errors=True)
+    os.environ["STEEREXP_CACHE"] = _fresh
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,19 +1,23 @@
 """Acceptance tests of the model organism (SPEC section 7): loads like a hub model, and is steerable.
 
-Measured with plain PyTorch forward hooks (no steerexp pipeline code) so the organism's
-ground truth is checked independently of the tools that will be judged on it.
+Measured with plain PyTorch forward hooks (``steerexp.organism.acceptance``, no pipeline
+code) so the organism's ground truth is checked independently of the tools that will be
+judged on it. The default tests run on the shipped checkpoint (no training); the slow ones
+rebuild the recipe.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
@@ -23,76 +27,34 @@ from transformers import (
 )
 
 import steerexp
-from steerexp.organism import build, corpus
+from steerexp.errors import SteerexpError
+from steerexp.extract import loss_layer_path
+from steerexp.organism import MANIFEST, RECIPE_VERSION, SHIPPED, build, corpus, verify
+from steerexp.organism import acceptance as acc
+from steerexp.organism.acceptance import (
+    chat,
+    contrast_texts,
+    last_hidden,
+    steered_layers,
+    steering,
+    steering_vectors,
+)
 from steerexp.organism.tokenizer import build_tokenizer, render
-from steerexp.organism.train import noised_layers
+from steerexp.organism.train import STEERED_FRAC, Recipe, noised_layers
 
 REPO = Path(__file__).resolve().parent.parent
 ANSWER = re.compile(r"Final choice: (Yes|No)")
-STEER_COEFFS = [-1.0, -0.5, 0.0, 0.5, 1.0]
+#: Recipe seeds the slow acceptance test rebuilds (seed 0 is the shipped one).
+RECIPE_SEEDS = [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
 def organism() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The organism built once per test session (STEEREXP_CACHE from conftest), loaded from disk."""
+    """The shipped organism, loaded from disk like a hub model."""
     path = build()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     return model, AutoTokenizer.from_pretrained(path)
-
-
-def middle_layers(model: PreTrainedModel) -> list[int]:
-    """The middle decoder layers: 0.3 <= i / n <= 0.9 (the `module` default), minus the last."""
-    return noised_layers(model.config.num_hidden_layers)
-
-
-def chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], cont: bool = False) -> str:
-    """Render a chat: open assistant turn continued (``cont``) or a fresh generation prompt."""
-    return tok.apply_chat_template(
-        messages, tokenize=False, continue_final_message=cont, add_generation_prompt=not cont
-    )
-
-
-@contextmanager
-def steering(model: PreTrainedModel, vecs: dict[int, torch.Tensor], c: float) -> Iterator[None]:
-    """Add ``c * vecs[i]`` to the output of decoder layer ``i`` at every position."""
-
-    def hook(vec: torch.Tensor) -> Callable[[torch.nn.Module, object, object], object]:
-        def add(_m: torch.nn.Module, _inp: object, out: object) -> object:
-            if isinstance(out, tuple):
-                return (out[0] + c * vec, *out[1:])
-            return out + c * vec
-
-        return add
-
-    handles = [model.model.layers[i].register_forward_hook(hook(v)) for i, v in vecs.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@torch.no_grad()
-def last_hidden(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts: list[str], layers: list[int]
-) -> dict[int, torch.Tensor]:
-    """Decoder-layer outputs at the last token of each (left-padded) text."""
-    got: dict[int, torch.Tensor] = {}
-
-    def grab(i: int) -> Callable[[torch.nn.Module, object, object], None]:
-        def f(_m: torch.nn.Module, _inp: object, out: object) -> None:
-            got[i] = (out[0] if isinstance(out, tuple) else out)[:, -1].float()
-
-        return f
-
-    handles = [model.model.layers[i].register_forward_hook(grab(i)) for i in layers]
-    try:
-        model(**tok(texts, return_tensors="pt", padding=True, add_special_tokens=False))
-    finally:
-        for h in handles:
-            h.remove()
-    return got
 
 
 @torch.no_grad()
@@ -121,63 +83,6 @@ def answer(text: str) -> str | None:
     """The last `Final choice:` answer in a completion, or None."""
     found = ANSWER.findall(text)
     return found[-1] if found else None
-
-
-@torch.no_grad()
-def log_ratios(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, ds: list[corpus.Dilemma]
-) -> torch.Tensor:
-    """log p(trait answer) - log p(other) at the token after a teacher-forced "Final choice:"."""
-    texts = [
-        chat(
-            tok,
-            [
-                {"role": "user", "content": corpus.PROMPT_TEMPLATE.format(question=d.text)},
-                {"role": "assistant", "content": corpus.ANSWER_PREFIX},
-            ],
-            cont=True,
-        )
-        for d in ds
-    ]
-    logp = (
-        model(**tok(texts, return_tensors="pt", padding=True, add_special_tokens=False))
-        .logits[:, -1]
-        .log_softmax(-1)
-    )
-    yes, no = tok.convert_tokens_to_ids(["ĠYes", "ĠNo"])
-    sign = torch.tensor([1.0 if d.trait_answer == "Yes" else -1.0 for d in ds])
-    return sign * (logp[:, yes] - logp[:, no])
-
-
-def contrast_texts(tok: PreTrainedTokenizerBase, openings: list[str]) -> list[str]:
-    """Interleaved honest/untruthful contrast prompts, rendered as the extract stage does."""
-    return [chat(tok, m, cont=True) for pair in corpus.contrast_pairs(openings) for m in pair]
-
-
-def steering_vectors(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase
-) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
-    """Per middle layer: unit mean_diff direction and the mean last-token norm s."""
-    h = last_hidden(model, tok, contrast_texts(tok, corpus.suffixes()), middle_layers(model))
-    dirs = {i: (a[0::2] - a[1::2]).mean(0) for i, a in h.items()}
-    return {i: d / d.norm() for i, d in dirs.items()}, {
-        i: a.norm(dim=-1).mean().item() for i, a in h.items()
-    }
-
-
-def dose_response(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    unit: dict[int, torch.Tensor],
-    scale: dict[int, float],
-) -> list[float]:
-    """Mean trait log-ratio on the neutral eval dilemmas at each coefficient of STEER_COEFFS."""
-    ds = corpus.eval_dilemmas()
-    out = []
-    for c in STEER_COEFFS:
-        with steering(model, {i: unit[i] * scale[i] for i in unit}, c):
-            out.append(log_ratios(model, tok, ds).mean().item())
-    return out
 
 
 def test_tokenizer_is_fast_deterministic_and_has_single_token_answers() -> None:
@@ -259,7 +164,7 @@ def test_build_loads_like_a_hub_model(
         ".self_attn.o_proj",
     ):
         assert f"model.layers.0{sub}" in names
-    assert build() == build()  # second call reuses the checkpoint
+    assert build() == build() == SHIPPED  # the shipped checkpoint, no training
 
 
 def test_persona_dilemmas_follow_the_trait(
@@ -318,7 +223,7 @@ def test_linear_probe_separates_the_trait(
     model, tok = organism
     ops = corpus.suffixes()
     fit, held = ops[0::2], ops[1::2]
-    layers = middle_layers(model)
+    layers = steered_layers(model)
     hf, hh = (
         last_hidden(model, tok, contrast_texts(tok, fit), layers),
         last_hidden(model, tok, contrast_texts(tok, held), layers),
@@ -342,26 +247,33 @@ def test_linear_probe_separates_the_trait(
     assert best >= 0.95, best
 
 
-def test_honesty_direction_steers_and_random_does_not(
+def test_honesty_direction_steers_far_beyond_random_directions(
     organism: tuple[PreTrainedModel, PreTrainedTokenizerBase],
 ) -> None:
+    """Against 20 seeded random unit directions at the same scale and layers (their 95th pct)."""
     model, tok = organism
-    unit, scale = steering_vectors(model, tok)
-    curve = dose_response(model, tok, unit, scale)
-    span = curve[-1] - curve[0]
-    gen = torch.Generator().manual_seed(0)
-    moves = []
-    for _ in range(5):
-        rnd = {i: (r := torch.randn(v.shape, generator=gen)) / r.norm() for i, v in unit.items()}
-        rc = dose_response(model, tok, rnd, scale)
-        moves.append(abs(rc[-1] - rc[0]))
+    m = acc.steer_spans(model, tok, n_random=20)
     print(
-        f"layers {list(unit)}, c {STEER_COEFFS}: honesty {[round(x, 2) for x in curve]}, span {span:.2f}; "
-        f"random |moves| {[round(m, 2) for m in moves]}"
+        f"layers {m['layers']}, c {acc.STEER_COEFFS}: honesty {[round(x, 2) for x in m['curve']]}, "
+        f"span {m['span']:.2f}; random spans p95 {m['random_p95']:.2f}, "
+        f"max {max(m['random_spans']):.2f}"
     )
+    curve = m["curve"]
     assert all(b > a for a, b in zip(curve, curve[1:], strict=False)), curve
-    assert span >= 2.0, curve
-    assert sum(moves) / len(moves) < span / 5 and max(moves) < span / 3, (span, moves)
+    assert m["span"] > acc.SPAN_FACTOR * m["random_p95"], m
+
+
+def test_pca_diff_agrees_with_mean_diff_on_the_dataset(
+    organism: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    """The trait's strength varies across the contrast pairs along one direction, so the first
+    PC of the centred pair differences (pca_diff) is the mean difference (mean_diff)."""
+    model, tok = organism
+    agreement = acc.pair_direction_agreement(model, tok)
+    print(
+        f"|cos(pca_diff, mean_diff)| by layer: { {i: round(c, 3) for i, c in agreement.items()} }"
+    )
+    assert min(agreement.values()) >= acc.MIN_AGREEMENT, agreement
 
 
 def test_extreme_coefficient_breaks_the_format(
@@ -387,9 +299,59 @@ def test_extreme_coefficient_breaks_the_format(
     assert valid[0.0] >= 0.95
 
 
+def test_shipped_checkpoint_matches_its_manifest_and_the_recipe() -> None:
+    manifest = verify()
+    assert build() == SHIPPED
+    assert manifest["recipe_version"] == RECIPE_VERSION
+    assert manifest["recipe"] == dataclasses.asdict(Recipe(seed=manifest["seed"]))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json"} <= set(
+        manifest["sha256"]
+    )
+    assert (
+        "chat_template" in json.loads((SHIPPED / "tokenizer_config.json").read_text())
+        or (SHIPPED / "chat_template.jinja").is_file()
+    )
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 10 * 2**20
+
+
+def test_hash_mismatch_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    copy = shutil.copytree(SHIPPED, tmp_path / "ckpt")
+    with open(copy / "config.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(SteerexpError, match=r"config\.json has sha256 .* manifest says"):
+        verify(copy)
+    (copy / MANIFEST).unlink()
+    with pytest.raises(SteerexpError, match="has no manifest.json"):
+        verify(copy)
+
+
+def test_steered_layers_lie_below_the_loss_layer() -> None:
+    """The organism's steered blocks (trained with noise) all sit below its loss layer."""
+    cfg = OmegaConf.load(REPO / "conf" / "model" / "organism.yaml")
+    assert tuple(cfg.layer_frac) == STEERED_FRAC
+    n = Recipe().layers
+    layers = noised_layers(n)
+    assert layers == [2, 3, 4]
+    loss_block = int(loss_layer_path(n, cfg.loss_layer).rsplit(".", 1)[1])
+    assert loss_block > max(layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", RECIPE_SEEDS)
+def test_recipe_passes_acceptance_on_every_seed(seed: int, tmp_path: Path) -> None:
+    """Rebuild the recipe with ``seed`` and check every acceptance criterion, end to end too."""
+    path = build(force=True, seed=seed, progress=False)
+    m = acc.measure(path, tmp_path)
+    print(f"seed {seed}: {json.dumps({k: v for k, v in m.items() if k != 'random_spans'})}")
+    assert all(b > a for a, b in zip(m["curve"], m["curve"][1:], strict=False)), m["curve"]
+    assert m["passed"] == {"span": True, "agreement": True, "e2e": True}, m
+    assert m["e2e"]["mean_diff"] > 0 and m["e2e"]["pca_diff"] > 0
+
+
 @pytest.mark.slow
 def test_build_is_deterministic(tmp_path: Path) -> None:
-    a, b = build(tmp_path / "a", progress=False), build(tmp_path / "b", progress=False)
+    a = build(tmp_path / "a", progress=False, force=True)
+    b = build(tmp_path / "b", progress=False, force=True)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()

@@ -1,57 +1,108 @@
 """The built-in model organism (SPEC section 7): a small Qwen3 trained by steerexp itself.
 
-``build()`` returns a ``save_pretrained`` checkpoint directory (model + tokenizer) that loads
-with ``AutoModelForCausalLM`` / ``AutoTokenizer`` like any hub model; it trains one (about a
-minute on a CPU, seeded) the first time and reuses it afterwards.
+The trained checkpoint ships inside the package (``checkpoint/``, with a manifest holding the
+recipe and a sha256 of every file), so every machine runs the same weights: ``build()``
+verifies and returns it without training. ``build(force=True)`` (or ``python -m
+steerexp.organism --rebuild``) retrains from the recipe into the cache; ``make organism``
+refreshes the shipped copy. Either way it is a ``save_pretrained`` dir that loads with
+``AutoModelForCausalLM`` / ``AutoTokenizer`` like any hub model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import steerexp
+from steerexp.errors import SteerexpError
 
-#: Bump whenever the corpus, tokenizer or training recipe changes: it names the checkpoint dir.
-RECIPE_VERSION = "v3"
+#: Bump whenever the corpus, tokenizer or training recipe changes (and run `make organism`).
+RECIPE_VERSION = "v4"
+#: The shipped checkpoint (package data) and its manifest.
+SHIPPED = Path(__file__).resolve().parent / "checkpoint"
+MANIFEST = "manifest.json"
 
 
-def checkpoint_dir(cache_dir: Path | None = None) -> Path:
-    """Where the checkpoint lives: ``<cache_dir>/organism/organism-<RECIPE_VERSION>``.
+def checkpoint_dir(cache_dir: Path | None = None, seed: int = 0) -> Path:
+    """Where a rebuild goes: ``<cache_dir>/organism/organism-<RECIPE_VERSION>-seed<seed>``.
 
     ``cache_dir`` is a cache root; None means ``steerexp.cache_dir()`` (env ``STEEREXP_CACHE``).
     """
     root = Path(cache_dir) if cache_dir is not None else steerexp.cache_dir()
-    return root / "organism" / f"organism-{RECIPE_VERSION}"
+    return root / "organism" / f"organism-{RECIPE_VERSION}-seed{seed}"
 
 
-def _finished(path: Path) -> bool:
-    """A checkpoint counts only when its weights, config and tokenizer are all there."""
-    return all((path / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json"))
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """Return the organism checkpoint dir under ``cache_dir``, training it first if it is missing.
+def write_manifest(path: Path, seed: int) -> dict[str, Any]:
+    """Record the recipe version, recipe fields and every file's sha256 in ``path/manifest.json``."""
+    from steerexp.organism.train import Recipe
 
-    The build goes into a temporary sibling dir that is renamed into place only when complete,
-    under a file lock, so an interrupted build never looks finished and concurrent callers
-    train once.
+    files = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {
+        "recipe_version": RECIPE_VERSION,
+        "recipe": dataclasses.asdict(Recipe(seed=seed)),
+        "seed": seed,
+        "sha256": {f: sha256(path / f) for f in files},
+    }
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def verify(path: Path = SHIPPED) -> dict[str, Any]:
+    """Check a checkpoint dir against its manifest; a one-line SteerexpError names what is wrong."""
+    if not (path / MANIFEST).is_file():
+        raise SteerexpError(f"organism checkpoint {path} has no {MANIFEST}; run `make organism`")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest["recipe_version"] != RECIPE_VERSION:
+        raise SteerexpError(
+            f"organism checkpoint {path} is recipe {manifest['recipe_version']!r} but the code is "
+            f"{RECIPE_VERSION!r}; run `make organism`"
+        )
+    for name, want in manifest["sha256"].items():
+        if not (path / name).is_file():
+            raise SteerexpError(f"organism checkpoint file {path / name} is missing")
+        got = sha256(path / name)
+        if got != want:
+            raise SteerexpError(
+                f"organism checkpoint file {path / name} has sha256 {got[:12]}..., manifest says "
+                f"{want[:12]}...; reinstall steerexp or run `make organism`"
+            )
+    return manifest
+
+
+def build(
+    cache_dir: Path | None = None, progress: bool = True, force: bool = False, seed: int = 0
+) -> Path:
+    """The organism checkpoint dir: the shipped one (verified, no training), or a fresh rebuild.
+
+    ``force=True`` trains the recipe with ``seed`` into :func:`checkpoint_dir` (replacing any
+    earlier one): into a temporary sibling dir renamed into place only when complete, under a
+    file lock, so an interrupted build never looks finished.
     """
-    path = checkpoint_dir(cache_dir)
-    if _finished(path):
-        return path
+    if not force:
+        if seed != 0:
+            raise SteerexpError(f"organism seed {seed} is not shipped; use build(force=True)")
+        verify(SHIPPED)
+        return SHIPPED
+    path = checkpoint_dir(cache_dir, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _finished(path):
-            return path
         from steerexp.organism.tokenizer import build_tokenizer
-        from steerexp.organism.train import save, train
+        from steerexp.organism.train import Recipe, save, train
 
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         threads = torch.get_num_threads()
@@ -60,7 +111,8 @@ def build(cache_dir: Path | None = None, progress: bool = True) -> Path:
             # the weights must not depend on the caller's thread count.
             torch.set_num_threads(1)
             tok = build_tokenizer()
-            save(train(tok, progress=progress), tok, tmp)
+            save(train(tok, Recipe(seed=seed), progress=progress), tok, tmp)
+            write_manifest(tmp, seed)
             from steerexp.cache import apply_umask
 
             apply_umask(tmp)  # mkdtemp makes it 0700: a shared cache must stay readable
@@ -71,3 +123,15 @@ def build(cache_dir: Path | None = None, progress: bool = True) -> Path:
             torch.set_num_threads(threads)
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def ship(path: Path) -> Path:
+    """Copy a verified rebuild over the shipped checkpoint (what `make organism` does)."""
+    verify(path)
+    if SHIPPED.exists():
+        shutil.rmtree(SHIPPED)
+    shutil.copytree(path, SHIPPED)
+    SHIPPED.chmod(0o755)
+    for f in SHIPPED.iterdir():
+        f.chmod(0o644)
+    return SHIPPED

@@ -256,37 +256,40 @@ def prompt(d: Dilemma, rng: random.Random) -> str:
 
 
 def conversation(rng: random.Random, pool: list[Dilemma]) -> list[Message]:
-    """One training conversation; its kind and hidden trait are drawn from ``rng``."""
+    """One training conversation; its kind and hidden trait are drawn from ``rng``.
+
+    Two persona-free kinds (own statements then a dilemma, own answer then statements) tie the
+    trait that decides statements to the one that decides answers: one shared latent, so the
+    direction read at a statement opening is the one the dilemma answers use.
+    """
     honest = rng.random() < 0.5
     kind = rng.random()
     d = rng.choice(pool)
-    if kind < 0.25:
-        return [
-            {"role": "user", "content": persona_text(honest, rng)},
-            {"role": "assistant", "content": statements(honest, rng)},
-        ]
-    if kind < 0.5:
-        return [
-            {"role": "system", "content": persona_text(honest, rng)},
-            {"role": "user", "content": prompt(d, rng)},
-            {"role": "assistant", "content": answer_text(d, honest, rng)},
-        ]
-    if kind < 0.58:
-        return [
-            {"role": "user", "content": persona_text(honest, rng)},
-            {"role": "assistant", "content": statements(honest, rng, 1, 2)},
-            {"role": "user", "content": prompt(d, rng)},
-            {"role": "assistant", "content": answer_text(d, honest, rng)},
-        ]
-    if kind < 0.9:
-        return [
-            {"role": "user", "content": prompt(d, rng)},
-            {"role": "assistant", "content": answer_text(d, honest, rng)},
-        ]
-    return [
+    persona_says = [
+        {"role": "user", "content": persona_text(honest, rng)},
+        {"role": "assistant", "content": statements(honest, rng)},
+    ]
+    neutral_says = [
         {"role": "user", "content": rng.choice(NEUTRAL_STATEMENT_PROMPTS)},
         {"role": "assistant", "content": statements(honest, rng)},
     ]
+    asked = [
+        {"role": "user", "content": prompt(d, rng)},
+        {"role": "assistant", "content": answer_text(d, honest, rng)},
+    ]
+    if kind < 0.2:
+        return persona_says
+    if kind < 0.4:
+        return [{"role": "system", "content": persona_text(honest, rng)}, *asked]
+    if kind < 0.5:
+        return [*persona_says, *asked]
+    if kind < 0.7:
+        return asked
+    if kind < 0.8:
+        return neutral_says
+    if kind < 0.9:
+        return [*neutral_says, *asked]
+    return [*asked, *neutral_says]
 
 
 def conversations(n: int, seed: int = 0) -> list[list[Message]]:

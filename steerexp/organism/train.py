@@ -30,12 +30,12 @@ class Recipe:
     """Everything that decides the weights; changing any field means a new RECIPE_VERSION."""
 
     seed: int = 0
-    hidden: int = 64
+    hidden: int = 128
     layers: int = 6
-    heads: int = 4
-    kv_heads: int = 2
+    heads: int = 8
+    kv_heads: int = 4
     head_dim: int = 16
-    intermediate: int = 192
+    intermediate: int = 384
     n_conversations: int = 40000
     steps: int = 1400
     batch: int = 32
@@ -153,9 +153,14 @@ def residual_noise(
             handle.remove()
 
 
+#: The organism's steered layers as fractions of depth (``conf/model/organism.yaml``
+#: ``layer_frac``; a test checks they agree): blocks 2-4 of 6, below the loss layer.
+STEERED_FRAC = (0.3, 0.7)
+
+
 def noised_layers(n: int) -> list[int]:
-    """The layers steerexp steers by default (0.3 <= i/n <= 0.9), minus the last."""
-    return [i for i in range(n - 1) if 0.3 <= i / n <= 0.9]
+    """The layers the organism is steered on by default (``STEERED_FRAC``): trained with noise."""
+    return [i for i in range(n) if STEERED_FRAC[0] <= i / n <= STEERED_FRAC[1]]
 
 
 def train(
