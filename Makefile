@@ -3,12 +3,12 @@ PY      ?= .venv/bin/python
 STAMP   := .venv/.installed
 ARGS    ?=
 
-.PHONY: help install run organism test test-slow test-all test-slurm bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report clean
+.PHONY: help install run organism test test-slow test-all test-slurm bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report figures clean
 
 MODEL   ?= organism
 SWEEP   ?=
 LATEST_SWEEP = $(lastword $(sort $(wildcard multirun/*/*)))
-JOURNAL_METHODS := mean_diff,pca_diff,svd_steer,fisher_steer_reg1,fisher_steer_reg2,fisher_steer_reg3,fisher_steer_cov_reg1,fisher_steer_cov_reg2,fisher_steer_cov_reg3,fisher_steer_dual,fisher_steer_dual_pos,fisher_steer_dual_neg,fisher_steer_dual_diff,fisher_steer_dual_cov,random
+JOURNAL_METHODS := mean_diff,pca_diff,svd_steer,fisher_steer_reg1,fisher_steer_reg2,fisher_steer_reg3,fisher_steer_emp_reg2,fisher_steer_cov_reg1,fisher_steer_cov_reg2,fisher_steer_cov_reg3,fisher_steer_dual,fisher_steer_dual_pos,fisher_steer_dual_neg,fisher_steer_dual_diff,fisher_steer_dual_cov,random
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ sweep-modules: $(STAMP)  ## the journal's methods x every module template (MODEL
 
 sweep-losses: $(STAMP)  ## the three losses x the journal's methods
 	$(PY) -m steerexp -m model=$(MODEL) loss=nll,hs_diff,reprpo_margin method=$(JOURNAL_METHODS) $(ARGS)
+
+figures: $(STAMP)  ## regenerate every README figure and multirun_reports/ from an empty cache (about an hour)
+	$(PY) scripts/figures.py $(ARGS)
 
 report: $(STAMP)  ## rebuild ranking.md/csv/png of SWEEP=<dir> (default: the newest multirun/<date>/<time>)
 	$(PY) -m steerexp.report $(or $(SWEEP),$(LATEST_SWEEP)) $(ARGS)

@@ -1,0 +1,104 @@
+"""Regenerate every figure the README quotes, from an empty cache, in one command (`make figures`).
+
+Runs, each in a fresh ``STEEREXP_CACHE``: the shipped organism's acceptance numbers, the default
+experiment (the README's end-to-end row), the journal's method table on ``hs`` and on
+``o_proj``, the three-loss table, and ``make bench``. The reference reports land in
+``multirun_reports/{journal_hs,journal_o_proj,losses}/``; everything printed is collected in
+``multirun_reports/FIGURES.md`` with the command behind each block, so a README figure can be
+traced to the run that made it. The min/median/max table over recipe seeds needs organism
+rebuilds (about 11 min each) and comes from ``make test-slow`` / ``--rebuild --seed N``
+instead.
+
+``python scripts/figures.py [section ...]`` runs the named sections only (default: all).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+REPORTS = REPO / "multirun_reports"
+PY = sys.executable
+#: The journal's methods: the Makefile's JOURNAL_METHODS, the one list both use.
+JOURNAL_METHODS = re.search(
+    r"^JOURNAL_METHODS\s*:=\s*(\S+)", (REPO / "Makefile").read_text(), re.M
+).group(1)
+
+
+def _sweep(name: str, *overrides: str) -> list[str]:
+    """A ``-m`` sweep whose report goes to ``multirun_reports/<name>/`` (replacing the old one)."""
+    return [
+        PY, "-m", "steerexp", "-m", *overrides,
+        f"report_name={name}", "report_overwrite=true",
+        f"hydra.sweep.dir=multirun/figures/{name}",
+    ]  # fmt: skip
+
+
+SECTIONS: dict[str, list[str]] = {
+    "organism": [PY, "-m", "steerexp.organism", "--accept"],
+    "default_run": [PY, "-m", "steerexp"],
+    "journal_hs": _sweep("journal_hs", f"method={JOURNAL_METHODS}", "module=hs"),
+    "journal_o_proj": _sweep("journal_o_proj", f"method={JOURNAL_METHODS}", "module=o_proj"),
+    "losses": _sweep("losses", f"method={JOURNAL_METHODS}", "loss=nll,hs_diff,reprpo_margin"),
+    "bench": [PY, "-m", "bench"],
+}
+
+
+def run_section(name: str, cache: Path) -> str:
+    """Run one section with ``cache`` as its STEEREXP_CACHE; return its Markdown block."""
+    cmd = SECTIONS[name]
+    env = {**os.environ, "STEEREXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - t0
+    shown = " ".join(c if c != PY else "python" for c in cmd)
+    out = proc.stdout.strip()
+    if name.startswith(("journal", "losses")):
+        out = (REPORTS / name / "ranking.md").read_text().strip() if proc.returncode == 0 else out
+    block = f"## {name}\n\n`{shown}` (exit {proc.returncode}, {seconds:.0f} s wall)\n\n"
+    block += out if name.startswith(("journal", "losses")) else f"```\n{out}\n```"
+    if proc.returncode != 0:
+        block += f"\n\nstderr (last lines):\n```\n{proc.stderr.strip()[-3000:]}\n```"
+    print(block, flush=True)
+    return block
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        print(f"unknown section {unknown[0]!r}; valid: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    REPORTS.mkdir(exist_ok=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    blocks = [
+        "# Figures quoted in the README",
+        f"Made by `make figures` at commit {commit or '?'}, each section from an empty "
+        "STEEREXP_CACHE on the machine that ran it.",
+    ]
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="steerexp-figures-") as tmp:
+        for name in names or list(SECTIONS):
+            # The sweeps share one cache, as a user's sweeps would (the null is reused).
+            shared = name.startswith(("journal", "losses"))
+            cache = Path(tmp) / ("sweeps" if shared else name)
+            block = run_section(name, cache)
+            failed += "(exit 0," not in block
+            blocks.append(block)
+    target = REPORTS / ("FIGURES.md" if not names else f"FIGURES-{'-'.join(names)}.md")
+    target.write_text("\n\n".join(blocks) + "\n")
+    print(f"wrote {target.relative_to(REPO)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
