@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 import secrets
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -222,10 +223,25 @@ def cli() -> None:
     except SteerexpError as e:
         print(f"steerexp: error: {e}", file=sys.stderr)
         sys.exit(2)
+    interrupted: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         main()
     except KeyboardInterrupt:
         sys.exit(_interrupted(multirun))
+    except SystemExit:
+        # Ctrl-C inside Hydra's own code (e.g. composing the next job's config) surfaces as
+        # another error that Hydra reports and turns into exit 1: still an interruption.
+        if interrupted:
+            sys.exit(_interrupted(multirun))
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if FAILED and not multirun:
         print(f"steerexp: error: {FAILED[-1].split(': ', 1)[1]}", file=sys.stderr)
         sys.exit(1)

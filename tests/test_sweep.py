@@ -207,7 +207,7 @@ def test_slash_and_absolute_override_values_keep_every_job(tmp_path: Path) -> No
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
@@ -228,7 +228,7 @@ def test_sweep_whose_ranking_cannot_be_written_exits_nonzero(tmp_path: Path) -> 
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith(
