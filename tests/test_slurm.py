@@ -24,11 +24,26 @@ from steerexp.report import TIME_COLS
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / ".slurm" / "slurm.conf"
-SWEEP = ["method=pca_diff,random", "module=hs,o_proj", "eval.repeats=1", "dataset.max_pairs=48"]
+# A small random null (4 directions) keeps the null's columns in the parity check at little cost.
+SWEEP = [
+    "method=pca_diff,random",
+    "module=hs,o_proj",
+    "eval.repeats=1",
+    "dataset.max_pairs=48",
+    "random_null.k=4",
+]
 # Columns that describe how or where a job ran, not what it found. Each run has its own
-# STEEREXP_CACHE linking to one organism checkpoint, so the checkpoint path may differ, and with it
-# the extraction cache key (which hashes the path).
-RUN_COLS = [*TIME_COLS, "model_reused", "extraction_cached", "checkpoint", "cache_key"]
+# STEEREXP_CACHE linking to one organism checkpoint, so the checkpoint path differs; whether a
+# cache entry (extraction, generations, null) was built or reused depends on job timing.
+RUN_COLS = [
+    *TIME_COLS,
+    "model_reused",
+    "extraction_cached",
+    "generations_reused",
+    "null_cached",
+    "null_build_s",
+    "checkpoint",
+]
 
 
 def cluster_env() -> tuple[dict[str, str] | None, str]:
