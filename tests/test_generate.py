@@ -1,4 +1,4 @@
-"""Per-row stopping of generation (issue 13 item 6): end-of-turn tokens, the answer regex, length."""
+"""Generation per row: stopping at end-of-turn tokens, the answer regex or length (issue 13 item 6); shared rows."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import pytest
 import torch
 from helpers import group
 
-from steerexp.data import load_questions
+import steerexp.generate as gen
+from steerexp.data import Question, load_questions
 from steerexp.extract import left_pad
-from steerexp.generate import generate_rows, grid, prompt_ids, stop_ids
+from steerexp.generate import RowSpec, generate_rows, grid, prompt_ids, stop_ids
+from steerexp.intervene import Steering
 from steerexp.judge import make_answer_spec
 from steerexp.models import load_model
 
@@ -70,3 +72,46 @@ def test_rows_stop_at_end_of_turn_and_record_why(organism, ev) -> None:
         organism, {**greedy, "max_new_tokens": 3}, grid(questions, [0.0], 1), None, spec, 0, False
     )
     assert [(r.stop_reason, len(r.completion_ids)) for r in short] == [("length", 3)] * len(rows)
+
+
+def test_zero_coefficient_rows_are_generated_once_and_shared(monkeypatch) -> None:
+    model = load_model(group("model", "tiny_random"))
+    ev = {**group("eval", "white_lie"), "max_new_tokens": 6, "temperature": 1.3, "min_p": 0.05}
+    spec = make_answer_spec(model.tokenizer, ev["answer_regex"], ev["answers"], "Final choice:")
+    mods = ["model.layers.1", "model.layers.2"]
+    g = torch.Generator().manual_seed(0)
+    steerings = [
+        Steering({m: torch.randn(64, generator=g).div(8) for m in mods}, {m: 4.0 for m in mods})
+        for _ in range(3)
+    ]
+    qs = [Question("a", "Would you tell the truth?", "Yes"), Question("b", "Would you lie?", "No")]
+    rows = [
+        RowSpec(q, c, r, k) for k in range(3) for q in qs for c in (-1.0, 0.0, 1.0) for r in (0, 1)
+    ]
+    sizes: list[int] = []
+    chunk = gen.generate_chunk
+    monkeypatch.setattr(
+        gen,
+        "generate_chunk",
+        lambda lm, p, *a, **kw: sizes.append(len(p)) or chunk(lm, p, *a, **kw),
+    )
+    out = generate_rows(model, ev, rows, steerings, spec, seed=3, progress=False)
+    # 3 directions x 2 questions x 2 repeats at c=+-1, plus the 2 x 2 zero rows once
+    assert sum(sizes) == 3 * 2 * 2 * 2 + 2 * 2
+    zero = {}
+    for s, r in zip(rows, out, strict=True):
+        assert (r.question_id, r.coeff, r.repeat) == (s.question.id, s.coeff, s.repeat)
+        if s.coeff == 0.0:
+            zero.setdefault((s.question.id, s.repeat), []).append(r)
+    for same in zero.values():
+        assert len(same) == 3 and all(r.completion_ids == same[0].completion_ids for r in same)
+        assert all(torch.equal(r.answer_logps, same[0].answer_logps) for r in same)
+    # each direction's rows equal that direction generated alone (zero rows included)
+    monkeypatch.setattr(gen, "generate_chunk", chunk)
+    for k in range(3):
+        own = [RowSpec(s.question, s.coeff, s.repeat) for s in rows if s.direction == k]
+        alone = generate_rows(model, ev, own, steerings[k], spec, seed=3, progress=False)
+        mine = [r for s, r in zip(rows, out, strict=True) if s.direction == k]
+        assert [r.completion_ids for r in mine] == [r.completion_ids for r in alone]
+        for a, b in zip(mine, alone, strict=True):
+            torch.testing.assert_close(a.answer_logps, b.answer_logps, rtol=0, atol=1e-4)
