@@ -35,6 +35,7 @@ DOSE_COLUMNS = [
     "valid",
     "forced",
     "completion",
+    "stop_reason",
 ]
 PACKAGES = (
     "steerexp",
@@ -138,7 +139,8 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 3) 
     a, b = flat(run_config(old)), flat(run_config(new))
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
     parts = [
-        f"{k.rstrip('.')}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:limit]
+        f"{k.rstrip('.')}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in keys[:limit]
     ]
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return "; ".join(parts) + more
@@ -180,6 +182,7 @@ def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:
                 "valid": bool(j.valid),
                 "forced": bool(j.forced),
                 "completion": r.completion,
+                "stop_reason": r.stop_reason,
             }
             for r, j in zip(rows, judgements, strict=True)
         ],

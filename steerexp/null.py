@@ -41,7 +41,7 @@ from steerexp.judge import AnswerSpec, judge_rows
 from steerexp.methods import fit_from_config
 from steerexp.regress import regress, transform_x
 
-NULL_VERSION = 1
+NULL_VERSION = 2  # 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex
 PERSONAS = ("positive", "negative")
 NULL_COLUMNS = [*artifacts.DOSE_COLUMNS, "direction", "persona"]
 
@@ -97,7 +97,7 @@ def _load(entry: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
             entry / "dose.csv",
             keep_default_na=False,
             na_values=[""],
-            dtype={"question_id": str, "completion": str, "persona": str},
+            dtype={"question_id": str, "completion": str, "persona": str, "stop_reason": str},
         )
     except (OSError, ValueError):
         return None

@@ -127,7 +127,9 @@ def test_artifacts_follow_the_spec(runs) -> None:
         "valid",
         "forced",
         "completion",
+        "stop_reason",
     ]
+    assert set(dose["stop_reason"]) <= {"stop_token", "regex", "length"}
     dirs = load_file(str(d / "directions.safetensors"))
     assert all(k.startswith("model.layers.") for k in dirs)
     for v in dirs.values():

@@ -1,0 +1,117 @@
+"""Generation per row: stopping at end-of-turn tokens, the answer regex or length (issue 13 item 6); shared rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import group
+
+import steerexp.generate as gen
+from steerexp.data import Question, load_questions
+from steerexp.extract import left_pad
+from steerexp.generate import RowSpec, generate_rows, grid, prompt_ids, stop_ids
+from steerexp.intervene import Steering
+from steerexp.judge import make_answer_spec
+from steerexp.models import load_model
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return load_model(group("model", "organism"))
+
+
+@pytest.fixture(scope="module")
+def ev() -> dict:
+    return group("eval", "organism")
+
+
+def test_stop_ids_are_the_templates_turn_tokens(organism) -> None:
+    tok = organism.tokenizer
+    ids = {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    assert stop_ids(organism) == ids
+    # <think> is an added but not a special token: the organism's replies contain it
+    assert tok.convert_tokens_to_ids("<think>") not in stop_ids(organism)
+
+
+def _greedy_next(organism, ev, question, completion_ids: list[int]) -> int:
+    """The unsteered model's argmax after prompt + completion (what greedy generation wrote next)."""
+    seq = prompt_ids(organism, ev, question) + completion_ids
+    ids, mask = left_pad([seq], organism.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = organism.hf(input_ids=ids, attention_mask=mask).logits
+    return int(logits[0, -1].argmax())
+
+
+def test_rows_stop_at_end_of_turn_and_record_why(organism, ev) -> None:
+    questions = load_questions(ev)[:4]
+    greedy = {**ev, "do_sample": False, "max_new_tokens": 48}
+    # a regex that never matches: every row runs until an end-of-turn token (or the length cap)
+    never = make_answer_spec(organism.tokenizer, "Never seen: (Yes|No)", ev["answers"], "Final:")
+    rows = generate_rows(
+        organism, greedy, grid(questions, [0.0], 1), None, never, seed=0, progress=False
+    )
+    stop = stop_ids(organism)
+    by_id = {q.id: q for q in questions}
+    assert [r.stop_reason for r in rows] == ["stop_token"] * len(rows)
+    for r in rows:
+        assert "Final choice:" in r.completion and not stop & set(r.completion_ids)
+        assert len(r.answer_logps) == len(r.completion_ids) < greedy["max_new_tokens"]
+        # the model wrote an end-of-turn token right where the kept completion ends
+        assert _greedy_next(organism, ev, by_id[r.question_id], r.completion_ids) in stop
+    # the answer regex stops a row at the step that wrote the answer: the match ends the text
+    spec = make_answer_spec(organism.tokenizer, ev["answer_regex"], ev["answers"], "Final:")
+    judged = generate_rows(
+        organism, greedy, grid(questions, [0.0], 1), None, spec, seed=0, progress=False
+    )
+    for r, full in zip(judged, rows, strict=True):
+        assert r.stop_reason == "regex"
+        assert spec.regex.search(r.completion).end() == len(r.completion.rstrip())
+        assert r.completion_ids == full.completion_ids[: len(r.completion_ids)]
+    # a cap shorter than the answer: every row stops for length, at exactly the cap
+    short = generate_rows(
+        organism, {**greedy, "max_new_tokens": 3}, grid(questions, [0.0], 1), None, spec, 0, False
+    )
+    assert [(r.stop_reason, len(r.completion_ids)) for r in short] == [("length", 3)] * len(rows)
+
+
+def test_zero_coefficient_rows_are_generated_once_and_shared(monkeypatch) -> None:
+    model = load_model(group("model", "tiny_random"))
+    ev = {**group("eval", "white_lie"), "max_new_tokens": 6, "temperature": 1.3, "min_p": 0.05}
+    spec = make_answer_spec(model.tokenizer, ev["answer_regex"], ev["answers"], "Final choice:")
+    mods = ["model.layers.1", "model.layers.2"]
+    g = torch.Generator().manual_seed(0)
+    steerings = [
+        Steering({m: torch.randn(64, generator=g).div(8) for m in mods}, {m: 4.0 for m in mods})
+        for _ in range(3)
+    ]
+    qs = [Question("a", "Would you tell the truth?", "Yes"), Question("b", "Would you lie?", "No")]
+    rows = [
+        RowSpec(q, c, r, k) for k in range(3) for q in qs for c in (-1.0, 0.0, 1.0) for r in (0, 1)
+    ]
+    sizes: list[int] = []
+    chunk = gen.generate_chunk
+    monkeypatch.setattr(
+        gen,
+        "generate_chunk",
+        lambda lm, p, *a, **kw: sizes.append(len(p)) or chunk(lm, p, *a, **kw),
+    )
+    out = generate_rows(model, ev, rows, steerings, spec, seed=3, progress=False)
+    # 3 directions x 2 questions x 2 repeats at c=+-1, plus the 2 x 2 zero rows once
+    assert sum(sizes) == 3 * 2 * 2 * 2 + 2 * 2
+    zero = {}
+    for s, r in zip(rows, out, strict=True):
+        assert (r.question_id, r.coeff, r.repeat) == (s.question.id, s.coeff, s.repeat)
+        if s.coeff == 0.0:
+            zero.setdefault((s.question.id, s.repeat), []).append(r)
+    for same in zero.values():
+        assert len(same) == 3 and all(r.completion_ids == same[0].completion_ids for r in same)
+        assert all(torch.equal(r.answer_logps, same[0].answer_logps) for r in same)
+    # each direction's rows equal that direction generated alone (zero rows included)
+    monkeypatch.setattr(gen, "generate_chunk", chunk)
+    for k in range(3):
+        own = [RowSpec(s.question, s.coeff, s.repeat) for s in rows if s.direction == k]
+        alone = generate_rows(model, ev, own, steerings[k], spec, seed=3, progress=False)
+        mine = [r for s, r in zip(rows, out, strict=True) if s.direction == k]
+        assert [r.completion_ids for r in mine] == [r.completion_ids for r in alone]
+        for a, b in zip(mine, alone, strict=True):
+            torch.testing.assert_close(a.answer_logps, b.answer_logps, rtol=0, atol=1e-4)
