@@ -70,9 +70,13 @@ def null_directions(
 
 
 def persona_texts(dataset_cfg: Mapping[str, Any]) -> dict[str, str]:
-    """The dataset's persona template filled with its positive and negative word."""
-    template = str(dataset_cfg["template"])
-    return {p: template.format(persona=str(dataset_cfg[p])) for p in PERSONAS}
+    """The dataset's persona template filled with its positive and negative word; empty (no
+    prompting reference, its columns NaN) for datasets without one (explicit pairs, CAA files)."""
+    template = dataset_cfg.get("template")
+    words = [dataset_cfg.get(p) for p in PERSONAS]
+    if not template or "{persona}" not in str(template) or not all(words):
+        return {}
+    return {p: str(template).format(persona=str(w)) for p, w in zip(PERSONAS, words, strict=True)}
 
 
 def _store(entry: Path, dose: pd.DataFrame, meta: Mapping[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """A concept given only as files steers the organism end to end, through the CLI (issue 13).
 
-The files (``examples/organism_pairs.jsonl``, ``examples/organism_questions.jsonl``) restate
-honesty as explicit pairs -- a training dilemma, then an honest vs an untruthful thought as the
-assistant's opening -- and the organism's held-out dilemmas as an eval file with options Yes/No.
+The files (``examples/organism_personas.jsonl``, ``examples/organism_questions.jsonl``) restate
+honesty as two-persona rows -- an honest vs an untruthful persona prompt, one statement opening
+as the assistant's continuation -- and the organism's held-out dilemmas as an eval file with
+options Yes/No.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CONCEPT = [
     "dataset=file",
-    "dataset.path=examples/organism_pairs.jsonl",
+    "dataset.path=examples/organism_personas.jsonl",
     "eval=file",
     "eval.path=examples/organism_questions.jsonl",
     'eval.prompt_template="{question}"',
@@ -53,7 +54,7 @@ def test_single_run_gives_the_usual_run_dir_and_row(tmp_path: Path) -> None:
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["dataset"] == "file" and metrics["eval"] == "file"
-    assert metrics["n_pairs"] == 40
+    assert metrics["n_pairs"] == 128
     dose = pd.read_csv(tmp_path / "dose_response.csv")
     assert len(dose) == 12 * 3 and dose["valid"].mean() >= 0.9
     assert not (tmp_path / "split.json").exists()

@@ -348,6 +348,15 @@ def test_readme_concept_commands_compose_and_validate() -> None:
             assert "path: examples/" in out.stdout
 
 
+def test_persona_rows_file_restates_the_organism_dataset() -> None:
+    """examples/organism_personas.jsonl holds dataset=organism's 128 pairs as two-persona rows."""
+    pairs, _, _ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_personas.jsonl'}")
+    builtin, _, _ = check()
+    assert [(p.messages(True), p.messages(False)) for p in pairs] == [
+        (p.messages(True), p.messages(False)) for p in builtin
+    ]
+
+
 def test_holdout_needs_caa_rows() -> None:
     with pytest.raises(
         SteerexpError, match=r"dataset.holdout=0.25 needs CAA rows .* has pairs rows"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,9 @@ def test_artifacts_follow_the_spec(runs) -> None:
         "cache_key",
     ):
         assert key in metrics, key
-    assert json.loads((d / "status.json").read_text()) == {"status": "ok", "error": None}
+    status = json.loads((d / "status.json").read_text())
+    assert {k: status[k] for k in ("status", "error")} == {"status": "ok", "error": None}
+    assert re.fullmatch(r"[0-9a-f]{16}", status["config_hash"]), status
     dose = pd.read_csv(d / "dose_response.csv")
     assert list(dose.columns) == [
         "question_id",

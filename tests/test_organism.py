@@ -332,7 +332,9 @@ def test_steered_layers_lie_below_the_loss_layer() -> None:
     n = Recipe().layers
     layers = noised_layers(n)
     assert layers == [2, 3, 4]
-    loss_block = int(loss_layer_path(n, cfg.loss_layer).rsplit(".", 1)[1])
+    # hidden_states indexing: k = output of block k-1, -1 = the final norm, above every block
+    path = loss_layer_path(n, cfg.loss_layer)
+    loss_block = n if path == "model.norm" else int(path.rsplit(".", 1)[1])
     assert loss_block > max(layers)
 
 

@@ -71,7 +71,9 @@ def test_sweep_writes_ranking_with_shared_work(main_sweep) -> None:
     assert len(table_rows(md)) == 4
     for line in md.splitlines():
         if line.startswith("| method"):
-            assert [c.strip() for c in line.strip("|").split("|")] == [
+            cols = [c.strip() for c in line.strip("|").split("|")]
+            # the journal's columns first, then the random null's (SPEC 4.8)
+            assert cols[:9] == [
                 "method",
                 "slope",
                 "r2",
@@ -82,6 +84,7 @@ def test_sweep_writes_ranking_with_shared_work(main_sweep) -> None:
                 "min",
                 "max",
             ]
+            assert {"slope 95% CI", "vs_random", "p_random"} <= set(cols[9:]), cols
     metrics = job_metrics(tmp / "sweep")
     assert len(metrics) == 4 and all(m["status"] == "ok" for m in metrics)
     assert sum(not m["extraction_cached"] for m in metrics) == 2, "one extraction per module"
