@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp import artifacts, cache, cache_dir, null
+from steerexp import artifacts, cache, cache_dir, coherence, null
 from steerexp.data import (
     Pair,
     Question,
@@ -117,6 +117,16 @@ def _kl_scales(loaded: Any, cfg: DictConfig, steering: Steering) -> dict[str, fl
     """``coeff_units=kl``: calibrate on the held-out neutral prompts (never the eval questions)."""
     texts = load_neutral_prompts(str(cfg.kl.prompts))
     return calibrate_kl(loaded, neutral_prompt_ids(loaded, texts), steering)
+
+
+def _coherence(
+    loaded: LoadedModel, cfg: DictConfig, steering: Steering, coeffs: list[float], dose: pd.DataFrame
+) -> pd.DataFrame:
+    """Coherence cost per coefficient: KL on the held-out neutral prompts, valid share, length."""
+    prompts = neutral_prompt_ids(loaded, load_neutral_prompts(str(cfg.kl.prompts)))
+    kl = coherence.mean_token_kl(loaded, prompts, steering, coeffs)
+    lengths = coherence.completion_lengths(loaded, list(dose["completion"]))
+    return coherence.cost_table(kl, coeffs, dose, lengths)
 
 
 def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: bool = True) -> None:
@@ -238,8 +248,13 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
             groups=dose["question_id"],
         )
     )
+    cost = _coherence(loaded, cfg, steering, coeffs, dose)
+    artifacts.write_coherence(run_dir / "coherence.csv", cost)
+    metrics.update(coherence.summary(cost))
     title = f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
-    artifacts.plot_dose_response(run_dir / "dose_response.png", dose, title, x=str(cfg.regress_x))
+    artifacts.plot_dose_response(
+        run_dir / "dose_response.png", dose, title, x=str(cfg.regress_x), cost=cost
+    )
     metrics["time_regress_s"] = t() - t0
     if int(cfg.random_null.k) > 0:
         t0 = t()

@@ -45,7 +45,7 @@ EXTRA_STAT_COLS = [
     "signed_score", "slope_ci_low", "slope_ci_high", "vs_random", "p_random", "p_random_holm", "p_random_rank",
     "anti_frac", "fitted_shift", "prompt_shift", "prompt_y_positive", "prompt_y_negative", "spearman",
     "n_valid", "n_rows", "pair_vote_frac", "null_k", "null_slope_mean", "null_slope_sd", "null_abs_median",
-    "null_abs_p95", "null_build_s",
+    "null_abs_p95", "null_build_s", "kl_at_max", "coherent_max",
 ]
 IDENTITY_COLS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "coeff_units", "seed"]
 TIME_COLS = [f"time_{s}_s" for s in ("load", "extract", "fit", "generate", "judge", "regress", "null", "total")]
