@@ -46,6 +46,7 @@ from steerexp.methods import METHODS, DirectionFit, fit_from_config
 from steerexp.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
 from steerexp.regress import X_TRANSFORMS, journal_table, regress
 from steerexp.tracking import make_logger
+from steerexp.vjp import vjp_rows
 
 IDENTITY = ("model", "module", "method", "loss", "dataset", "eval", "judge")
 
@@ -179,9 +180,23 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
                     f"(loss {cfg.loss.name!r} at loss.layer={cfg.loss.layer} does not depend on it; "
                     "use modules before the loss layer or another loss)"
                 )
+    rows = ex.grads
+    if str(cfg.method.kind) == "vjp_steer":
+        read_layer = OmegaConf.select(cfg, "method.read_layer", default=None)
+        rows, vjp_meta = vjp_rows(
+            loaded,
+            _plain(cfg.model),
+            modules,
+            pairs,
+            int(cfg.loss.layer if read_layer is None else read_layer),
+            str(OmegaConf.select(cfg, "method.tokens", default="all")),
+            int(cfg.extract.batch_size),
+            root,
+        )
+        metrics.update(vjp_meta)
     fits = {
         m: fit_from_config(
-            cfg.method, ex.acts[m], ex.grads.get(m), ex.loss_grad_norms, seed=int(cfg.seed)
+            cfg.method, ex.acts[m], rows.get(m), ex.loss_grad_norms, seed=int(cfg.seed)
         )
         for m in modules
     }
