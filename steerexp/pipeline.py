@@ -169,6 +169,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
         cache_key=ex.key,
         acts_key=ex.acts_key,
         n_pairs=len(pairs),
+        **ex.balance,
     )
 
     t0 = t()
