@@ -194,14 +194,23 @@ def write_dose_response(path: Path, df: pd.DataFrame) -> Path:
     return atomic_write(path, lambda p: df[DOSE_COLUMNS].to_csv(p, index=False))
 
 
-def plot_dose_response(path: Path, df: pd.DataFrame, title: str, x: str = "symlog") -> Path:
-    """Valid log-ratios by coefficient, the per-coefficient means, and the OLS fit."""
+def write_coherence(path: Path, table: pd.DataFrame) -> Path:
+    """``coherence.csv``: per coefficient, KL on neutral prompts, valid fraction, completion length."""
+    return atomic_write(path, lambda p: table.to_csv(p, index=False))
+
+
+def plot_dose_response(
+    path: Path, df: pd.DataFrame, title: str, x: str = "symlog", cost: pd.DataFrame | None = None
+) -> Path:
+    """Valid log-ratios by coefficient, the per-coefficient means, and the OLS fit; with ``cost``
+    (a ``coherence.cost_table``), a second panel beside it: KL on neutral prompts and valid fraction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 1 if cost is None else 2, figsize=(6 if cost is None else 11, 4), squeeze=False)
+    ax = axes[0, 0]
     ok = df[df["valid"] & np.isfinite(df["log_ratio"])]
     ax.scatter(ok["coeff"], ok["log_ratio"], s=12, alpha=0.4, label="rows")
     if len(ok):
@@ -214,6 +223,17 @@ def plot_dose_response(path: Path, df: pd.DataFrame, title: str, x: str = "symlo
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="coefficient", ylabel="log p(trait) - log p(other)", title=title)
     ax.legend(fontsize=8)
+    if cost is not None:
+        kl_ax = axes[0, 1]
+        kl_ax.plot(cost["coeff"], cost["kl"], "o-", color="C3", label="mean token KL (neutral prompts)")
+        kl_ax.axhline(1.0, color="C3", lw=0.6, ls=":")
+        kl_ax.set(xlabel="coefficient", ylabel="KL(steered || unsteered), nats", title="coherence cost")
+        frac_ax = kl_ax.twinx()
+        frac_ax.plot(cost["coeff"], cost["valid_frac"], "s--", color="C0", label="valid fraction")
+        frac_ax.axhline(0.8, color="C0", lw=0.6, ls=":")
+        frac_ax.set(ylabel="valid fraction", ylim=(0, 1.05))
+        lines = kl_ax.get_lines()[:1] + frac_ax.get_lines()[:1]
+        kl_ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="lower left")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)

@@ -63,8 +63,11 @@ def load(root: Path, key: str) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def save(root: Path, key: str, tensors: dict[str, torch.Tensor], payload: Any) -> Path | None:
-    """Write an entry into a temp dir and rename it into place (never half-written).
+def save(
+    root: Path, key: str, tensors: dict[str, torch.Tensor], payload: Any, info: Any = None
+) -> Path | None:
+    """Write an entry into a temp dir and rename it into place (never half-written); ``info``
+    (what was measured, not hashed, e.g. the loss balance) goes into its JSON beside ``hashed``.
 
     Returns the entry, or None (with a warning) when the cache cannot be written.
     """
@@ -80,6 +83,8 @@ def save(root: Path, key: str, tensors: dict[str, torch.Tensor], payload: Any) -
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
         meta = {"key": key, "sha256": _digest(tmp / TENSORS), "hashed": payload}
+        if info:
+            meta["info"] = info
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         apply_umask(tmp)
         entry = root / key

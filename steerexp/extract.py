@@ -24,9 +24,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steerexp import cache
+from steerexp.balance import combine, has_terms
 from steerexp.data import Pair
 from steerexp.errors import SteerexpError
-from steerexp.losses import LOSSES, LossInputs
+from steerexp.losses import LOSS_TERMS, LOSSES, LossInputs
 from steerexp.models import LoadedModel, model_fingerprint
 
 EXTRACT_VERSION = 2
@@ -57,6 +58,8 @@ class Extraction:
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     acts_key: str = ""
+    #: losses with several terms: weights, term values and gradient shares (steerexp.balance)
+    balance: dict[str, Any] = field(default_factory=dict)
 
     def act_norm(self, module: str) -> float:
         """Mean ``||h||`` of the module over the extraction set (the ``norm`` coefficient unit)."""
@@ -201,10 +204,11 @@ def _run_batch(
                 grad_tokens,
             )
         )
-    for what in ("acts", "grads"):
-        for m in modules:
-            if f"{what}/{m}" in result and not torch.isfinite(result[f"{what}/{m}"]).all():
-                name = "activations" if what == "acts" else "gradients"
+    for key, value in result.items():
+        if key.startswith("acts/") or "grads/" in key:
+            if not torch.isfinite(value).all():
+                name = "activations" if key.startswith("acts/") else "gradients"
+                m = key.split("/", 1)[1] if key.startswith("acts/") else key.split("grads/", 1)[1]
                 raise SteerexpError(
                     f"non-finite {name} at module {m!r} in extraction batch {batch_no}"
                 )
@@ -234,24 +238,39 @@ def _grads(
     ell = (logp_tok * tm).sum(1) / tm.sum(1).clamp_min(1.0)
     h = outs[loss_path][rows, last]
     x = LossInputs(h[0::2], h[1::2], ell[0::2], ell[1::2], n_pairs_total)
-    loss = LOSSES.get(str(loss_cfg["name"]))(x, loss_cfg)
-    grads = torch.autograd.grad(loss, [outs[p] for p in paths], allow_unused=True)
-    gmap = {
-        p: (g if g is not None else torch.zeros_like(outs[p]))
-        for p, g in zip(paths, grads, strict=True)
-    }
-    # Every loss is a sum of per-pair terms over n_pairs_total, and a row's hidden states only
-    # enter its own pair's term, so n_pairs_total x its gradient is that of its own term.
-    own = gmap[loss_path].detach().double() * n_pairs_total
-    result = {
-        "logp": ell.detach().float().cpu(),
-        "loss_grad_norms": own.pow(2).sum(dim=(1, 2)).float().cpu(),
-    }
-    for m in modules:
-        gm = gmap[m].detach().float()
-        result[f"grads/{m}"] = (
-            (gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]
-        ).cpu()
+    name = str(loss_cfg["name"])
+    terms = (
+        {t: fn(x, loss_cfg) for t, (fn, _) in LOSS_TERMS[name].items()}
+        if name in LOSS_TERMS
+        else {"": LOSSES.get(name)(x, loss_cfg)}
+    )
+    result = {"logp": ell.detach().float().cpu()}
+    own: dict[str, Tensor] = {}
+    for i, (t, value) in enumerate(terms.items()):
+        grads = torch.autograd.grad(
+            value, [outs[p] for p in paths], allow_unused=True, retain_graph=i < len(terms) - 1
+        )
+        gmap = {
+            p: (g if g is not None else torch.zeros_like(outs[p]))
+            for p, g in zip(paths, grads, strict=True)
+        }
+        # Every loss is a sum of per-pair terms over n_pairs_total, and a row's hidden states only
+        # enter its own pair's term, so n_pairs_total x its gradient is that of its own term.
+        own[t] = gmap[loss_path].detach().double() * n_pairs_total
+        prefix = f"term/{t}/" if t else ""
+        if t:
+            result[f"{prefix}value"] = value.detach().float().reshape(1).cpu()
+        for m in modules:
+            gm = gmap[m].detach().float()
+            result[f"{prefix}grads/{m}"] = (
+                (gm * mask[..., None]).sum(1) if grad_tokens == "all" else gm[rows, last]
+            ).cpu()
+    if "" in own:
+        result["loss_grad_norms"] = own[""].pow(2).sum(dim=(1, 2)).float().cpu()
+    else:
+        for a in own:
+            for b in own:
+                result[f"term/{a}/dot/{b}"] = (own[a] * own[b]).sum(dim=(1, 2)).float().cpu()
     return result
 
 
@@ -296,6 +315,9 @@ def extract(
     t0 = time.perf_counter()
     acts, acts_disk = _lookup(cache_root, acts_key)
     grads, grads_disk = _lookup(cache_root, grads_key) if need_grads else ({}, False)
+    if need_grads and grads is not None and has_terms(loss_cfg) and "logp" in grads:
+        if not any(k.startswith("term/") for k in grads):
+            grads = None  # an entry from before per-term gradients were kept
     cached = acts is not None and grads is not None
     if not cached:
         acts, grads = _compute(
@@ -309,12 +331,18 @@ def extract(
             need_grads,
             progress,
         )
+    assert acts is not None and grads is not None
+    balance: dict[str, Any] = {}
+    if need_grads and has_terms(loss_cfg):
+        combined, balance = combine(grads, loss_cfg, modules)
+        grads = {**grads, **combined}
+    if not cached:
         for key, tensors, meta in ((acts_key, acts, acts_payload), (grads_key, grads, payload)):
             if tensors and key not in _MEMO:
                 _MEMO[key] = tensors
                 if cache_root is not None:
-                    cache.save(cache_root, key, tensors, meta)
-    assert acts is not None and grads is not None
+                    info = balance if key == grads_key else None
+                    cache.save(cache_root, key, tensors, meta, info=info)
     return Extraction(
         modules=list(modules),
         acts={m: acts[f"acts/{m}"] for m in modules},
@@ -326,6 +354,7 @@ def extract(
         seconds=time.perf_counter() - t0,
         meta={**payload, "disk_hit": acts_disk or grads_disk},
         acts_key=acts_key,
+        balance=balance,
     )
 
 

@@ -49,11 +49,22 @@ def hs_diff(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
     return _hs_term(x)
 
 
+def _margin_term(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
+    margin = float(cfg.get("margin", 0.99))
+    lp = x.logp_pos.float()
+    return torch.relu(margin * lp.detach() - lp).pow(2).sum() / x.n_pairs_total
+
+
 @LOSSES.register("reprpo_margin")
 def reprpo_margin(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
     """``hs_diff + beta * mean(relu(margin * sg(l+) - l+)^2)``: the margin keeps the positive
     sequences likely while the states separate."""
-    beta, margin = float(cfg.get("beta", 1e4)), float(cfg.get("margin", 0.99))
-    lp = x.logp_pos.float()
-    penalty = torch.relu(margin * lp.detach() - lp).pow(2).sum() / x.n_pairs_total
-    return _hs_term(x) + beta * penalty
+    return _hs_term(x) + float(cfg.get("beta", 1e4)) * _margin_term(x, cfg)
+
+
+#: Losses with more than one term: the unweighted terms and the config key weighting each
+#: (None = weight 1). The loss is ``Σ weight · term``; extraction logs each term's value and
+#: share of the gradient norm, and ``<key>: auto`` solves for the weight (``steerexp.balance``).
+LOSS_TERMS: dict[str, dict[str, tuple[Callable[[LossInputs, Mapping[str, Any]], Tensor], str | None]]] = {
+    "reprpo_margin": {"hs_diff": (lambda x, cfg: _hs_term(x), None), "margin": (_margin_term, "beta")},
+}

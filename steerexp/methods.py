@@ -118,6 +118,17 @@ def _svd_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     return _top_right_singular(x.grads - x.grads.mean(dim=0)), {}
 
 
+@_register("vjp_steer", uses_grads=False)
+def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Mean of the pulled-back rows ``Jᵢᵀu`` (passed as ``grads``; :func:`steerexp.vjp.vjp_rows`)."""
+    if x.grads is None:
+        raise SteerexpError(
+            "method vjp_steer needs the read-layer contrast pulled back to the module "
+            "(steerexp.vjp.vjp_rows), passed as grads"
+        )
+    return x.grads.double().mean(dim=0), {}
+
+
 def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The Fisher parameters of a method config, with SPEC defaults (iEF, reg2, relative)."""
     return {

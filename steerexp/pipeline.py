@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp import artifacts, cache, cache_dir, null
+from steerexp import artifacts, cache, cache_dir, coherence, null
 from steerexp.data import (
     Pair,
     Question,
@@ -46,6 +46,7 @@ from steerexp.methods import METHODS, DirectionFit, fit_from_config
 from steerexp.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
 from steerexp.regress import X_TRANSFORMS, journal_table, regress
 from steerexp.tracking import make_logger
+from steerexp.vjp import vjp_rows
 
 IDENTITY = ("model", "module", "method", "loss", "dataset", "eval", "judge")
 
@@ -119,6 +120,16 @@ def _kl_scales(loaded: Any, cfg: DictConfig, steering: Steering) -> dict[str, fl
     return calibrate_kl(loaded, neutral_prompt_ids(loaded, texts), steering)
 
 
+def _coherence(
+    loaded: LoadedModel, cfg: DictConfig, steering: Steering, coeffs: list[float], dose: pd.DataFrame
+) -> pd.DataFrame:
+    """Coherence cost per coefficient: KL on the held-out neutral prompts, valid share, length."""
+    prompts = neutral_prompt_ids(loaded, load_neutral_prompts(str(cfg.kl.prompts)))
+    kl = coherence.mean_token_kl(loaded, prompts, steering, coeffs)
+    lengths = coherence.completion_lengths(loaded, list(dose["completion"]))
+    return coherence.cost_table(kl, coeffs, dose, lengths)
+
+
 def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: bool = True) -> None:
     """The six stages; fills ``metrics`` as it goes and writes each artifact when it is ready."""
     t = time.perf_counter
@@ -158,6 +169,7 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
         cache_key=ex.key,
         acts_key=ex.acts_key,
         n_pairs=len(pairs),
+        **ex.balance,
     )
 
     t0 = t()
@@ -169,9 +181,23 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
                     f"(loss {cfg.loss.name!r} at loss.layer={cfg.loss.layer} does not depend on it; "
                     "use modules before the loss layer or another loss)"
                 )
+    rows = ex.grads
+    if str(cfg.method.kind) == "vjp_steer":
+        read_layer = OmegaConf.select(cfg, "method.read_layer", default=None)
+        rows, vjp_meta = vjp_rows(
+            loaded,
+            _plain(cfg.model),
+            modules,
+            pairs,
+            int(cfg.loss.layer if read_layer is None else read_layer),
+            str(OmegaConf.select(cfg, "method.tokens", default="all")),
+            int(cfg.extract.batch_size),
+            root,
+        )
+        metrics.update(vjp_meta)
     fits = {
         m: fit_from_config(
-            cfg.method, ex.acts[m], ex.grads.get(m), ex.loss_grad_norms, seed=int(cfg.seed)
+            cfg.method, ex.acts[m], rows.get(m), ex.loss_grad_norms, seed=int(cfg.seed)
         )
         for m in modules
     }
@@ -238,8 +264,13 @@ def execute(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], progress: b
             groups=dose["question_id"],
         )
     )
+    cost = _coherence(loaded, cfg, steering, coeffs, dose)
+    artifacts.write_coherence(run_dir / "coherence.csv", cost)
+    metrics.update(coherence.summary(cost))
     title = f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
-    artifacts.plot_dose_response(run_dir / "dose_response.png", dose, title, x=str(cfg.regress_x))
+    artifacts.plot_dose_response(
+        run_dir / "dose_response.png", dose, title, x=str(cfg.regress_x), cost=cost
+    )
     metrics["time_regress_s"] = t() - t0
     if int(cfg.random_null.k) > 0:
         t0 = t()

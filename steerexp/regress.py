@@ -165,8 +165,8 @@ def journal_table(
     Columns: ``label_col``, the journal's metric columns (missing ones shown as nan), then,
     when present, the slope's 95% CI, ``vs_random``, ``p_random`` (Holm-adjusted when
     ``p_random_holm`` is there), ``null`` = ``ns`` for rows that do not beat the random null at
-    0.05, ``shift`` (the fitted log-ratio change over the grid, to set beside prompting's) and
-    ``dup_of``; then ``extra_cols`` (e.g. ``status``). Floats with two decimals.
+    0.05, ``shift`` (the fitted log-ratio change over the grid, to set beside prompting's), the
+    coherence cost ``kl_at_max`` and ``coherent_max`` (``steerexp.coherence``) and ``dup_of``; then ``extra_cols`` (e.g. ``status``). Floats with two decimals.
     """
     signed = pd.to_numeric(df["signed_score"], errors="coerce") if "signed_score" in df else None
     order = (signed if signed is not None else pd.Series(math.nan, index=df.index)).sort_values(
@@ -193,6 +193,9 @@ def journal_table(
         ]
     if "fitted_shift" in df and pd.to_numeric(df["fitted_shift"], errors="coerce").notna().any():
         table["shift"] = pd.to_numeric(df["fitted_shift"], errors="coerce")
+    for col in ("kl_at_max", "coherent_max"):
+        if col in df and pd.to_numeric(df[col], errors="coerce").notna().any():
+            table[col] = pd.to_numeric(df[col], errors="coerce")
     if "dup_of" in df and df["dup_of"].fillna("").astype(str).str.len().any():
         table["dup_of"] = df["dup_of"].fillna("").astype(str)
     for col in extra_cols:

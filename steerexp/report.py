@@ -31,6 +31,7 @@ import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from statsmodels.stats.multitest import multipletests  # noqa: E402
 
+from steerexp import reliability  # noqa: E402
 from steerexp.errors import SteerexpError, plain_name  # noqa: E402
 from steerexp.regress import journal_table  # noqa: E402
 
@@ -44,7 +45,7 @@ EXTRA_STAT_COLS = [
     "signed_score", "slope_ci_low", "slope_ci_high", "vs_random", "p_random", "p_random_holm", "p_random_rank",
     "anti_frac", "fitted_shift", "prompt_shift", "prompt_y_positive", "prompt_y_negative", "spearman",
     "n_valid", "n_rows", "pair_vote_frac", "null_k", "null_slope_mean", "null_slope_sd", "null_abs_median",
-    "null_abs_p95", "null_build_s",
+    "null_abs_p95", "null_build_s", "kl_at_max", "coherent_max",
 ]
 IDENTITY_COLS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "coeff_units", "seed"]
 TIME_COLS = [f"time_{s}_s" for s in ("load", "extract", "fit", "generate", "judge", "regress", "null", "total")]
@@ -54,7 +55,7 @@ RUN_COLS = [
 ]
 #: Two rows are duplicates when their directions' mean |cos| over the same modules is at least this.
 DUP_COS = 0.999
-METRIC_COLS = [*STAT_COLS, *EXTRA_STAT_COLS, *IDENTITY_COLS, *TIME_COLS, *RUN_COLS]
+METRIC_COLS = [*STAT_COLS, *EXTRA_STAT_COLS, *reliability.COLUMNS, *IDENTITY_COLS, *TIME_COLS, *RUN_COLS]
 OUTPUTS = ("ranking.csv", "ranking.md", "dose_response.png")
 #: In each report copy: the sweep dir it was made from, so a rebuild updates its own copy only.
 SOURCE_FILE = "source.txt"
@@ -237,7 +238,7 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
     private = ("error", "_group", "_index")
     extra = sorted(c for c in df.columns if c not in known and c not in private)
     df = df.reindex(columns=[*known, *extra, *private])
-    for c in [*STAT_COLS, *EXTRA_STAT_COLS, *TIME_COLS]:
+    for c in [*STAT_COLS, *EXTRA_STAT_COLS, *reliability.COLUMNS, *TIME_COLS]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in ("n_valid", "n_rows", "seed"):
         num = pd.to_numeric(df[c], errors="coerce")
@@ -250,6 +251,9 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
         rows = df.index[df["_group"] == group]
         df.loc[rows, "p_random_holm"] = holm(df.loc[rows, "p_random"])
         df.loc[rows, "dup_of"] = duplicates(df.loc[rows], sweep_dir)
+        ok = df.loc[rows, "status"] == "ok"
+        dirs = [sweep_dir / str(j) if good else None for j, good in zip(df.loc[rows, "job"], ok, strict=True)]
+        df.loc[rows, reliability.COLUMNS] = reliability.reliability(dirs).to_numpy()
     return df, keys
 
 
@@ -328,8 +332,9 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
 
 
 def footer(part: pd.DataFrame) -> list[str]:
-    """Under a table: the random null's spread and the prompting reference (one line per null)."""
-    lines = []
+    """Under a table: the order's reliability, the random null's spread and the prompting reference
+    (one line per null)."""
+    lines = ["", reliability.footer_line(part)] if (part["status"] == "ok").any() else []
     cols = ["null_k", "null_abs_median", "null_abs_p95", "prompt_shift", "null_cached", "null_build_s"]
     if "null_key" not in part or part["null_key"].isna().all():
         return lines

@@ -148,6 +148,10 @@ def test_artifacts_follow_the_spec(runs) -> None:
         json.loads(meta["scales"])
     ) == set(dirs)
     assert (d / "dose_response.png").stat().st_size > 1000
+    cost = pd.read_csv(d / "coherence.csv")
+    assert list(cost.columns) == ["coeff", "kl", "valid_frac", "mean_len"]
+    assert cost.loc[cost.coeff == 0, "kl"].item() == 0.0 and (cost["kl"] >= 0).all()
+    assert metrics["kl_at_max"] == cost["kl"].iloc[[0, -1]].max() and metrics["coherent_max"] > 0
     env = json.loads((d / "environment.json").read_text())
     assert env["packages"]["torch"] and "git_commit" in env
 
