@@ -2,8 +2,8 @@
 
 Runs, each in a fresh ``STEEREXP_CACHE``: the shipped organism's acceptance numbers, the default
 experiment (the README's end-to-end row), the journal's method table on ``hs`` and on
-``o_proj``, the three-loss table, and ``make bench``. The reference reports land in
-``multirun_reports/{journal_hs,journal_o_proj,losses}/``; everything printed is collected in
+``o_proj``, the three-loss table, the honesty concept given only as files, and ``make bench``.
+The reference reports land in ``multirun_reports/{journal_hs,journal_o_proj,losses,concept_files}/``; everything printed is collected in
 ``multirun_reports/FIGURES.md`` with the command behind each block, so a README figure can be
 traced to the run that made it. The min/median/max table over recipe seeds needs organism
 rebuilds (about 11 min each) and comes from ``make test-slow`` / ``--rebuild --seed N``
@@ -46,8 +46,22 @@ SECTIONS: dict[str, list[str]] = {
     "journal_hs": _sweep("journal_hs", f"method={JOURNAL_METHODS}", "module=hs"),
     "journal_o_proj": _sweep("journal_o_proj", f"method={JOURNAL_METHODS}", "module=o_proj"),
     "losses": _sweep("losses", f"method={JOURNAL_METHODS}", "loss=nll,hs_diff,reprpo_margin"),
+    "concept": _sweep(
+        "concept_files",
+        "method=mean_diff,pca_diff,pca_center,random",
+        "dataset=file",
+        "dataset.path=examples/organism_personas.jsonl",
+        "eval=file",
+        "eval.path=examples/organism_questions.jsonl",
+        'eval.prompt_template="{question}"',
+        'eval.answer_prefix="Final choice:"',
+        "eval.max_new_tokens=32",
+    ),
     "bench": [PY, "-m", "bench"],
 }
+
+
+SWEEPS = ("journal_hs", "journal_o_proj", "losses", "concept")
 
 
 def run_section(name: str, cache: Path) -> str:
@@ -55,16 +69,16 @@ def run_section(name: str, cache: Path) -> str:
     cmd = SECTIONS[name]
     env = {**os.environ, "STEEREXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - t0
     shown = " ".join(c if c != PY else "python" for c in cmd)
     out = proc.stdout.strip()
-    if name.startswith(("journal", "losses")):
-        out = (REPORTS / name / "ranking.md").read_text().strip() if proc.returncode == 0 else out
+    if name in SWEEPS:
+        report_name = next(a for a in cmd if a.startswith("report_name=")).split("=", 1)[1]
+        report = REPORTS / report_name / "ranking.md"
+        out = report.read_text().strip() if proc.returncode == 0 else out
     block = f"## {name}\n\n`{shown}` (exit {proc.returncode}, {seconds:.0f} s wall)\n\n"
-    block += out if name.startswith(("journal", "losses")) else f"```\n{out}\n```"
+    block += out if name in SWEEPS else f"```\n{out}\n```"
     if proc.returncode != 0:
         block += f"\n\nstderr (last lines):\n```\n{proc.stderr.strip()[-3000:]}\n```"
     print(block, flush=True)
@@ -89,7 +103,7 @@ def main(names: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="steerexp-figures-") as tmp:
         for name in names or list(SECTIONS):
             # The sweeps share one cache, as a user's sweeps would (the null is reused).
-            shared = name.startswith(("journal", "losses"))
+            shared = name in SWEEPS
             cache = Path(tmp) / ("sweeps" if shared else name)
             block = run_section(name, cache)
             failed += "(exit 0," not in block
