@@ -65,6 +65,18 @@ def _suffix_lines(name: str) -> list[str]:
 SUBSAMPLE_SEED = 0
 
 
+def subsample(pairs: list[Pair], max_pairs: Any) -> list[Pair]:
+    """At most ``max_pairs`` pairs (``dataset.max_pairs``; None = all), a seeded sample fixed by
+    the dataset, not the run."""
+    if max_pairs is None:
+        return pairs
+    if int(max_pairs) < 1:
+        raise SteerexpError(f"dataset.max_pairs={max_pairs} must be >= 1 (or null for all)")
+    if len(pairs) > int(max_pairs):
+        return random.Random(SUBSAMPLE_SEED).sample(pairs, int(max_pairs))
+    return pairs
+
+
 def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     """Persona pairs for every suffix (and its word-prefixes when ``truncate``), fixed subsample.
 
@@ -91,12 +103,7 @@ def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
         suffixes = list(dict.fromkeys(expanded))
     pos, neg = template.format(persona=pos_word), template.format(persona=neg_word)
     pairs = [Pair(pos, neg, s) for s in suffixes]
-    max_pairs = cfg.get("max_pairs")
-    if max_pairs is not None:
-        if int(max_pairs) < 1:
-            raise SteerexpError(f"dataset.max_pairs={max_pairs} must be >= 1 (or null for all)")
-        if len(pairs) > int(max_pairs):
-            pairs = random.Random(SUBSAMPLE_SEED).sample(pairs, int(max_pairs))
+    pairs = subsample(pairs, cfg.get("max_pairs"))
     if not pairs:
         raise SteerexpError(
             f"dataset {cfg.get('name')!r} yields no contrast pairs (empty suffix file?)"

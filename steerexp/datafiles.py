@@ -32,7 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from steerexp.data import SUBSAMPLE_SEED, Pair
+from steerexp.data import Pair, subsample
 from steerexp.errors import SteerexpError, choice_error
 
 FORMATS = ("csv", "hf", "json", "jsonl", "txt")
@@ -329,12 +329,7 @@ def file_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
         pairs = _alternating_pairs(table, rows)
     else:
         pairs = [_row_pair(table, shape, r) for r in rows]
-    max_pairs = cfg.get("max_pairs")
-    if max_pairs is not None:
-        if int(max_pairs) < 1:
-            raise SteerexpError(f"dataset.max_pairs={max_pairs} must be >= 1 (or null for all)")
-        if len(pairs) > int(max_pairs):
-            pairs = random.Random(SUBSAMPLE_SEED).sample(pairs, int(max_pairs))
+    pairs = subsample(pairs, cfg.get("max_pairs"))
     return pairs
 
 
