@@ -6,6 +6,7 @@ artifact; ``status.json`` is written last, so ``ok`` there means every artifact 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -190,13 +191,21 @@ def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:
     )
 
 
+def write_frame(path: Path, df: pd.DataFrame, **kwargs: Any) -> Path:
+    """A table as CSV with every text field quoted: completions may hold a bare ``\r``, which
+    pandas' minimal quoting leaves alone and its reader then takes for a line break."""
+    return atomic_write(
+        path, lambda p: df.to_csv(p, index=False, quoting=csv.QUOTE_NONNUMERIC, **kwargs)
+    )
+
+
 def write_dose_response(path: Path, df: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda p: df[DOSE_COLUMNS].to_csv(p, index=False))
+    return write_frame(path, df[DOSE_COLUMNS])
 
 
 def write_coherence(path: Path, table: pd.DataFrame) -> Path:
     """``coherence.csv``: per coefficient, KL on neutral prompts, valid fraction, completion length."""
-    return atomic_write(path, lambda p: table.to_csv(p, index=False))
+    return write_frame(path, table)
 
 
 def plot_dose_response(
@@ -209,7 +218,9 @@ def plot_dose_response(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 1 if cost is None else 2, figsize=(6 if cost is None else 11, 4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 1 if cost is None else 2, figsize=(6 if cost is None else 11, 4), squeeze=False
+    )
     ax = axes[0, 0]
     ok = df[df["valid"] & np.isfinite(df["log_ratio"])]
     ax.scatter(ok["coeff"], ok["log_ratio"], s=12, alpha=0.4, label="rows")
@@ -225,9 +236,13 @@ def plot_dose_response(
     ax.legend(fontsize=8)
     if cost is not None:
         kl_ax = axes[0, 1]
-        kl_ax.plot(cost["coeff"], cost["kl"], "o-", color="C3", label="mean token KL (neutral prompts)")
+        kl_ax.plot(
+            cost["coeff"], cost["kl"], "o-", color="C3", label="mean token KL (neutral prompts)"
+        )
         kl_ax.axhline(1.0, color="C3", lw=0.6, ls=":")
-        kl_ax.set(xlabel="coefficient", ylabel="KL(steered || unsteered), nats", title="coherence cost")
+        kl_ax.set(
+            xlabel="coefficient", ylabel="KL(steered || unsteered), nats", title="coherence cost"
+        )
         frac_ax = kl_ax.twinx()
         frac_ax.plot(cost["coeff"], cost["valid_frac"], "s--", color="C0", label="valid fraction")
         frac_ax.axhline(0.8, color="C0", lw=0.6, ls=":")

@@ -41,7 +41,9 @@ from steerexp.judge import AnswerSpec, judge_rows
 from steerexp.methods import fit_from_config
 from steerexp.regress import regress, transform_x
 
-NULL_VERSION = 2  # 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex
+# 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex
+# 3: text fields quoted (a completion's bare \r split rows of version-2 files)
+NULL_VERSION = 3
 PERSONAS = ("positive", "negative")
 NULL_COLUMNS = [*artifacts.DOSE_COLUMNS, "direction", "persona"]
 
@@ -84,7 +86,7 @@ def _store(entry: Path, dose: pd.DataFrame, meta: Mapping[str, Any]) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{entry.name}.tmp-", dir=entry.parent))
     try:
-        dose.to_csv(tmp / "dose.csv", index=False, float_format="%.17g")
+        artifacts.write_frame(tmp / "dose.csv", dose, float_format="%.17g")
         artifacts.write_json(tmp / "meta.json", meta)
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,30 @@ def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
     with safe_open(str(tmp_path / "0.st"), "pt") as f:
         assert f.metadata()["raw_norms"] == '{"a": 2, "b": 1}'
         assert torch.equal(f.get_tensor("model.layers.3"), torch.ones(4))
+
+
+def test_completions_with_carriage_returns_round_trip(tmp_path: Path) -> None:
+    """A sampled completion may hold a bare ``\\r``; every row must read back as written."""
+    from steerexp import artifacts
+
+    dose = pd.DataFrame(
+        {
+            "question_id": ["q1", "q2", "q3"],
+            "coeff": [-0.5, 0.0, 0.5],
+            "repeat": [0, 1, 2],
+            "log_ratio": [1.5, float("nan"), -2.25],
+            "pmass": [0.9, float("nan"), 0.8],
+            "valid": [True, False, True],
+            "forced": [False, False, False],
+            "completion": ["Final choice: No", 'brok\ren\x0b text, "quoted"', ""],
+            "stop_reason": ["regex", "length", "stop_token"],
+        }
+    )
+    artifacts.write_dose_response(tmp_path / "dose_response.csv", dose)
+    back = pd.read_csv(tmp_path / "dose_response.csv", keep_default_na=False, na_values=[""])
+    assert len(back) == 3 and list(back["question_id"]) == ["q1", "q2", "q3"]
+    assert back["completion"].fillna("").tolist() == dose["completion"].tolist()
+    assert back["valid"].tolist() == [True, False, True]
+    null._store(tmp_path / "entry", dose.assign(direction=0, persona=""), {"k": 1})
+    loaded = null._load(tmp_path / "entry")
+    assert loaded is not None and loaded[0]["completion"].tolist() == dose["completion"].tolist()
