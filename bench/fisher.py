@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from steerexp.methods import fit_from_config, load_method_config
+from steerexp.methods import fit_from_config, load_method_config, pair_vote
 
 METHOD = "fisher_steer_cov_reg1"
 N, D = 256, 9728
@@ -61,9 +61,8 @@ def dense_direction(grads: torch.Tensor) -> torch.Tensor:
     lam = float(cfg["reg"]) * float(torch.trace(f)) / d
     f.diagonal().add_(lam)
     x = torch.linalg.solve(f, gbar)
-    if float(((grads[1::2] - grads[0::2]) @ x).mean()) < 0:
-        x = -x
-    return x / x.norm()
+    keep, _ = pair_vote(x, grads)  # SPEC 4.3's one sign rule (the acts here are the grads)
+    return (x if keep else -x) / x.norm()
 
 
 def _status_kb(key: str) -> int:
