@@ -24,7 +24,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp import CONF_DIR
-from steerexp.errors import SteerexpError, choice_error, error_text, plain_name
+from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
 
 log = logging.getLogger("steerexp")
 
@@ -202,7 +202,7 @@ def check_args(args: list[str]) -> None:
 
 def _interrupted(multirun: bool) -> int:
     """Ctrl-C: rank the finished jobs of the sweep (the rest marked interrupted), say so in one line."""
-    from steerexp import callbacks
+    from steerexp.sweep import callbacks
 
     if not multirun:
         print("steerexp: interrupted (the run dir records status 'interrupted')", file=sys.stderr)
@@ -214,7 +214,7 @@ def _interrupted(multirun: bool) -> int:
 
 def cli() -> None:
     """Entry point of ``python -m steerexp``; exit codes in the module docstring."""
-    from steerexp import callbacks
+    from steerexp.sweep import callbacks
 
     args = sys.argv[1:]
     multirun = "-m" in args or "--multirun" in args

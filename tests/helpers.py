@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp import CONF_DIR
-from steerexp.models import LoadedModel, load_model
+from steerexp.core.models import LoadedModel, load_model
 
 
 def compose_cfg(*overrides: str) -> DictConfig:

@@ -10,9 +10,9 @@ import pytest
 from helpers import compose_cfg
 
 from steerexp import CONF_DIR
-from steerexp.errors import SteerexpError
-from steerexp.methods import METHODS
+from steerexp.core.errors import SteerexpError
 from steerexp.pipeline import check_config
+from steerexp.stages.fit.methods import METHODS
 
 GROUPS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "logger"]
 REPO = Path(__file__).resolve().parent.parent

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import steerexp
-import steerexp.fisher as fisher_module
-from steerexp.errors import SteerexpError
-from steerexp.fisher import fisher_rows, solve_fisher
-from steerexp.methods import (
+import steerexp.stages.fit.fisher as fisher_module
+from steerexp.core.errors import SteerexpError
+from steerexp.stages.fit.fisher import fisher_rows, solve_fisher
+from steerexp.stages.fit.methods import (
     fit_direction,
     fit_from_config,
     load_method_config,
@@ -149,7 +149,7 @@ def dense_reference(
 
 @pytest.fixture(params=["kernel", "orthogonal"])
 def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which route of :mod:`steerexp.fisher` must answer (n < d); the orthogonal one is forced
+    """Which route of :mod:`steerexp.stages.fit.fisher` must answer (n < d); the orthogonal one is forced
     by making the kernel route's error bound unattainable."""
     if request.param == "orthogonal":
         monkeypatch.setattr(fisher_module, "MAX_FORWARD_BOUND", -1.0)

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerexp import regress, reliability, report
+from steerexp.core.transforms import symlog
+from steerexp.stages.regress import ols as regress
+from steerexp.sweep import reliability, report
 
 COEFFS = [-4.0, -1.0, 0.0, 1.0, 4.0]
 
@@ -34,7 +36,7 @@ def make_sweep(
             q_slope = slope + q_spread * rng.standard_normal()
             for c in COEFFS:
                 for rep in range(2):
-                    y = q_slope * regress.symlog(c) + noise * rng.standard_normal()
+                    y = q_slope * symlog(c) + noise * rng.standard_normal()
                     rows.append(
                         {
                             "question_id": f"q{q}",

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from steerexp import callbacks, report
-from steerexp.errors import SteerexpError
+from steerexp.core.errors import SteerexpError
+from steerexp.sweep import callbacks, report
 
 REPO = Path(__file__).resolve().parent.parent
 JOURNAL_HEADER = ["method", "slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
@@ -190,7 +190,7 @@ def test_launcher_presets_compose(launcher: str) -> None:
 
 
 def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from steerexp import tracking
+    from steerexp.sweep import tracking
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
@@ -222,7 +222,7 @@ def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: 
 
 
 def test_none_logger_and_unknown_logger() -> None:
-    from steerexp import tracking
+    from steerexp.sweep import tracking
 
     logger = tracking.make_logger(OmegaConf.create({"name": "none"}))
     logger.start(OmegaConf.create({}), Path("."))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steerexp.tracking import read_offline_run
+from steerexp.sweep.tracking import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
 STATS = ["slope", "r2", "valid_frac", "p_value", "score", "min", "max"]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 import steerexp
-from steerexp.errors import SteerexpError
+from steerexp.core.errors import SteerexpError
 
 #: Bump whenever the corpus, tokenizer or training recipe changes (and run `make organism`).
 RECIPE_VERSION = "v4"
@@ -113,7 +113,7 @@ def build(
             tok = build_tokenizer()
             save(train(tok, Recipe(seed=seed), progress=progress), tok, tmp)
             write_manifest(tmp, seed)
-            from steerexp.cache import apply_umask
+            from steerexp.core.cache import apply_umask
 
             apply_umask(tmp)  # mkdtemp makes it 0700: a shared cache must stay readable
             if path.exists():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerexp import cache
-from steerexp.balance import combine, has_terms
-from steerexp.data import Pair
-from steerexp.errors import SteerexpError
-from steerexp.losses import LOSS_TERMS, LOSSES, LossInputs
-from steerexp.models import LoadedModel, model_fingerprint
+from steerexp.core import cache
+from steerexp.core.data import Pair
+from steerexp.core.errors import SteerexpError
+from steerexp.core.models import LoadedModel, model_fingerprint
+from steerexp.core.results import Extraction
+from steerexp.core.tokens import encode, first_output, last_token_index, left_pad, model_inputs
+from steerexp.stages.extract.balance import combine, has_terms
+from steerexp.stages.extract.losses import LOSS_TERMS, LOSSES, LossInputs
 
 EXTRACT_VERSION = 2
 LOGP_TOKENS = ("suffix", "all")
@@ -38,32 +39,6 @@ LOGP_TOKENS = ("suffix", "all")
 #: gradient at the read token only; note it is identically zero for ``nll``, since the
 #: last position predicts no token of the sequence.
 GRAD_TOKENS = ("all", "last")
-
-
-@dataclass
-class Extraction:
-    """Per module ``acts``/``grads`` ``[n, d]`` float32, rows interleaved (``0::2`` positive).
-
-    Without gradients (``need_grads=False``) ``grads`` is empty and ``logp``/``loss_grad_norms``
-    are None; ``key`` is then ``acts_key``. ``loss_grad_norms[i]`` is the squared norm of the
-    gradient of row i's own loss term (no 1/n_pairs factor) w.r.t. its loss-layer output."""
-
-    modules: list[str]
-    acts: dict[str, Tensor]
-    grads: dict[str, Tensor]
-    logp: Tensor | None
-    loss_grad_norms: Tensor | None
-    key: str
-    cached: bool = False
-    seconds: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
-    acts_key: str = ""
-    #: losses with several terms: weights, term values and gradient shares (steerexp.balance)
-    balance: dict[str, Any] = field(default_factory=dict)
-
-    def act_norm(self, module: str) -> float:
-        """Mean ``||h||`` of the module over the extraction set (the ``norm`` coefficient unit)."""
-        return float(self.acts[module].norm(dim=-1).mean())
 
 
 _MEMO: dict[str, dict[str, Tensor]] = {}
@@ -83,55 +58,6 @@ def loss_layer_path(n_layers: int, layer: int) -> str:
     if k == 0:
         return "model.embed_tokens"
     return "model.norm" if k == n_layers else f"model.layers.{k - 1}"
-
-
-def encode(
-    tokenizer: Any, messages: list[dict[str, str]], chat_kwargs: Mapping[str, Any]
-) -> tuple[list[int], int]:
-    """Token ids of the open assistant turn and how many of them are the suffix."""
-    full = tokenizer.apply_chat_template(
-        messages, tokenize=False, continue_final_message=True, **chat_kwargs
-    )
-    prefix = tokenizer.apply_chat_template(
-        messages[:-1], tokenize=False, add_generation_prompt=True, **chat_kwargs
-    )
-    if full.startswith(prefix):
-        head = tokenizer(prefix, add_special_tokens=False).input_ids
-        tail = tokenizer(full[len(prefix) :], add_special_tokens=False).input_ids
-        return head + tail, len(tail)
-    ids = tokenizer(full, add_special_tokens=False).input_ids
-    n = len(tokenizer(messages[-1]["content"], add_special_tokens=False).input_ids)
-    return ids, min(n, len(ids) - 1)
-
-
-def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Left-padded ids and attention mask."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def model_inputs(ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """Forward kwargs for a left-padded batch: positions count real tokens only (as in ``generate``)."""
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "position_ids": (mask.cumsum(-1) - 1).clamp_min(0),
-    }
-
-
-def last_token_index(mask: Tensor) -> Tensor:
-    """Index of the last non-padding token of each row (any padding side)."""
-    width = mask.shape[1]
-    return width - 1 - mask.flip(-1).argmax(-1)
-
-
-def _first(out: Any) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out
 
 
 def cache_payload(
@@ -183,7 +109,7 @@ def _run_batch(
         for p in paths:
             saved.append(loaded.envoy(p).output.save())
         logits = loaded.lm.output.logits.save()
-    outs = {p: _first(o) for p, o in zip(paths, saved, strict=True)}
+    outs = {p: first_output(o) for p, o in zip(paths, saved, strict=True)}
     rows = torch.arange(ids.shape[0], device=ids.device)
     last = last_token_index(mask)
     result = {f"acts/{m}": outs[m][rows, last].detach().float().cpu() for m in modules}

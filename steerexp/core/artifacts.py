@@ -24,20 +24,10 @@ import pandas as pd
 import torch
 from safetensors.torch import save
 
-from steerexp.cache import apply_umask
-from steerexp.regress import transform_x
+from steerexp.core.cache import apply_umask
+from steerexp.core.columns import DOSE_COLUMNS
+from steerexp.core.transforms import transform_x
 
-DOSE_COLUMNS = [
-    "question_id",
-    "coeff",
-    "repeat",
-    "log_ratio",
-    "pmass",
-    "valid",
-    "forced",
-    "completion",
-    "stop_reason",
-]
 PACKAGES = (
     "steerexp",
     "torch",

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from steerexp.errors import SteerexpError, choice_error
+from steerexp.core.errors import SteerexpError, choice_error
 
 FISHERS = ("ief", "emp", "cov")
 REG_SCALES = ("relative", "absolute")

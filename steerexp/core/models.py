@@ -32,8 +32,8 @@ from transformers import (
 )
 
 from steerexp import cache_dir
-from steerexp.cache import apply_umask
-from steerexp.errors import SteerexpError, choice_error
+from steerexp.core.cache import apply_umask
+from steerexp.core.errors import SteerexpError, choice_error
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = (None, "4bit", "8bit")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 # Jobs of the last ranked sweep whose status is not "ok" (failed or missing). Read it as a module
-# attribute (``steerexp.callbacks.LAST_SWEEP_FAILED``): ``from ... import`` would copy the old value.
+# attribute (``steerexp.sweep.callbacks.LAST_SWEEP_FAILED``): ``from ... import`` would copy the old value.
 LAST_SWEEP_FAILED: int = 0
 # Why the last report could not be built (one line), or None when it was written.
 LAST_SWEEP_ERROR: str | None = None
@@ -33,7 +33,7 @@ class RankingCallback(Callback):
     ``reports_root``: where the copy goes (None -> ``<repo>/multirun_reports``); ``print_tables``: echo
     ``ranking.md`` to stdout. The report's folder name is the config's ``report_name`` when set, else
     ``<date>_<time>-<id>`` of the sweep dir; ``report_overwrite`` decides what happens when another
-    sweep's report has that name (see :func:`steerexp.report.build_report`). Never raises: a report
+    sweep's report has that name (see :func:`steerexp.sweep.report.build_report`). Never raises: a report
     error is logged and kept in ``LAST_SWEEP_ERROR``.
     """
 
@@ -58,7 +58,7 @@ class RankingCallback(Callback):
         global LAST_SWEEP_FAILED, LAST_SWEEP_ERROR
         LAST_SWEEP_FAILED, LAST_SWEEP_ERROR = 0, None
         try:
-            from steerexp.report import DEFAULT_REPORTS_ROOT, build_report
+            from steerexp.sweep.report import DEFAULT_REPORTS_ROOT, build_report
 
             raw = OmegaConf.select(config, "hydra.sweep.dir", default=None)
             if raw is None:

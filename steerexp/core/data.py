@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steerexp import DATA_DIR
-from steerexp.errors import SteerexpError, choice_error
+from steerexp.core.errors import SteerexpError, choice_error
 
 Message = dict[str, str]
 
@@ -83,7 +83,7 @@ def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     A config with a ``path`` (``dataset=file|caa``) reads its pairs from that file instead.
     """
     if "path" in cfg:
-        from steerexp.datafiles import file_pairs
+        from steerexp.core.datafiles import file_pairs
 
         return file_pairs(cfg)
     template = str(cfg["template"])

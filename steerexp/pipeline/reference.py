@@ -33,13 +33,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from steerexp import artifacts
-from steerexp.data import Question
-from steerexp.generate import RowSpec, generate_rows, grid, make_rescore, with_system
-from steerexp.intervene import Steering
-from steerexp.judge import AnswerSpec, judge_rows
-from steerexp.methods import fit_from_config
-from steerexp.regress import regress, transform_x
+from steerexp.core import artifacts
+from steerexp.core.answers import AnswerSpec
+from steerexp.core.data import Question
+from steerexp.core.steering import Steering
+from steerexp.core.transforms import transform_x
+from steerexp.stages.fit.methods import fit_from_config
+from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, make_rescore, with_system
+from steerexp.stages.judge.judges import judge_rows
+from steerexp.stages.regress.ols import regress
 
 # 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex
 # 3: text fields quoted (a completion's bare \r split rows of version-2 files)

@@ -21,9 +21,9 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp.artifacts import jsonable
-from steerexp.errors import SteerexpError, choice_error
-from steerexp.registry import Registry
+from steerexp.core.artifacts import jsonable
+from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -9,31 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.optimize import brentq
 from torch import Tensor
 
-from steerexp.errors import choice_error
-from steerexp.extract import Extraction, left_pad, model_inputs
-from steerexp.models import LoadedModel
+from steerexp.core.errors import choice_error
+from steerexp.core.models import LoadedModel
+from steerexp.core.results import Extraction
+from steerexp.core.steering import Steering, steered_logits
+from steerexp.core.tokens import left_pad
 
 COEFF_UNITS = ("norm", "raw", "kl")
 KL_TARGET = 1.0
 KL_QUANTILE = 0.95
-
-
-@dataclass
-class Steering:
-    """Unit directions and their per-module scale ``s`` (one coefficient unit, in activation space)."""
-
-    vectors: dict[str, Tensor]
-    scales: dict[str, float]
-
-    def scaled(self, factor: float) -> Steering:
-        return Steering(self.vectors, {m: s * factor for m, s in self.scales.items()})
 
 
 def base_scales(units: str, extraction: Extraction, modules: Sequence[str]) -> dict[str, float]:
@@ -43,39 +33,6 @@ def base_scales(units: str, extraction: Extraction, modules: Sequence[str]) -> d
     if units == "raw":
         return {m: 1.0 for m in modules}
     return {m: extraction.act_norm(m) for m in modules}
-
-
-def shifts(steering: Steering, coeffs: Tensor, device: torch.device) -> dict[str, Tensor]:
-    """Per module, the ``[B, 1, d]`` float32 shift ``coeffs[row] * s * v`` (exact zeros at c = 0)."""
-    c = coeffs.to(device, torch.float32)[:, None, None]
-    return {
-        m: c * (steering.scales[m] * steering.vectors[m].to(device, torch.float32))
-        for m in steering.vectors
-    }
-
-
-def steer(loaded: LoadedModel, deltas: dict[str, Tensor]) -> None:
-    """Inside a trace or generation step: add each module's shift to its output, in the order the
-    model runs them (:meth:`LoadedModel.forward_order`), whatever order ``deltas`` has."""
-    for m in loaded.forward_order(list(deltas)):
-        delta = deltas[m]
-        envoy = loaded.envoy(m)
-        out = envoy.output
-        h = out[0] if isinstance(out, tuple) else out
-        new = h + delta.to(h.dtype)
-        envoy.output = (new, *out[1:]) if isinstance(out, tuple) else new
-
-
-def steered_logits(
-    loaded: LoadedModel, ids: Tensor, mask: Tensor, steering: Steering | None, coeffs: Tensor | None
-) -> Tensor:
-    """Logits of one forward pass, steered per row (or not at all)."""
-    ids, mask = ids.to(loaded.device), mask.to(loaded.device)
-    deltas = shifts(steering, coeffs, loaded.device) if steering is not None and coeffs is not None else {}
-    with torch.no_grad(), loaded.lm.trace(model_inputs(ids, mask)):
-        steer(loaded, deltas)
-        logits = loaded.lm.output.logits.save()
-    return logits
 
 
 def kl_quantile(

@@ -34,11 +34,12 @@ from transformers import (
     TemperatureLogitsWarper,
 )
 
-from steerexp.data import Question, question_messages
-from steerexp.extract import left_pad
-from steerexp.intervene import Steering, shifts, steer, steered_logits
-from steerexp.judge import AnswerSpec, GenRow
-from steerexp.models import LoadedModel
+from steerexp.core.answers import AnswerSpec
+from steerexp.core.data import Question, question_messages
+from steerexp.core.models import LoadedModel
+from steerexp.core.results import GenRow
+from steerexp.core.steering import Steering, shifts, steer, steered_logits
+from steerexp.core.tokens import left_pad
 
 
 @dataclass(frozen=True)

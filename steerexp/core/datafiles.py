@@ -32,8 +32,8 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from steerexp.data import Pair, subsample
-from steerexp.errors import SteerexpError, choice_error
+from steerexp.core.data import Pair, subsample
+from steerexp.core.errors import SteerexpError, choice_error
 
 FORMATS = ("csv", "hf", "json", "jsonl", "txt")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt"}

@@ -19,8 +19,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp import artifacts, cache, cache_dir, coherence, null
-from steerexp.data import (
+from steerexp import cache_dir
+from steerexp.core import artifacts, cache
+from steerexp.core.answers import AnswerSpec, make_answer_spec
+from steerexp.core.columns import journal_table
+from steerexp.core.data import (
     Pair,
     Question,
     answer_regex,
@@ -29,24 +32,27 @@ from steerexp.data import (
     load_pairs,
     load_questions,
 )
-from steerexp.datafiles import prepare_eval, record_split
-from steerexp.errors import SteerexpError, choice_error, error_text
-from steerexp.extract import GRAD_TOKENS, extract
-from steerexp.generate import generate_rows, grid, make_rescore
-from steerexp.intervene import (
+from steerexp.core.datafiles import prepare_eval, record_split
+from steerexp.core.errors import SteerexpError, choice_error, error_text
+from steerexp.core.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
+from steerexp.core.steering import Steering
+from steerexp.core.transforms import X_TRANSFORMS
+from steerexp.pipeline import reference as null
+from steerexp.stages.extract.activations import GRAD_TOKENS, extract
+from steerexp.stages.extract.losses import LOSSES
+from steerexp.stages.extract.vjp import vjp_rows
+from steerexp.stages.fit.methods import METHODS, DirectionFit, fit_from_config
+from steerexp.stages.generate.rows import generate_rows, grid, make_rescore
+from steerexp.stages.intervene.scales import (
     COEFF_UNITS,
-    Steering,
     base_scales,
     calibrate_kl,
     neutral_prompt_ids,
 )
-from steerexp.judge import JUDGES, AnswerSpec, judge_rows, make_answer_spec
-from steerexp.losses import LOSSES
-from steerexp.methods import METHODS, DirectionFit, fit_from_config
-from steerexp.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
-from steerexp.regress import X_TRANSFORMS, journal_table, regress
-from steerexp.tracking import make_logger
-from steerexp.vjp import vjp_rows
+from steerexp.stages.judge.judges import JUDGES, judge_rows
+from steerexp.stages.regress import coherence
+from steerexp.stages.regress.ols import regress
+from steerexp.sweep.tracking import make_logger
 
 IDENTITY = ("model", "module", "method", "loss", "dataset", "eval", "judge")
 

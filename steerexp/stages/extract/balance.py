@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import Tensor
 
-from steerexp.errors import SteerexpError
-from steerexp.losses import LOSS_TERMS
+from steerexp.core.errors import SteerexpError
+from steerexp.stages.extract.losses import LOSS_TERMS
 
 DEFAULT_TARGET = 0.5
 

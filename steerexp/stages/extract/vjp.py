@@ -19,20 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerexp import cache
-from steerexp.data import Pair
-from steerexp.errors import SteerexpError
-from steerexp.extract import (
-    _first,
-    cache_payload,
-    encode,
-    extract,
-    last_token_index,
-    left_pad,
-    loss_layer_path,
-    model_inputs,
-)
-from steerexp.models import LoadedModel
+from steerexp.core import cache
+from steerexp.core.data import Pair
+from steerexp.core.errors import SteerexpError
+from steerexp.core.models import LoadedModel
+from steerexp.core.tokens import encode, first_output, last_token_index, left_pad, model_inputs
+from steerexp.stages.extract.activations import cache_payload, extract, loss_layer_path
 
 VJP_VERSION = 1
 TOKENS = ("all", "last")
@@ -112,7 +104,7 @@ def vjp_rows(
         with loaded.lm.trace(model_inputs(ids, mask)):
             for p in paths:
                 saved.append(loaded.envoy(p).output.save())
-        outs = {p: _first(o) for p, o in zip(paths, saved, strict=True)}
+        outs = {p: first_output(o) for p, o in zip(paths, saved, strict=True)}
         rows = torch.arange(ids.shape[0], device=ids.device)
         h_read = outs[read_path][rows, last_token_index(mask)]
         for m, g in pullback({m: outs[m] for m in modules}, h_read, u, mask, tokens).items():

@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from steerexp.regress import transform_x
+from steerexp.core.transforms import transform_x
 
 #: Fewer questions than this and the order's stability cannot be judged (columns are NaN).
 MIN_QUESTIONS = 4

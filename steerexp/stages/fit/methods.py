@@ -1,0 +1,307 @@
+"""Direction methods (SPEC §4.3): fit one unit steering vector per module from A and G.
+
+Inputs are interleaved pairs: ``acts[0::2]`` positive, ``acts[1::2]`` negative (same for
+``grads``). Every method returns a raw direction; :func:`fit_from_config` normalises it and
+fixes its sign by one rule (SPEC 4.3), so ``+v`` means "more like the positive persona":
+
+- pair vote, every method except ``random``: keep ``v`` if ``(a⁺ − a⁻)·v > 0`` in the majority
+  of pairs (ties: by the mean projection), else ``−v``;
+- gradient methods (``svd_steer``, ``fisher``, ``fisher_dual``) also record the first-order
+  verdict ``mean((g⁻ − g⁺)·v) ≥ 0`` on the final ``v`` (``grad_rule``) and whether the unflipped
+  raw direction's verdict agreed with the vote (``grad_rule_agrees``): under ``nll`` on the
+  organism they disagree, a finding, not a reason to point a row away from the trait;
+- ``random`` is never flipped (it is the null).
+
+Methods are registered by ``kind``; a ``conf/method/<name>.yaml`` file picks the kind and its
+parameters, so names are never parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+import steerexp
+from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.core.registry import Registry
+from steerexp.stages.fit.fisher import solve_fisher
+
+Info = dict[str, float | str | bool]
+COMBINES = ("mean", "pos", "neg", "diff")
+
+
+@dataclass
+class DirectionFit:
+    """A fitted direction: unit float32 ``vector [d]``, its pre-normalisation norm, and metadata."""
+
+    vector: Tensor
+    raw_norm: float
+    info: Info = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Validated inputs of one module: ``acts``, ``grads`` ``[n, d]``, ``loss_grad_norms [n]``.
+
+    ``acts`` (every method's sign needs the pair vote) and, for gradient methods, ``grads`` are
+    float64 on the CPU (n×d is small; float64 matters more than a GPU here); unused ``grads``
+    pass through unconverted (only their shape matters).
+    """
+
+    acts: Tensor
+    grads: Tensor | None
+    loss_grad_norms: Tensor | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``fit(cfg, inputs) -> (raw float64 direction, info)``."""
+
+    fit: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]
+    uses_grads: bool
+
+
+METHODS: Registry[Method] = Registry("method kind")
+
+
+def _register(
+    kind: str, uses_grads: bool
+) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
+    def deco(fn: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]) -> Method:
+        return METHODS.register(kind)(Method(fn, uses_grads))
+
+    return deco
+
+
+def _top_right_singular(x: Tensor) -> Tensor:
+    """First right singular vector of ``x`` (the top principal axis of its rows, uncentred)."""
+    return torch.linalg.svd(x, full_matrices=False)[2][0]
+
+
+@_register("mean_diff", uses_grads=False)
+def _mean_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """``mean(a⁺ − a⁻)`` over pairs."""
+    return (x.acts[0::2] - x.acts[1::2]).mean(dim=0), {}
+
+
+@_register("pca_diff", uses_grads=False)
+def _pca_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Top right singular vector of ``D − mean(D)``, ``D = A⁺ − A⁻`` (needs variance along the trait)."""
+    diff = x.acts[0::2] - x.acts[1::2]
+    return _top_right_singular(diff - diff.mean(dim=0)), {}
+
+
+@_register("pca_center", uses_grads=False)
+def _pca_center(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Top right singular vector of the activations minus each pair's own mean (rows ``±D/2``)."""
+    pair_mean = (x.acts[0::2] + x.acts[1::2]) / 2
+    return _top_right_singular(x.acts - pair_mean.repeat_interleave(2, dim=0)), {}
+
+
+@_register("random", uses_grads=False)
+def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """A Gaussian vector from ``torch.Generator().manual_seed(seed)``; uses the data only for d."""
+    gen = torch.Generator().manual_seed(int(x.seed))
+    return torch.randn(x.acts.shape[1], generator=gen, dtype=torch.float64), {"seed": float(x.seed)}
+
+
+@_register("svd_steer", uses_grads=True)
+def _svd_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Top right singular vector of the centred gradients ``G − mean(G)``."""
+    assert x.grads is not None
+    return _top_right_singular(x.grads - x.grads.mean(dim=0)), {}
+
+
+@_register("vjp_steer", uses_grads=False)
+def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Mean of the pulled-back rows ``Jᵢᵀu`` (passed as ``grads``; :func:`steerexp.stages.extract.vjp.vjp_rows`)."""
+    if x.grads is None:
+        raise SteerexpError(
+            "method vjp_steer needs the read-layer contrast pulled back to the module "
+            "(steerexp.stages.extract.vjp.vjp_rows), passed as grads"
+        )
+    return x.grads.double().mean(dim=0), {}
+
+
+def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The Fisher parameters of a method config, with SPEC defaults (iEF, reg2, relative)."""
+    return {
+        "fisher": str(cfg.get("fisher", "ief")),
+        "reg": float(cfg.get("reg", 1e-2)),
+        "reg_scale": str(cfg.get("reg_scale", "relative")),
+    }
+
+
+@_register("fisher", uses_grads=True)
+def _fisher(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """``(F + λI)⁻¹ ḡ`` over all rows (see :mod:`steerexp.stages.fit.fisher`)."""
+    assert x.grads is not None
+    sol = solve_fisher(x.grads, loss_grad_norms=x.loss_grad_norms, **_fisher_args(cfg))
+    return sol.vector, sol.info
+
+
+@_register("fisher_dual", uses_grads=True)
+def _fisher_dual(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """``v± = (F± + λI)⁻¹ ḡ±`` per side; ``combine``: pos → v⁺, neg → v⁻, diff → v⁺ − v⁻, mean → (v⁺ + v⁻)/2."""
+    assert x.grads is not None
+    combine = str(cfg.get("combine", "mean"))
+    if combine not in COMBINES:
+        raise choice_error("combine", combine, COMBINES)
+    args = _fisher_args(cfg)
+    info: Info = {"combine": combine}
+    side: dict[str, Tensor] = {}
+    for name, rows in (("pos", slice(0, None, 2)), ("neg", slice(1, None, 2))):
+        if combine in (name, "mean", "diff"):
+            lgn = None if x.loss_grad_norms is None else x.loss_grad_norms[rows]
+            sol = solve_fisher(x.grads[rows], loss_grad_norms=lgn, **args)
+            side[name] = sol.vector
+            info.update({f"{name}.{k}": val for k, val in sol.info.items()})
+    info.update(
+        {"fisher": args["fisher"], "reg_scale": args["reg_scale"], "reg_requested": args["reg"]}
+    )
+    info["reg_used"] = max(float(info[f"{s}.reg_used"]) for s in side)
+    info["reg_fallback"] = any(bool(info[f"{s}.reg_fallback"]) for s in side)
+    if combine == "pos":
+        return side["pos"], info
+    if combine == "neg":
+        return side["neg"], info
+    if combine == "diff":
+        return side["pos"] - side["neg"], info
+    return (side["pos"] + side["neg"]) / 2, info
+
+
+def pair_vote(v: Tensor, acts: Tensor) -> tuple[bool, float]:
+    """Whether ``+v`` wins the pair vote (ties: by the mean projection), and its share of pairs."""
+    p = acts.to(v.dtype) @ v
+    proj = p[0::2] - p[1::2]
+    votes = int(torch.sign(proj).sum())
+    keep = votes > 0 or (votes == 0 and float(proj.mean()) >= 0)
+    return keep, float((proj > 0).double().mean())
+
+
+def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool, kind: str) -> tuple[Tensor, Info]:
+    """Apply the sign rule of the module docstring; returns the oriented ``v`` and what was decided."""
+    if kind == "random":
+        return v, {"flipped": False}
+    keep, share = pair_vote(v, x.acts)
+    out = v if keep else -v
+    info: Info = {"flipped": not keep, "pair_vote_frac": share if keep else 1.0 - share}
+    if uses_grads:
+        assert x.grads is not None
+        p = x.grads @ out
+        verdict = float((p[1::2] - p[0::2]).mean()) >= 0
+        info.update(grad_rule=verdict, grad_rule_agrees=verdict)
+    return out, info
+
+
+def _check_matrix(what: str, t: Tensor) -> None:
+    """A 2-D tensor of finite values. One float64 sum (inf/NaN propagate) screens cheaply; only a
+    non-finite sum (which could also be a float64 overflow) triggers the element-wise check."""
+    if not isinstance(t, Tensor) or t.ndim != 2:
+        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise SteerexpError(f"{what} must be an [n, d] tensor, got {shape}")
+    if (
+        t.numel()
+        and not bool(t.sum(dtype=torch.float64).isfinite())
+        and not bool(torch.isfinite(t).all())
+    ):
+        bad = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
+        raise SteerexpError(f"{what} has non-finite values (first in row {bad})")
+
+
+def _inputs(
+    name: str, acts: Tensor, grads: Tensor | None, lgn: Tensor | None, seed: int, uses_grads: bool
+) -> Inputs:
+    """Validate and convert to float64; errors are one line and name the bad value."""
+    _check_matrix("acts", acts)
+    n, d = acts.shape
+    if n == 0 or n % 2:
+        raise SteerexpError(
+            f"acts needs an even, non-zero number of rows (interleaved pos/neg pairs), got n={n}"
+        )
+    if d == 0:
+        raise SteerexpError("acts has d=0 columns")
+    if uses_grads and grads is None:
+        raise SteerexpError(f"method {name!r} needs gradients, got grads=None")
+    if grads is not None:
+        _check_matrix("grads", grads)
+        if tuple(grads.shape) != (n, d):
+            raise SteerexpError(
+                f"grads shape {tuple(grads.shape)} does not match acts shape {(n, d)}"
+            )
+    if lgn is not None:
+        if not isinstance(lgn, Tensor) or lgn.numel() != n:
+            got = lgn.numel() if isinstance(lgn, Tensor) else type(lgn).__name__
+            raise SteerexpError(f"loss_grad_norms needs one value per row (n={n}), got {got}")
+        if not bool(torch.isfinite(lgn).all()) or bool((lgn < 0).any()):
+            raise SteerexpError("loss_grad_norms must be finite and >= 0")
+        lgn = lgn.reshape(-1)
+    f64 = {"device": "cpu", "dtype": torch.float64}
+    lgn = None if lgn is None else lgn.to(**f64)
+    g64 = None if grads is None or not uses_grads else grads.to(**f64)
+    return Inputs(acts.to(**f64), g64 if uses_grads else grads, lgn, int(seed))
+
+
+def fit_from_config(
+    method_cfg: Mapping[str, Any],
+    acts: Tensor,
+    grads: Tensor | None = None,
+    loss_grad_norms: Tensor | None = None,
+    seed: int = 0,
+) -> DirectionFit:
+    """Fit the method a (possibly overridden) ``method`` config describes; dispatches on ``kind``."""
+    cfg: Mapping[str, Any] = (
+        OmegaConf.to_container(method_cfg, resolve=True)
+        if isinstance(method_cfg, DictConfig)
+        else method_cfg  # type: ignore[assignment]
+    )
+    if "kind" not in cfg:
+        raise SteerexpError(
+            f"method config {cfg.get('name', '?')!r} has no 'kind'; valid: {', '.join(METHODS.names())}"
+        )
+    name = str(cfg.get("name", cfg["kind"]))
+    method = METHODS.get(str(cfg["kind"]))
+    x = _inputs(name, acts, grads, loss_grad_norms, seed, method.uses_grads)
+    raw, info = method.fit(cfg, x)
+    raw_norm = float(raw.norm())
+    if not (raw_norm > 0 and raw_norm < float("inf")):
+        raise SteerexpError(
+            f"method {name!r} gave a zero or non-finite direction (norm {raw_norm})"
+        )
+    v, sign = _fix_sign(raw / raw_norm, x, method.uses_grads, str(cfg["kind"]))
+    return DirectionFit(
+        v.to(torch.float32).contiguous(),
+        raw_norm,
+        {"method": name, "kind": str(cfg["kind"]), **info, **sign},
+    )
+
+
+def method_names() -> list[str]:
+    """The option names of the ``method`` config group (``conf/method/*.yaml``)."""
+    return sorted(p.stem for p in (steerexp.CONF_DIR / "method").glob("*.yaml"))
+
+
+def load_method_config(name: str) -> dict[str, Any]:
+    """``conf/method/<name>.yaml`` as a plain dict; unknown names give a did-you-mean error."""
+    names = method_names()
+    if name not in names:
+        raise choice_error("method", name, names)
+    path = steerexp.CONF_DIR / "method" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
+def fit_direction(
+    name: str,
+    acts: Tensor,
+    grads: Tensor | None = None,
+    loss_grad_norms: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Public API: the unit float32 direction ``[d]`` of the ``conf/method`` option ``name``."""
+    return fit_from_config(load_method_config(name), acts, grads, loss_grad_norms, seed).vector
