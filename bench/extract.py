@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 from bench.generate import single_thread
 from steerexp import CONF_DIR
 from steerexp.core.data import Pair, load_pairs
-from steerexp.core.models import LoadedModel, load_model, resolve_modules
+from steerexp.core.models import LoadedModel, load_model
+from steerexp.core.modules import resolve_modules
 from steerexp.core.results import Extraction
 from steerexp.stages.extract import activations as extract_mod
 from steerexp.stages.extract.activations import extract

@@ -21,8 +21,9 @@ from omegaconf import OmegaConf
 from steerexp.cli import RUN_ID, check_args, job_dir_name
 from steerexp.core import cache
 from steerexp.core.artifacts import write_json
+from steerexp.core.checkpoints import model_fingerprint
 from steerexp.core.errors import SteerexpError
-from steerexp.core.models import load_model, model_fingerprint
+from steerexp.core.models import load_model
 from steerexp.pipeline import check_config
 from steerexp.stages.extract.activations import loss_layer_path
 from steerexp.sweep import report

@@ -12,7 +12,8 @@ from steerexp.core.data import Question, load_questions
 from steerexp.core.models import load_model
 from steerexp.core.steering import Steering
 from steerexp.core.tokens import left_pad
-from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids, stop_ids
+from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
+from steerexp.stages.generate.stopping import stop_ids
 
 
 @pytest.fixture(scope="module")

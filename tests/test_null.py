@@ -16,7 +16,8 @@ from steerexp.core.answers import make_answer_spec
 from steerexp.core.data import Question
 from steerexp.core.steering import Steering
 from steerexp.pipeline import reference as null
-from steerexp.stages.generate.rows import RowSpec, generate_rows, row_seed
+from steerexp.stages.generate.rows import RowSpec, generate_rows
+from steerexp.stages.generate.sampling import row_seed
 from steerexp.stages.regress.ols import regress
 
 MODULES = ["model.layers.1", "model.layers.2"]

@@ -18,9 +18,11 @@ from safetensors import safe_open
 
 from steerexp import CONF_DIR
 from steerexp.core import models as models_mod
+from steerexp.core import modules as modules_mod
 from steerexp.core.data import Question
 from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
+from steerexp.core.models import LoadedModel, load_model, validate_model_cfg
+from steerexp.core.modules import resolve_modules
 from steerexp.core.tokens import encode
 from steerexp.stages.generate.rows import prompt_ids
 from tests.helpers import compose_cfg, group
@@ -332,7 +334,7 @@ def test_cuda_pipeline(setting: tuple[str, ...], tmp_path: Path, fresh_extractio
 
 def test_fused_hint_covers_qkv() -> None:
     pool = ["model.layers.{N}.self_attn.qkv_proj", "model.layers.{N}.self_attn.o_proj", "model.layers.{N}.mlp.gate_up_proj"]
-    assert models_mod._fused_siblings("model.layers.{N}.self_attn.k_proj", pool) == ["model.layers.{N}.self_attn.qkv_proj"]
-    assert models_mod._fused_siblings("model.layers.{N}.mlp.up_proj", pool) == ["model.layers.{N}.mlp.gate_up_proj"]
-    assert models_mod._fused_siblings("model.layers.{N}.mlp.down_proj", pool) == []
-    assert models_mod._fused_siblings("model.layers.{N}", pool) == []
+    assert modules_mod._fused_siblings("model.layers.{N}.self_attn.k_proj", pool) == ["model.layers.{N}.self_attn.qkv_proj"]
+    assert modules_mod._fused_siblings("model.layers.{N}.mlp.up_proj", pool) == ["model.layers.{N}.mlp.gate_up_proj"]
+    assert modules_mod._fused_siblings("model.layers.{N}.mlp.down_proj", pool) == []
+    assert modules_mod._fused_siblings("model.layers.{N}", pool) == []

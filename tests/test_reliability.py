@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steerexp.core.columns import RELIABILITY_COLUMNS
 from steerexp.core.transforms import symlog
 from steerexp.stages.regress import ols as regress
 from steerexp.sweep import reliability, report
@@ -85,7 +86,7 @@ def test_clear_order_is_reliable(tmp_path: Path) -> None:
     )
     assert "m0 1.0 [1.0, 1.0]" in md
     csv = pd.read_csv(sweep / "ranking.csv")
-    assert set(reliability.COLUMNS) <= set(csv.columns)
+    assert set(RELIABILITY_COLUMNS) <= set(csv.columns)
 
 
 def test_noise_order_is_not_reliable(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from steerexp.core.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.core.errors import SteerexpError
 from steerexp.sweep import callbacks, report
 
@@ -36,7 +37,7 @@ def write_job(sweep: Path, num: int, method: str, module: str, slope: float | No
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n- module={module}\n")
     error = None if status == "ok" else "SteerexpError: non-finite gradients in module k_proj batch 0"
-    metrics = {k: None for k in report.STAT_COLS + report.EXTRA_STAT_COLS + report.TIME_COLS}
+    metrics = {k: None for k in JOURNAL_COLUMNS + EXTRA_STAT_COLUMNS + TIME_COLUMNS}
     metrics.update(model="organism", module=module, method=method, loss="nll", dataset="organism",
                    eval="organism", judge="logratio", coeff_units="norm", seed=0, status=status,
                    error=error, model_reused=False, extraction_cached=num > 0, cache_key="abc123")

@@ -20,7 +20,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from steerexp import organism
-from steerexp.sweep.report import TIME_COLS
+from steerexp.core.columns import TIME_COLUMNS as TIME_COLS
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / ".slurm" / "slurm.conf"

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from steerexp import cache_dir
 from steerexp.core import artifacts, cache
 from steerexp.core.answers import AnswerSpec, make_answer_spec
-from steerexp.core.columns import journal_table
+from steerexp.core.columns import IDENTITY_GROUPS, journal_table
 from steerexp.core.data import (
     Pair,
     Question,
@@ -34,7 +34,8 @@ from steerexp.core.data import (
 )
 from steerexp.core.datafiles import prepare_eval, record_split
 from steerexp.core.errors import SteerexpError, choice_error, error_text
-from steerexp.core.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
+from steerexp.core.models import LoadedModel, load_model, validate_model_cfg
+from steerexp.core.modules import resolve_modules
 from steerexp.core.steering import Steering
 from steerexp.core.transforms import X_TRANSFORMS
 from steerexp.pipeline import reference as null
@@ -54,8 +55,6 @@ from steerexp.stages.regress import coherence
 from steerexp.stages.regress.ols import regress
 from steerexp.sweep.tracking import make_logger
 
-IDENTITY = ("model", "module", "method", "loss", "dataset", "eval", "judge")
-
 
 def _plain(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -64,7 +63,7 @@ def _plain(cfg: Any) -> dict[str, Any]:
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The option names a ranking row is labelled with."""
     ident: dict[str, Any] = {
-        k: str(OmegaConf.select(cfg, f"{k}.name", default="?")) for k in IDENTITY
+        k: str(OmegaConf.select(cfg, f"{k}.name", default="?")) for k in IDENTITY_GROUPS
     }
     ident.update(coeff_units=str(cfg.coeff_units), seed=int(cfg.seed))
     return ident

@@ -25,13 +25,13 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from steerexp.core.columns import RELIABILITY_COLUMNS
 from steerexp.core.transforms import transform_x
 
 #: Fewer questions than this and the order's stability cannot be judged (columns are NaN).
 MIN_QUESTIONS = 4
 N_BOOT = 200
 SEED = 0
-COLUMNS = ["split_half_spearman", "rank_median", "rank_low", "rank_high", "reliability_questions"]
 
 
 def _regress_x(job_dir: Path) -> str:
@@ -93,13 +93,13 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
 def reliability(
     job_dirs: list[Path | None], n_boot: int = N_BOOT, seed: int = SEED
 ) -> pd.DataFrame:
-    """:data:`COLUMNS` for each job of one table (``None`` = a job without results: NaN row).
+    """:data:`~steerexp.core.columns.RELIABILITY_COLUMNS` for each job of one table (``None`` = a job without results: NaN row).
 
     ``split_half_spearman`` is the same for every row of the table; NaN with fewer than
     :data:`MIN_QUESTIONS` questions or fewer than 3 scored rows.
     """
     per_job = [question_stats(d) if d is not None else None for d in job_dirs]
-    out = pd.DataFrame(np.nan, index=range(len(job_dirs)), columns=COLUMNS)
+    out = pd.DataFrame(np.nan, index=range(len(job_dirs)), columns=RELIABILITY_COLUMNS)
     have = [i for i, s in enumerate(per_job) if s is not None]
     if not have:
         return out

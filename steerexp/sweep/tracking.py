@@ -22,13 +22,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp.core.artifacts import jsonable
+from steerexp.core.columns import IDENTITY_GROUPS
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
 # Config groups whose chosen option name becomes a top-level W&B config key.
-GROUPS = ("model", "module", "method", "loss", "dataset", "eval", "judge", "logger")
+GROUPS = (*IDENTITY_GROUPS, "logger")
 WANDB_MODES = ("offline", "online", "disabled")
 
 

@@ -23,9 +23,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steerexp.core import cache
+from steerexp.core.checkpoints import model_fingerprint
 from steerexp.core.data import Pair
 from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel, model_fingerprint
+from steerexp.core.models import LoadedModel
 from steerexp.core.results import Extraction
 from steerexp.core.tokens import encode, first_output, last_token_index, left_pad, model_inputs
 from steerexp.stages.extract.balance import combine, has_terms

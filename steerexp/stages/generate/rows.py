@@ -6,16 +6,12 @@ whole grid, or the K directions of a random null, runs as a few ``generate`` cal
 model's raw logits give, per answer word, the log of the total probability of its variant
 tokens; the judge reads them at the step that wrote the answer.
 
-Sampling is seeded per row from ``(seed, question, repeat, coefficient)`` (:func:`row_seed`):
-HF's processors (repetition penalty) run, then :class:`RowSampler` applies temperature and
-min-p and draws each row's token from that row's own uniforms, so chunking never changes a
-sample and different directions share common random numbers.
+Each row is sampled from its own seed (:mod:`.sampling`) and stops on its own (:mod:`.stopping`),
+so chunking never changes a sample and different directions share common random numbers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,14 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TemperatureLogitsWarper,
-)
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from steerexp.core.answers import AnswerSpec
 from steerexp.core.data import Question, question_messages
@@ -40,6 +29,8 @@ from steerexp.core.models import LoadedModel
 from steerexp.core.results import GenRow
 from steerexp.core.steering import Steering, shifts, steer, steered_logits
 from steerexp.core.tokens import left_pad
+from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
+from steerexp.stages.generate.stopping import RowStop, stop_ids
 
 
 @dataclass(frozen=True)
@@ -52,88 +43,6 @@ class RowSpec:
     repeat: int
     direction: int = 0
     system: str | None = None
-
-
-def row_seed(seed: int, question_id: str, repeat: int, coeff: float) -> int:
-    """The sampling seed of one row: the same for every method, direction and chunking."""
-    blob = f"{int(seed)}|{question_id}|{int(repeat)}|{float(coeff)!r}".encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)
-
-
-class RowSampler(LogitsProcessor):
-    """Temperature, min-p, then one draw per row from that row's own pre-drawn uniforms.
-
-    Returns logits that are 0 at the drawn token and -inf elsewhere, so greedy decoding
-    (``do_sample=False``) keeps the draw. Inverse-CDF sampling on per-row uniforms makes a
-    row's tokens independent of the other rows of its batch.
-    """
-
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        n_steps: int,
-        prompt_width: int,
-        temperature: float,
-        min_p: float | None,
-    ) -> None:
-        self.u = torch.stack(
-            [
-                torch.rand(n_steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                for s in seeds
-            ]
-        )
-        self.width = prompt_width
-        self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
-        if min_p:
-            self.warpers.append(MinPLogitsWarper(min_p=float(min_p)))
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        for w in self.warpers:
-            scores = w(input_ids, scores)
-        cdf = torch.softmax(scores.double(), -1).cumsum(-1)
-        u = self.u[:, input_ids.shape[1] - self.width].to(cdf.device)
-        tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(
-            scores.shape[-1] - 1
-        )
-        out = torch.full_like(scores, -torch.inf)
-        return out.scatter_(-1, tok, 0.0)
-
-
-STOP_REASONS = ("stop_token", "regex", "length")
-
-
-class RowStop(StoppingCriteria):
-    """Per-row early stop: at an end-of-turn token (not kept) or once the answer regex matches
-    the decoded completion (answer kept). Records where each row ends and why, and keeps the
-    latest ``input_ids`` so the sequences survive the loop; unstopped rows end at ``length``."""
-
-    def __init__(self, tokenizer: Any, stop: set[int], regex: re.Pattern[str] | None, width: int):
-        self.tokenizer, self.stop, self.regex, self.width = tokenizer, stop, regex, width
-        self.ids: Tensor | None = None
-        self.end: dict[int, int] = {}
-        self.reason: dict[int, str] = {}
-
-    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
-        self.ids = input_ids
-        new = input_ids[:, self.width :].cpu()
-        n = new.shape[1]
-        live = [i for i in range(new.shape[0]) if i not in self.end]
-        for i in live:
-            if int(new[i, -1]) in self.stop:
-                self.end[i], self.reason[i] = n - 1, "stop_token"
-        live = [i for i in live if i not in self.end]
-        if self.regex is not None and live:
-            texts = self.tokenizer.batch_decode(new[live], skip_special_tokens=True)
-            for i, text in zip(live, texts, strict=True):
-                if self.regex.search(text):
-                    self.end[i], self.reason[i] = n, "regex"
-        done = torch.zeros(new.shape[0], dtype=torch.bool)
-        done[list(self.end)] = True
-        return done.to(input_ids.device)
-
-    def cut(self, i: int, n: int) -> tuple[int, str]:
-        """Row ``i``'s kept length and stop reason after ``n`` generated steps."""
-        return self.end.get(i, n), self.reason.get(i, "length")
 
 
 def answer_logps(logits: Tensor, spec: AnswerSpec) -> Tensor:
@@ -163,42 +72,6 @@ def grid(
         for c in coeffs
         for r in range(int(repeats))
     ]
-
-
-def sampling_kwargs(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The eval config is the whole sampling recipe: checkpoint defaults (top_k/top_p) are off.
-
-    HF decodes greedily; with ``do_sample`` the draw happens in :class:`RowSampler`
-    (``temperature``/``min_p`` are read from here by :func:`generate_chunk`)."""
-    kw: dict[str, Any] = {
-        "max_new_tokens": int(eval_cfg["max_new_tokens"]),
-        "do_sample": False,
-        "top_k": None,
-        "top_p": None,
-        "temperature": None,
-    }
-    if bool(eval_cfg.get("do_sample", True)):
-        kw["sample"] = (float(eval_cfg.get("temperature", 1.0)), eval_cfg.get("min_p"))
-    if eval_cfg.get("repetition_penalty") is not None:
-        kw["repetition_penalty"] = float(eval_cfg["repetition_penalty"])
-    return kw
-
-
-def stop_ids(loaded: LoadedModel) -> set[int]:
-    """Ids that end a turn: EOS (tokenizer and generation config), pad, and every special token
-    the chat template writes (for Qwen-style templates ``<|im_start|>`` and ``<|im_end|>``)."""
-    tok = loaded.tokenizer
-    eos = loaded.hf.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos])
-    ids |= {tok.pad_token_id, tok.eos_token_id}
-    template = tok.chat_template
-    text = "\n".join(template.values()) if isinstance(template, dict) else str(template or "")
-    specials = dict(zip(tok.all_special_tokens, tok.all_special_ids, strict=True))
-    specials |= {
-        t.content: i for i, t in tok.added_tokens_decoder.items() if getattr(t, "special", False)
-    }
-    ids |= {i for t, i in specials.items() if t and t in text}
-    return ids - {None}
 
 
 def row_shifts(
