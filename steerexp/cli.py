@@ -128,8 +128,8 @@ def _check_added_key(key: str) -> None:
         if len(parts) == 1:
             return
         valid: set[str] = set()
-        for opt in _options(parts[0]):
-            valid |= set(_yaml(f"{parts[0]}/{opt}.yaml"))
+        for path in (CONF_DIR / parts[0]).rglob("*.yaml"):  # options and the bases they extend
+            valid |= set(_yaml(str(path.relative_to(CONF_DIR)))) - {"defaults"}
         if parts[1] not in valid:
             raise choice_error(f"key of {parts[0]} (from +{key})", parts[1], valid)
         return

@@ -297,12 +297,12 @@ def test_bad_input_fails_before_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from steerexp import pipeline
-    from steerexp.pipeline import experiment
+    from steerexp.pipeline import steps
 
     def no_load(*_a, **_k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(experiment, "load_model", no_load)
+    monkeypatch.setattr(steps, "load_model", no_load)
     path = _bad(tmp_path, "q.jsonl", '{"id": "q1", "question": "?", "options": ["A", "B"]}\n')
     with pytest.raises(SteerexpError, match=r"q.jsonl line 1: missing field 'trait'"):
         pipeline.run(

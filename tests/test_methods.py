@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import steerexp
 import steerexp.stages.fit.fisher as fisher_module
 from steerexp.core.errors import SteerexpError
-from steerexp.stages.fit.fisher import fisher_rows, solve_fisher
+from steerexp.stages.fit.fisher import fisher_factor, solve_fisher
 from steerexp.stages.fit.methods import (
     fit_direction,
     fit_from_config,
@@ -297,6 +297,6 @@ def test_fisher_rows_match_definitions() -> None:
     g = torch.randn(10, 6, generator=torch.Generator().manual_seed(2))
     lgn = loss_grad_norms(10)
     w = 1.0 / (lgn.double() + 1e-6 * lgn.double().median())
-    u = fisher_rows(g, "ief", lgn)
+    u = fisher_factor(g, "ief", lgn)[0]
     expect = (g.double() * w[:, None]).T @ g.double() / 10
     assert torch.allclose(u.T @ u, expect, rtol=1e-12, atol=1e-12)

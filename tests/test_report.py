@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from wandb_offline import read_offline_run
 
 from steerexp.core.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.core.errors import SteerexpError
@@ -209,7 +210,7 @@ def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: 
     logger.start(cfg, run_dir)
     logger.log(metrics, dose, sweep / "dose_response.png")
     logger.finish("ok")
-    run = tracking.read_offline_run(run_dir)
+    run = read_offline_run(run_dir)
     summary, config = run["summary"], run["config"]
     assert run["finished"]
     assert summary["score"] == pytest.approx(1.0) and summary["slope"] == pytest.approx(2.0)

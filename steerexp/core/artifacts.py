@@ -10,11 +10,9 @@ import csv
 import hashlib
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save
 
-from steerexp.core.cache import apply_umask
+from steerexp.core.atomic import atomic_write
 from steerexp.core.columns import DOSE_COLUMNS
 from steerexp.core.transforms import transform_x
 
@@ -41,21 +39,6 @@ PACKAGES = (
     "wandb",
     "safetensors",
 )
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` and rename ``tmp`` over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        apply_umask(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def jsonable(value: Any) -> Any:
@@ -158,27 +141,6 @@ def write_directions(
     tensors = {m: v.detach().float().contiguous().cpu() for m, v in vectors.items()}
     blob = sorted_header(save(tensors, metadata=meta))
     return atomic_write(path, lambda p: p.write_bytes(blob))
-
-
-def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:
-    """One row per generation (``GenRow`` + its ``Judgement``), in ``DOSE_COLUMNS`` order."""
-    return pd.DataFrame(
-        [
-            {
-                "question_id": r.question_id,
-                "coeff": r.coeff,
-                "repeat": r.repeat,
-                "log_ratio": j.log_ratio,
-                "pmass": j.pmass,
-                "valid": bool(j.valid),
-                "forced": bool(j.forced),
-                "completion": r.completion,
-                "stop_reason": r.stop_reason,
-            }
-            for r, j in zip(rows, judgements, strict=True)
-        ],
-        columns=DOSE_COLUMNS,
-    )
 
 
 def write_frame(path: Path, df: pd.DataFrame, **kwargs: Any) -> Path:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,17 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from steerexp.core.atomic import atomic_dir
+
 TENSORS = "activations.safetensors"
 META = "key.json"
-
-
-def apply_umask(path: Path) -> None:
-    """Give a ``mkstemp``/``mkdtemp`` result (0600/0700) the mode a plain create would have had
-    under the current umask, recursively for a dir, before it is renamed into place."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def hash_key(payload: Any) -> str:
@@ -71,33 +62,21 @@ def save(
 
     Returns the entry, or None (with a warning) when the cache cannot be written.
     """
+    started = False
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
+        with atomic_dir(root / key) as tmp:
+            started = True
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
+            meta = {"key": key, "sha256": _digest(tmp / TENSORS), "hashed": payload}
+            if info:
+                meta["info"] = info
+            (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     except OSError as e:
-        warnings.warn(
-            f"extraction cache {str(root)!r} is not writable ({e.strerror or e}); running uncached",
-            stacklevel=2,
+        where = (
+            f"could not write extraction cache entry {key} in {str(root)!r}"
+            if started
+            else f"extraction cache {str(root)!r} is not writable"
         )
+        warnings.warn(f"{where} ({e.strerror or e}); running uncached", stacklevel=2)
         return None
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-        meta = {"key": key, "sha256": _digest(tmp / TENSORS), "hashed": payload}
-        if info:
-            meta["info"] = info
-        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-        apply_umask(tmp)
-        entry = root / key
-        if entry.exists():
-            shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    except OSError as e:
-        warnings.warn(
-            f"could not write extraction cache entry {key} in {str(root)!r} ({e.strerror or e}); "
-            "running uncached",
-            stacklevel=2,
-        )
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root / key

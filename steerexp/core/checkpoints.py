@@ -7,10 +7,7 @@ the fingerprint hashes a checkpoint's files so cache keys follow its content, no
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from steerexp import cache_dir
-from steerexp.core.cache import apply_umask
+from steerexp.core.atomic import atomic_dir
 from steerexp.core.errors import SteerexpError
 
 if TYPE_CHECKING:
@@ -130,21 +127,11 @@ def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict
 
 
 def _atomic_build(target: Path, make: Any) -> Path:
-    """Build into a temp dir beside ``target`` and rename it into place (safe if interrupted)."""
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        make(tmp)
-        apply_umask(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Build into a temp dir beside ``target`` and rename it into place (safe if interrupted);
+    an existing build (its ``config.json`` is written last) is kept."""
+    if not (target / "config.json").exists():
+        with atomic_dir(target, replace=False) as tmp:
+            make(tmp)
     return target
 
 

@@ -1,12 +1,19 @@
-"""The typed values one stage hands to the next (extract -> fit -> intervene -> generate -> judge)."""
+"""The typed values one stage hands to the next.
+
+extract -> :class:`Extraction` -> fit -> :class:`Directions` -> intervene -> :class:`Intervention`
+-> generate -> :class:`Generations` -> judge -> :class:`Judged` -> regress -> :class:`Regression`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor
+
+from steerexp.core.steering import Steering
 
 
 @dataclass
@@ -57,3 +64,66 @@ class Judgement:
     pmass: float  # total probability of all answers' variant sets at that step; NaN when invalid
     valid: bool
     forced: bool
+
+
+Info = dict[str, float | str | bool]
+
+
+@dataclass
+class DirectionFit:
+    """A fitted direction: unit float32 ``vector [d]``, its pre-normalisation norm, and metadata."""
+
+    vector: Tensor
+    raw_norm: float
+    info: Info = field(default_factory=dict)
+
+
+@dataclass
+class Directions:
+    """Stage 2 -> 3: per module the fitted direction, and what fitting recorded (e.g. vjp keys)."""
+
+    fits: dict[str, DirectionFit]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vectors(self) -> dict[str, Tensor]:
+        return {m: f.vector for m, f in self.fits.items()}
+
+
+@dataclass
+class Intervention:
+    """Stage 3 -> 4: the steering (unit directions and the size of one coefficient unit) and, for
+    ``coeff_units=kl``, the calibration that set that size."""
+
+    steering: Steering
+    calibration: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Generations:
+    """Stage 4 -> 5: one generated row per (question, coefficient, repeat), under cache ``key``.
+
+    ``cached`` holds the judged rows when this very generation was judged before (then ``rows``
+    is empty and the judge has nothing to do)."""
+
+    key: str
+    rows: list[GenRow]
+    cached: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Judged:
+    """Stage 5 -> 6: the judged rows (:data:`~steerexp.core.columns.DOSE_COLUMNS`)."""
+
+    dose: pd.DataFrame
+    key: str
+    reused: bool
+
+
+@dataclass
+class Regression:
+    """Stage 6: dose-response statistics and the coherence cost per coefficient."""
+
+    stats: dict[str, Any]
+    cost: pd.DataFrame

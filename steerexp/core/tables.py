@@ -9,15 +9,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steerexp.core.errors import SteerexpError, choice_error
-
-FORMATS = ("csv", "hf", "json", "jsonl", "txt")
-
+from steerexp.core.registry import Registry
 
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt"}
 
@@ -42,6 +40,12 @@ class Table:
     rows: list[Row]
 
 
+Reader = Callable[[Path, str, str | None, str], list[Row]]
+#: File formats (``dataset.format``/``eval.format``): name -> reader of a file's rows, called as
+#: ``reader(path, label, split, key)``; ``auto`` picks one by the file's suffix.
+READERS: Registry[Reader] = Registry("file format")
+
+
 def row_error(table: Table | str, row: Row | None, message: str) -> SteerexpError:
     label = table.label if isinstance(table, Table) else table
     return SteerexpError(f"{label}{' ' + row.where if row else ''}: {message}")
@@ -49,8 +53,8 @@ def row_error(table: Table | str, row: Row | None, message: str) -> SteerexpErro
 
 def _format_of(path: Path, fmt: str, key: str) -> str:
     if fmt != "auto":
-        if fmt not in FORMATS:
-            raise choice_error(f"{key.rsplit('.', 1)[0]}.format", fmt, (*FORMATS, "auto"))
+        if fmt not in READERS:
+            raise choice_error(f"{key.rsplit('.', 1)[0]}.format", fmt, (*READERS, "auto"))
         return fmt
     if path.is_dir() or path.suffix in _HF_FILES:
         return "hf"
@@ -59,7 +63,7 @@ def _format_of(path: Path, fmt: str, key: str) -> str:
     raise SteerexpError(
         f"{key}={str(path)!r}: unknown file format {path.suffix or '(no extension)'!r}; "
         f"valid: {', '.join(sorted(_SUFFIX_FORMATS) + sorted(_HF_FILES))} or a directory "
-        f"(or set {key.rsplit('.', 1)[0]}.format to one of {', '.join(FORMATS)})"
+        f"(or set {key.rsplit('.', 1)[0]}.format to one of {', '.join(READERS)})"
     )
 
 
@@ -95,6 +99,48 @@ def _hf_records(path: str, split: str | None, key: str) -> list[dict[str, Any]]:
     return [dict(r) for r in ds]
 
 
+@READERS.register("hf")
+def _hf(p: Path, label: str, split: str | None, key: str) -> list[Row]:
+    return [Row(i, f"row {i + 1}", r) for i, r in enumerate(_hf_records(label, split, key))]
+
+
+@READERS.register("jsonl")
+def _jsonl(p: Path, label: str, split: str | None, key: str) -> list[Row]:
+    rows: list[Row] = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(Row(len(rows), f"line {n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise SteerexpError(f"{label} line {n}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+@READERS.register("json")
+def _json(p: Path, label: str, split: str | None, key: str) -> list[Row]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SteerexpError(f"{label}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, list):
+        raise SteerexpError(f"{label}: a JSON file must hold a list of objects (one per row)")
+    return [Row(i, f"row {i + 1}", r) for i, r in enumerate(data)]
+
+
+@READERS.register("csv")
+def _csv(p: Path, label: str, split: str | None, key: str) -> list[Row]:
+    with p.open(newline="", encoding="utf-8") as f:
+        return [Row(i, f"line {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
+
+
+@READERS.register("txt")
+def _txt(p: Path, label: str, split: str | None, key: str) -> list[Row]:
+    """One suffix per non-empty line."""
+    lines = [(n, s.strip()) for n, s in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)]
+    return [Row(i, f"line {n}", {"suffix": s}) for i, (n, s) in enumerate(x for x in lines if x[1])]
+
+
 def read_table(path: Any, fmt: str = "auto", split: str | None = None, key: str = "path") -> Table:
     """Every record of ``path`` as a dict; ``key`` (e.g. ``dataset.path``) names it in errors."""
     if path is None or not str(path).strip():
@@ -105,35 +151,7 @@ def read_table(path: Any, fmt: str = "auto", split: str | None = None, key: str 
         raise SteerexpError(f"{key}={str(path)!r}: no such file or directory")
     kind = _format_of(p, fmt, key)
     label = str(path)
-    rows: list[Row] = []
-    if kind == "hf":
-        rows = [Row(i, f"row {i + 1}", r) for i, r in enumerate(_hf_records(str(path), split, key))]
-    elif kind == "jsonl":
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(Row(len(rows), f"line {n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise SteerexpError(f"{label} line {n}: not valid JSON ({e.msg})") from None
-    elif kind == "json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise SteerexpError(f"{label}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, list):
-            raise SteerexpError(f"{label}: a JSON file must hold a list of objects (one per row)")
-        rows = [Row(i, f"row {i + 1}", r) for i, r in enumerate(data)]
-    elif kind == "csv":
-        with p.open(newline="", encoding="utf-8") as f:
-            rows = [Row(i, f"line {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
-    else:
-        lines = [
-            (n, s.strip()) for n, s in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-        ]
-        rows = [
-            Row(i, f"line {n}", {"suffix": s}) for i, (n, s) in enumerate(x for x in lines if x[1])
-        ]
+    rows = READERS.get(kind)(p, label, split, key)
     table = Table(label, rows)
     for r in rows:
         if not isinstance(r.data, Mapping):

@@ -17,49 +17,33 @@ every method and later sweep of the group; slopes are recomputed under the run's
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
-import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 from scipy import stats
 
-from steerexp.core import artifacts
+from steerexp.core import cache, rowcache
 from steerexp.core.answers import AnswerSpec
+from steerexp.core.columns import DOSE_COLUMNS
 from steerexp.core.data import Question
+from steerexp.core.results import Extraction
 from steerexp.core.steering import Steering
 from steerexp.core.transforms import transform_x
+from steerexp.pipeline import steps
+from steerexp.pipeline.checks import Inputs, plain
+from steerexp.pipeline.steps import Model
 from steerexp.stages.fit.methods import fit_from_config
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, make_rescore, with_system
-from steerexp.stages.judge.judges import judge_rows
+from steerexp.stages.intervene.scales import base_scales
+from steerexp.stages.judge.judges import dose_frame, judge_rows
 from steerexp.stages.regress.ols import regress
 
-# 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex
-# 3: text fields quoted (a completion's bare \r split rows of version-2 files)
-NULL_VERSION = 3
 PERSONAS = ("positive", "negative")
-NULL_COLUMNS = [*artifacts.DOSE_COLUMNS, "direction", "persona"]
-
-
-@dataclass
-class Reference:
-    """Judged rows of the null (``direction`` 0..K-1) and of the prompting reference
-    (``direction`` -1, ``persona`` positive/negative), and how they were obtained."""
-
-    key: str
-    dose: pd.DataFrame
-    meta: dict[str, Any]
-    cached: bool
-    seconds: float
+NULL_COLUMNS = [*DOSE_COLUMNS, "direction", "persona"]
 
 
 def null_directions(
@@ -81,55 +65,6 @@ def persona_texts(dataset_cfg: Mapping[str, Any]) -> dict[str, str]:
     if not template or "{persona}" not in str(template) or not all(words):
         return {}
     return {p: str(template).format(persona=str(w)) for p, w in zip(PERSONAS, words, strict=True)}
-
-
-def _store(entry: Path, dose: pd.DataFrame, meta: Mapping[str, Any]) -> None:
-    """Write ``dose.csv`` and ``meta.json`` into a temp dir and rename it into place."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{entry.name}.tmp-", dir=entry.parent))
-    try:
-        artifacts.write_frame(tmp / "dose.csv", dose, float_format="%.17g")
-        artifacts.write_json(tmp / "meta.json", meta)
-        if entry.exists():
-            shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _load(entry: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-    """A stored entry, or None when absent or unreadable (then it is rebuilt)."""
-    try:
-        meta = json.loads((entry / "meta.json").read_text())
-        dose = pd.read_csv(
-            entry / "dose.csv",
-            keep_default_na=False,
-            na_values=[""],
-            dtype={"question_id": str, "completion": str, "persona": str, "stop_reason": str},
-        )
-    except (OSError, ValueError):
-        return None
-    for col in ("completion", "persona"):
-        if col in dose:
-            dose[col] = dose[col].fillna("")
-    return dose, meta
-
-
-def cached_rows(
-    entry: Path, build: Callable[[], tuple[pd.DataFrame, dict[str, Any]]]
-) -> tuple[pd.DataFrame, dict[str, Any], bool, float]:
-    """Rows of a cache entry, or ``build()`` them and store them; also whether cached and seconds."""
-    t0 = time.perf_counter()
-    hit = _load(entry)
-    if hit is not None:
-        return hit[0], hit[1], True, time.perf_counter() - t0
-    dose, meta = build()
-    meta = {**meta, "build_s": time.perf_counter() - t0}
-    try:
-        _store(entry, dose, meta)
-    except OSError as e:
-        warnings.warn(f"steerexp: could not cache {entry} ({e}); continuing uncached", stacklevel=2)
-    return dose, meta, False, time.perf_counter() - t0
 
 
 def generate_reference(
@@ -163,7 +98,7 @@ def generate_reference(
         rescore = make_rescore(loaded, eval_cfg, questions, steerings[k], spec)
         gen = [r for _, r in part]
         frames.append(
-            artifacts.dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(
+            dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(
                 direction=k, persona=""
             )
         )
@@ -171,7 +106,7 @@ def generate_reference(
         gen = [r for s, r in zip(specs, rows, strict=True) if s.system == text]
         rescore = make_rescore(loaded, with_system(eval_cfg, text), questions, None, spec)
         frames.append(
-            artifacts.dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(
+            dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(
                 direction=-1, persona=name
             )
         )
@@ -238,4 +173,52 @@ def prompt_reference(
         "prompt_y_positive": ys["positive"],
         "prompt_y_negative": ys["negative"],
         "fitted_shift": float(slope * (span[0] - span[1])) if math.isfinite(slope) else math.nan,
+    }
+
+
+def null_reference(
+    cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction, slope: float, progress: bool
+) -> dict[str, Any]:
+    """This run against its group's random null, and the prompting reference (cached, SPEC 4.8)."""
+    k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
+    personas = persona_texts(plain(cfg.dataset))
+    # The run's own seed is not part of the group: a seed sweep shares one null, which is
+    # sampled with its own seed (sampling noise in a slope is small next to the null's spread).
+    group = {
+        k_: v
+        for k_, v in steps.group_payload(cfg, ex.acts_key, inputs.coeffs).items()
+        if k_ != "seed"
+    }
+    payload = {**group, "null": {"k": k, "seed": seed0}, "personas": personas}
+    key = cache.hash_key(payload)
+
+    def build() -> tuple[pd.DataFrame, dict[str, Any]]:
+        base = base_scales(str(cfg.coeff_units), ex, model.modules)
+        steerings = [
+            steps.scale(cfg, model, Steering(vectors, base)).steering
+            for vectors in null_directions(model.modules, ex.acts, k, seed0)
+        ]
+        dose = generate_reference(
+            model.loaded,
+            cfg.eval,
+            inputs.questions,
+            inputs.coeffs,
+            steerings,
+            personas,
+            model.spec,
+            str(cfg.judge.name),
+            seed0,
+            progress,
+        )
+        return dose, {"key": key, "payload": payload}
+
+    dose, meta, cached, _ = rowcache.cached_rows(steps.cache_root(cfg) / "nulls" / key, build)
+    slopes = null_slopes(dose, str(cfg.regress_x))
+    return {
+        "null_key": key,
+        "null_cached": cached,
+        "null_build_s": meta.get("build_s"),
+        **summary(slopes),
+        **compare(slope, slopes),
+        **prompt_reference(dose, inputs.coeffs, slope, str(cfg.regress_x)),
     }

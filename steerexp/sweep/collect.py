@@ -54,8 +54,8 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def planned_jobs(sweep_dir: Path) -> list[dict[str, str]]:
-    """The overrides of every job the sweep planned (from ``multirun.yaml``, basic sweeper), in job
-    number order; empty when that cannot be told."""
+    """The overrides of every job the sweep planned (from ``multirun.yaml``, basic sweeper: its
+    ``params`` and the command line), in job number order; empty when that cannot be told."""
     try:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -64,7 +64,10 @@ def planned_jobs(sweep_dir: Path) -> list[dict[str, str]]:
         hyd = cfg["hydra"]
         if "BasicSweeper" not in str(hyd.get("sweeper", {}).get("_target_", "")):
             return []
-        parsed = OverridesParser.create().parse_overrides([str(o) for o in hyd["overrides"]["task"]])
+        # The sweeper's own params (an experiment config's axes) come first, as BasicSweeper does.
+        params = [f"{k}={v}" for k, v in (hyd["sweeper"].get("params") or {}).items()]
+        task = [str(o) for o in hyd["overrides"]["task"]]
+        parsed = OverridesParser.create().parse_overrides([*params, *task])
         batches = BasicSweeper.split_arguments(parsed, None)
     except Exception:  # noqa: BLE001 -- no plan is fine: the ranking then lists the job dirs only
         return []

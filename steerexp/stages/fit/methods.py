@@ -19,9 +19,10 @@ parameters, so names are never parsed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -29,19 +30,10 @@ from torch import Tensor
 import steerexp
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.registry import Registry
+from steerexp.core.results import DirectionFit, Info
 from steerexp.stages.fit.fisher import solve_fisher
 
-Info = dict[str, float | str | bool]
 COMBINES = ("mean", "pos", "neg", "diff")
-
-
-@dataclass
-class DirectionFit:
-    """A fitted direction: unit float32 ``vector [d]``, its pre-normalisation norm, and metadata."""
-
-    vector: Tensor
-    raw_norm: float
-    info: Info = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,9 +62,12 @@ class Method:
 METHODS: Registry[Method] = Registry("method kind")
 
 
-def _register(
+def register(
     kind: str, uses_grads: bool
 ) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
+    """Decorator: ``@register("my_method", uses_grads=False)`` makes ``kind: my_method`` a method
+    (``fn(cfg, inputs) -> (raw direction, info)``); see README "Add a method"."""
+
     def deco(fn: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]) -> Method:
         return METHODS.register(kind)(Method(fn, uses_grads))
 
@@ -84,41 +79,41 @@ def _top_right_singular(x: Tensor) -> Tensor:
     return torch.linalg.svd(x, full_matrices=False)[2][0]
 
 
-@_register("mean_diff", uses_grads=False)
+@register("mean_diff", uses_grads=False)
 def _mean_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """``mean(a⁺ − a⁻)`` over pairs."""
     return (x.acts[0::2] - x.acts[1::2]).mean(dim=0), {}
 
 
-@_register("pca_diff", uses_grads=False)
+@register("pca_diff", uses_grads=False)
 def _pca_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """Top right singular vector of ``D − mean(D)``, ``D = A⁺ − A⁻`` (needs variance along the trait)."""
     diff = x.acts[0::2] - x.acts[1::2]
     return _top_right_singular(diff - diff.mean(dim=0)), {}
 
 
-@_register("pca_center", uses_grads=False)
+@register("pca_center", uses_grads=False)
 def _pca_center(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """Top right singular vector of the activations minus each pair's own mean (rows ``±D/2``)."""
     pair_mean = (x.acts[0::2] + x.acts[1::2]) / 2
     return _top_right_singular(x.acts - pair_mean.repeat_interleave(2, dim=0)), {}
 
 
-@_register("random", uses_grads=False)
+@register("random", uses_grads=False)
 def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """A Gaussian vector from ``torch.Generator().manual_seed(seed)``; uses the data only for d."""
     gen = torch.Generator().manual_seed(int(x.seed))
     return torch.randn(x.acts.shape[1], generator=gen, dtype=torch.float64), {"seed": float(x.seed)}
 
 
-@_register("svd_steer", uses_grads=True)
+@register("svd_steer", uses_grads=True)
 def _svd_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """Top right singular vector of the centred gradients ``G − mean(G)``."""
     assert x.grads is not None
     return _top_right_singular(x.grads - x.grads.mean(dim=0)), {}
 
 
-@_register("vjp_steer", uses_grads=False)
+@register("vjp_steer", uses_grads=False)
 def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """Mean of the pulled-back rows ``Jᵢᵀu`` (passed as ``grads``; :func:`steerexp.stages.extract.vjp.vjp_rows`)."""
     if x.grads is None:
@@ -138,7 +133,7 @@ def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@_register("fisher", uses_grads=True)
+@register("fisher", uses_grads=True)
 def _fisher(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """``(F + λI)⁻¹ ḡ`` over all rows (see :mod:`steerexp.stages.fit.fisher`)."""
     assert x.grads is not None
@@ -146,7 +141,7 @@ def _fisher(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     return sol.vector, sol.info
 
 
-@_register("fisher_dual", uses_grads=True)
+@register("fisher_dual", uses_grads=True)
 def _fisher_dual(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """``v± = (F± + λI)⁻¹ ḡ±`` per side; ``combine``: pos → v⁺, neg → v⁻, diff → v⁺ − v⁻, mean → (v⁺ + v⁻)/2."""
     assert x.grads is not None
@@ -282,18 +277,45 @@ def fit_from_config(
     )
 
 
+def fit_summary(fits: Mapping[str, DirectionFit]) -> dict[str, Any]:
+    """Sign decisions over modules: any flip, mean pair-vote share, and (gradient methods)
+    whether the first-order gradient rule agreed with the pair vote at every module."""
+    infos = [f.info for f in fits.values()]
+    out: dict[str, Any] = {
+        "sign_flipped": any(bool(i.get("flipped")) for i in infos),
+        "pair_vote_frac": float(np.mean([float(i.get("pair_vote_frac", np.nan)) for i in infos])),
+        "grad_rule_agrees": None,
+    }
+    if all("grad_rule_agrees" in i for i in infos):
+        out["grad_rule_agrees"] = all(bool(i["grad_rule_agrees"]) for i in infos)
+    fallback = [i for i in infos if i.get("reg_fallback")]
+    out["reg_fallback"] = bool(fallback)
+    if fallback:
+        out["reg_used"] = max(float(i.get("reg_used", 0.0)) for i in fallback)
+    return out
+
+
 def method_names() -> list[str]:
     """The option names of the ``method`` config group (``conf/method/*.yaml``)."""
     return sorted(p.stem for p in (steerexp.CONF_DIR / "method").glob("*.yaml"))
 
 
 def load_method_config(name: str) -> dict[str, Any]:
-    """``conf/method/<name>.yaml`` as a plain dict; unknown names give a did-you-mean error."""
+    """The ``method`` option ``name`` as Hydra composes it (bases merged); unknown names give a
+    did-you-mean error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     names = method_names()
     if name not in names:
         raise choice_error("method", name, names)
-    path = steerexp.CONF_DIR / "method" / f"{name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+    overrides = [f"method={name}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(steerexp.CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg.method, resolve=True)  # type: ignore[return-value]
 
 
 def fit_direction(

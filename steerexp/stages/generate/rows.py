@@ -13,8 +13,7 @@ so chunking never changes a sample and different directions share common random 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from steerexp.core.data import Question, question_messages
 from steerexp.core.models import LoadedModel
 from steerexp.core.results import GenRow
 from steerexp.core.steering import Steering, shifts, steer, steered_logits
+from steerexp.core.threads import one_thread
 from steerexp.core.tokens import left_pad
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids
@@ -168,19 +168,10 @@ def shared_key(r: RowSpec, seed: int) -> tuple[Any, ...]:
 SMALL_WIDTH = 1024
 
 
-@contextmanager
-def _cpu_threads(loaded: LoadedModel) -> Iterator[None]:
-    """One intra-op thread while a small model generates on CPU; unchanged otherwise."""
+def small_cpu_model(loaded: LoadedModel) -> bool:
+    """A model on CPU narrower than :data:`SMALL_WIDTH`: it decodes fastest on one thread."""
     width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
-    if loaded.device.type != "cpu" or width >= SMALL_WIDTH:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return loaded.device.type == "cpu" and width < SMALL_WIDTH
 
 
 def generate_rows(
@@ -217,7 +208,7 @@ def generate_rows(
     chunks = range(0, len(unique), size)
     for start in tqdm(chunks, desc="generate", disable=not progress, leave=False):
         chunk = unique[start : start + size]
-        with _cpu_threads(loaded):
+        with one_thread(small_cpu_model(loaded)):
             done += generate_chunk(
                 loaded,
                 [prompts[r.question.id, r.system] for r in chunk],

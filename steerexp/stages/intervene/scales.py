@@ -8,31 +8,33 @@ so those rows are bit-identical to the unsteered model.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy.optimize import brentq
 from torch import Tensor
 
-from steerexp.core.errors import choice_error
 from steerexp.core.models import LoadedModel
+from steerexp.core.registry import Registry
 from steerexp.core.results import Extraction
 from steerexp.core.steering import Steering, steered_logits
 from steerexp.core.tokens import left_pad
 
-COEFF_UNITS = ("norm", "raw", "kl")
+#: ``coeff_units`` options: name -> the size of one coefficient unit at a module, before any
+#: calibration (``kl`` starts from ``norm`` and is then rescaled to the target KL).
+COEFF_UNITS: Registry[Callable[[Extraction, str], float]] = Registry("coeff_units")
+COEFF_UNITS.register("norm")(lambda ex, m: ex.act_norm(m))
+COEFF_UNITS.register("raw")(lambda ex, m: 1.0)
+COEFF_UNITS.register("kl")(lambda ex, m: ex.act_norm(m))
 KL_TARGET = 1.0
 KL_QUANTILE = 0.95
 
 
 def base_scales(units: str, extraction: Extraction, modules: Sequence[str]) -> dict[str, float]:
     """``norm``/``kl``: mean activation norm of each module; ``raw``: 1."""
-    if units not in COEFF_UNITS:
-        raise choice_error("coeff_units", units, COEFF_UNITS)
-    if units == "raw":
-        return {m: 1.0 for m in modules}
-    return {m: extraction.act_norm(m) for m in modules}
+    unit = COEFF_UNITS.get(units)
+    return {m: unit(extraction, m) for m in modules}
 
 
 def kl_quantile(

@@ -12,9 +12,11 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pandas as pd
 import torch
 
 from steerexp.core.answers import AnswerSpec
+from steerexp.core.columns import DOSE_COLUMNS
 from steerexp.core.errors import SteerexpError
 from steerexp.core.registry import Registry
 from steerexp.core.results import GenRow, Judgement
@@ -152,3 +154,24 @@ def judge_rows(
     """Judge every row with the registered judge ``name``."""
     judge = JUDGES.get(name)
     return [judge(row, spec, rescore) for row in rows]
+
+
+def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:
+    """One row per generation (``GenRow`` + its ``Judgement``), in ``DOSE_COLUMNS`` order."""
+    return pd.DataFrame(
+        [
+            {
+                "question_id": r.question_id,
+                "coeff": r.coeff,
+                "repeat": r.repeat,
+                "log_ratio": j.log_ratio,
+                "pmass": j.pmass,
+                "valid": bool(j.valid),
+                "forced": bool(j.forced),
+                "completion": r.completion,
+                "stop_reason": r.stop_reason,
+            }
+            for r, j in zip(rows, judgements, strict=True)
+        ],
+        columns=DOSE_COLUMNS,
+    )
