@@ -8,6 +8,7 @@ so those rows are bit-identical to the unsteered model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,8 +54,29 @@ def steered_logits(
 ) -> Tensor:
     """Logits of one forward pass, steered per row (or not at all)."""
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
-    deltas = shifts(steering, coeffs, loaded.device) if steering is not None and coeffs is not None else {}
+    deltas = (
+        shifts(steering, coeffs, loaded.device)
+        if steering is not None and coeffs is not None
+        else {}
+    )
     with torch.no_grad(), loaded.lm.trace(model_inputs(ids, mask)):
         steer(loaded, deltas)
         logits = loaded.lm.output.logits.save()
     return logits
+
+
+def steered_prefix_cache(
+    loaded: LoadedModel, ids: Tensor, mask: Tensor, deltas: dict[str, Tensor], rows: Tensor
+) -> Any:
+    """The KV cache of every prompt token but the last, for ``B`` rows of which only the
+    distinct ones are computed: ``ids``/``mask``/``deltas`` hold the distinct rows, ``rows[i]``
+    names the distinct row that row ``i`` repeats (e.g. the repeats of one question at one
+    coefficient share their steered prompt). ``generate`` then runs from the last token."""
+    with (
+        torch.no_grad(),
+        loaded.lm.trace(model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=1),
+    ):
+        steer(loaded, deltas)
+        cache = loaded.lm.output.past_key_values.save()
+    cache.reorder_cache(rows.to(loaded.device))
+    return cache

@@ -69,6 +69,11 @@ def check_config(cfg: DictConfig) -> Inputs:
     check_int(cfg, "eval.repeats", 1)
     check_int(cfg, "eval.max_new_tokens", 1)
     check_int(cfg, "eval.max_batch_size", 1)
+    workers = cfg.eval.workers
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise SteerexpError(f"eval.workers={workers!r} must be 'auto' or an integer >= 1")
     check_int(cfg, "extract.batch_size", 1)
     validate_model_cfg(plain(cfg.model))
     COEFF_UNITS.get(str(cfg.coeff_units))

@@ -140,8 +140,8 @@ def intervene(cfg: DictConfig, model: Model, ex: Extraction, dirs: Directions) -
 def group_payload(cfg: DictConfig, acts_key: str, coeffs: list[float]) -> dict[str, Any]:
     """What generations depend on besides the direction: model and modules (via the loss-free
     extraction key, which also fixes the norm scales), eval (not its chunking), judge, units,
-    grid and sampling seed."""
-    ev = {k: v for k, v in plain(cfg.eval).items() if k != "max_batch_size"}
+    grid and sampling seed (not how rows are chunked or spread over processes)."""
+    ev = {k: v for k, v in plain(cfg.eval).items() if k not in ("max_batch_size", "workers")}
     return {
         "version": ROWS_VERSION,
         "acts_key": acts_key,

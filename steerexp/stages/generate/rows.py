@@ -26,9 +26,10 @@ from steerexp.core.answers import AnswerSpec
 from steerexp.core.data import Question, question_messages
 from steerexp.core.models import LoadedModel
 from steerexp.core.results import GenRow
-from steerexp.core.steering import Steering, shifts, steer, steered_logits
+from steerexp.core.steering import Steering, shifts, steer, steered_logits, steered_prefix_cache
 from steerexp.core.threads import one_thread
 from steerexp.core.tokens import left_pad
+from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids
 
@@ -110,6 +111,21 @@ def generate_chunk(
     steerings = [steering] if isinstance(steering, Steering) else list(steering or [])
     dirs = list(directions) if directions is not None else [0] * len(prompts)
     deltas = row_shifts(steerings, dirs, coeffs, loaded.device) if steerings else {}
+    prefix: dict[str, Any] = {}
+    if min(map(len, prompts)) >= 2:
+        # Every prompt is prefilled once per distinct (prompt, coefficient, direction): the
+        # repeats of a row share it. Every row takes this path, whatever its chunk holds.
+        keys = [(tuple(p), float(c), d) for p, c, d in zip(prompts, coeffs, dirs, strict=True)]
+        first = {k: j for j, k in reversed(list(enumerate(keys)))}
+        own = sorted(set(first.values()))
+        where = {j: u for u, j in enumerate(own)}
+        rows = torch.tensor([where[first[k]] for k in keys])
+        sub = (
+            row_shifts(steerings, [dirs[j] for j in own], [coeffs[j] for j in own], loaded.device)
+            if steerings
+            else {}
+        )
+        prefix["cache"] = steered_prefix_cache(loaded, ids[own], mask[own], sub, rows)
     last = RowStop(loaded.tokenizer, stop_ids(loaded), spec.regex, ids.shape[1])
     gen_kwargs = {k: v for k, v in kwargs.items() if k != "sample"}
     processors = LogitsProcessorList()
@@ -125,6 +141,7 @@ def generate_chunk(
             stopping_criteria=StoppingCriteriaList([last]),
             logits_processor=processors,
             pad_token_id=loaded.tokenizer.pad_token_id,
+            **prefix,
             **gen_kwargs,
         ) as tracer,
     ):
@@ -163,17 +180,6 @@ def shared_key(r: RowSpec, seed: int) -> tuple[Any, ...]:
     )
 
 
-# Below this width a CPU decode step's matmuls are too small to split across threads; with
-# oversubscribed cores their OpenMP barriers made generation ~10x slower (measured: 62 s vs 6 s).
-SMALL_WIDTH = 1024
-
-
-def small_cpu_model(loaded: LoadedModel) -> bool:
-    """A model on CPU narrower than :data:`SMALL_WIDTH`: it decodes fastest on one thread."""
-    width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
-    return loaded.device.type == "cpu" and width < SMALL_WIDTH
-
-
 def generate_rows(
     loaded: LoadedModel,
     eval_cfg: Mapping[str, Any],
@@ -204,21 +210,30 @@ def generate_rows(
     )
     kwargs = sampling_kwargs(eval_cfg)
     size = max(1, int(eval_cfg.get("max_batch_size", 32)))
+    chunks = [unique[start : start + size] for start in range(0, len(unique), size)]
+
+    def run(chunk: list[RowSpec]) -> list[tuple[list[int], Tensor, str]]:
+        return generate_chunk(
+            loaded,
+            [prompts[r.question.id, r.system] for r in chunk],
+            [r.coeff for r in chunk],
+            steering,
+            spec,
+            kwargs,
+            seeds=[row_seed(seed, r.question.id, r.repeat, r.coeff) for r in chunk],
+            directions=[r.direction for r in chunk],
+        )
+
+    width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
+    small = loaded.device.type == "cpu" and width < SMALL_WIDTH
+    workers = worker_count(eval_cfg.get("workers", "auto"), len(chunks), small)
     done: list[tuple[list[int], Tensor, str]] = []
-    chunks = range(0, len(unique), size)
-    for start in tqdm(chunks, desc="generate", disable=not progress, leave=False):
-        chunk = unique[start : start + size]
-        with one_thread(small_cpu_model(loaded)):
-            done += generate_chunk(
-                loaded,
-                [prompts[r.question.id, r.system] for r in chunk],
-                [r.coeff for r in chunk],
-                steering,
-                spec,
-                kwargs,
-                seeds=[row_seed(seed, r.question.id, r.repeat, r.coeff) for r in chunk],
-                directions=[r.direction for r in chunk],
-            )
+    with one_thread(small):
+        parts = map_ordered(run, chunks, workers)
+        for part in tqdm(
+            parts, total=len(chunks), desc="generate", disable=not progress, leave=False
+        ):
+            done += part
     slot = {shared_key(r, seed): j for j, r in enumerate(unique)}
     out: list[GenRow] = []
     for r in rows:

@@ -11,8 +11,9 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import statsmodels.api as sm
 from scipy import stats
+from statsmodels.regression.linear_model import OLS
+from statsmodels.tools.tools import add_constant
 
 from steerexp.core.columns import STAT_KEYS
 from steerexp.core.transforms import transform_x
@@ -33,7 +34,7 @@ def _ols(xv: np.ndarray, yv: np.ndarray, groups: np.ndarray | None = None) -> di
     unit of replication, not generations) when there are at least 2 groups, else plain."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        res = sm.OLS(yv, sm.add_constant(xv, has_constant="add")).fit()
+        res = OLS(yv, add_constant(xv, has_constant="add")).fit()
         slope = float(res.params[1])
         r2 = float(res.rsquared)
         p_value = float(res.pvalues[1])
