@@ -77,6 +77,6 @@ def steered_prefix_cache(
         loaded.lm.trace(model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=1),
     ):
         steer(loaded, deltas)
-        cache = loaded.lm.output.past_key_values.save()
+        cache = loaded.lm.output.cache.save()
     cache.reorder_cache(rows.to(loaded.device))
     return cache
