@@ -8,7 +8,6 @@ ARGS    ?=
 MODEL   ?= organism
 SWEEP   ?=
 LATEST_SWEEP = $(lastword $(sort $(wildcard multirun/*/*)))
-JOURNAL_METHODS := mean_diff,pca_diff,vjp_steer,svd_steer,fisher_steer_reg1,fisher_steer_reg2,fisher_steer_reg3,fisher_steer_emp_reg2,fisher_steer_cov_reg1,fisher_steer_cov_reg2,fisher_steer_cov_reg3,fisher_steer_dual,fisher_steer_dual_pos,fisher_steer_dual_neg,fisher_steer_dual_diff,fisher_steer_dual_cov,random
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,11 +50,11 @@ lint: $(STAMP)  ## ruff check
 sweep-smoke: $(STAMP)  ## tiny sweep on the organism (CPU, minutes): 3 methods x 2 modules -> ranking.md
 	$(PY) -m steerexp -m model=$(MODEL) method=pca_diff,vjp_steer,random module=hs,o_proj $(ARGS)
 
-sweep-modules: $(STAMP)  ## the journal's methods x every module template (MODEL=qwen3_4b_instruct on a GPU)
-	$(PY) -m steerexp -m model=$(MODEL) method=$(JOURNAL_METHODS) module=hs,mlp,down_proj,gate_proj,up_proj,q_proj,k_proj,v_proj,o_proj $(ARGS)
+sweep-modules: $(STAMP)  ## the journal's methods x every module template (MODEL=qwen3_4b_instruct on a GPU; conf/experiment/journal_modules.yaml)
+	$(PY) -m steerexp -m +experiment=journal_modules model=$(MODEL) $(ARGS)
 
-sweep-losses: $(STAMP)  ## the three losses x the journal's methods
-	$(PY) -m steerexp -m model=$(MODEL) loss=nll,hs_diff,reprpo_margin method=$(JOURNAL_METHODS) $(ARGS)
+sweep-losses: $(STAMP)  ## the three losses x the journal's methods (conf/experiment/journal_losses.yaml)
+	$(PY) -m steerexp -m +experiment=journal_losses model=$(MODEL) $(ARGS)
 
 figures: $(STAMP)  ## regenerate every README figure and multirun_reports/ from an empty cache (about an hour)
 	$(PY) scripts/figures.py $(ARGS)

@@ -4,7 +4,7 @@ Measured per loss (``nll``, ``hs_diff``, ``reprpo_margin``), all within this run
 repeats, the losses interleaved (order rotated) in each repeat, one torch thread (see
 ``bench.generate.single_thread``):
 
-- fresh extraction (empty temp ``cache_root``, in-process memo ``steerexp.extract._MEMO`` cleared):
+- fresh extraction (empty temp ``cache_root``, in-process memo ``steerexp.stages.extract.activations._MEMO`` cleared):
   pairs/second, as a ratio to ``nll`` (every loss is one forward + one backward per batch;
   target >= 0.5x of ``nll``);
 - disk hit (the same call again after clearing the memo: safetensors read + digest check) vs
@@ -26,10 +26,12 @@ from omegaconf import OmegaConf
 
 from bench.generate import single_thread
 from steerexp import CONF_DIR
-from steerexp import extract as extract_mod
-from steerexp.data import Pair, load_pairs
-from steerexp.extract import Extraction, extract
-from steerexp.models import LoadedModel, load_model, resolve_modules
+from steerexp.core.data import Pair, load_pairs
+from steerexp.core.models import LoadedModel, load_model
+from steerexp.core.modules import resolve_modules
+from steerexp.core.results import Extraction
+from steerexp.stages.extract import activations as extract_mod
+from steerexp.stages.extract.activations import extract
 
 LOSSES = ["nll", "hs_diff", "reprpo_margin"]
 REPEATS = 5

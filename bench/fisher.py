@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from steerexp.methods import fit_from_config, load_method_config, pair_vote
+from steerexp.stages.fit.methods import fit_from_config, load_method_config, pair_vote
 
 METHOD = "fisher_steer_cov_reg1"
 N, D = 256, 9728

@@ -35,12 +35,14 @@ import torch
 from omegaconf import OmegaConf
 
 from steerexp import CONF_DIR, cache_dir
-from steerexp.data import Question, load_questions
-from steerexp.extract import left_pad
-from steerexp.generate import RowSpec, generate_rows, grid, prompt_ids
-from steerexp.intervene import Steering
-from steerexp.judge import make_answer_spec
-from steerexp.models import LoadedModel, checkpoint_path, load_model, resolve_modules
+from steerexp.core.answers import make_answer_spec
+from steerexp.core.checkpoints import checkpoint_path
+from steerexp.core.data import Question, load_questions
+from steerexp.core.models import LoadedModel, load_model
+from steerexp.core.modules import resolve_modules
+from steerexp.core.steering import Steering
+from steerexp.core.tokens import left_pad
+from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
 
 REPO = Path(__file__).resolve().parent.parent
 COEFFS = [-1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0]

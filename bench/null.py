@@ -30,9 +30,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from steerexp import CONF_DIR, report
-from steerexp.methods import method_names
+from steerexp import CONF_DIR
 from steerexp.pipeline import run
+from steerexp.stages.fit.methods import method_names
+from steerexp.sweep import report
 
 
 def _job(sweep: Path, num: int, overrides: list[str]) -> dict:
@@ -61,7 +62,8 @@ def _cos(a: Path, b: Path) -> float:
 def leave_one_out(key: Path) -> np.ndarray:
     """Each null direction's p_random against the other K - 1 (a calibration check needing no
     new generation; the null's rows are read from the cache)."""
-    from steerexp import cache_dir, null
+    from steerexp import cache_dir
+    from steerexp.pipeline import reference as null
 
     dose = pd.read_csv(cache_dir() / "extractions" / "nulls" / str(key) / "dose.csv")
     slopes = null.null_slopes(dose)

@@ -15,7 +15,6 @@ instead.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,10 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "multirun_reports"
 PY = sys.executable
-#: The journal's methods: the Makefile's JOURNAL_METHODS, the one list both use.
-JOURNAL_METHODS = re.search(
-    r"^JOURNAL_METHODS\s*:=\s*(\S+)", (REPO / "Makefile").read_text(), re.M
-).group(1)
 
 
 def _sweep(name: str, *overrides: str) -> list[str]:
@@ -43,9 +38,9 @@ def _sweep(name: str, *overrides: str) -> list[str]:
 SECTIONS: dict[str, list[str]] = {
     "organism": [PY, "-m", "steerexp.organism", "--accept"],
     "default_run": [PY, "-m", "steerexp"],
-    "journal_hs": _sweep("journal_hs", f"method={JOURNAL_METHODS}", "module=hs"),
-    "journal_o_proj": _sweep("journal_o_proj", f"method={JOURNAL_METHODS}", "module=o_proj"),
-    "losses": _sweep("losses", f"method={JOURNAL_METHODS}", "loss=nll,hs_diff,reprpo_margin"),
+    "journal_hs": _sweep("journal_hs", "+experiment=journal", "module=hs"),
+    "journal_o_proj": _sweep("journal_o_proj", "+experiment=journal", "module=o_proj"),
+    "losses": _sweep("losses", "+experiment=journal_losses"),
     "concept": _sweep(
         "concept_files",
         "method=mean_diff,pca_diff,pca_center,random",

@@ -24,7 +24,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp import CONF_DIR
-from steerexp.errors import SteerexpError, choice_error, error_text, plain_name
+from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
 
 log = logging.getLogger("steerexp")
 
@@ -128,8 +128,8 @@ def _check_added_key(key: str) -> None:
         if len(parts) == 1:
             return
         valid: set[str] = set()
-        for opt in _options(parts[0]):
-            valid |= set(_yaml(f"{parts[0]}/{opt}.yaml"))
+        for path in (CONF_DIR / parts[0]).rglob("*.yaml"):  # options and the bases they extend
+            valid |= set(_yaml(str(path.relative_to(CONF_DIR)))) - {"defaults"}
         if parts[1] not in valid:
             raise choice_error(f"key of {parts[0]} (from +{key})", parts[1], valid)
         return
@@ -202,7 +202,7 @@ def check_args(args: list[str]) -> None:
 
 def _interrupted(multirun: bool) -> int:
     """Ctrl-C: rank the finished jobs of the sweep (the rest marked interrupted), say so in one line."""
-    from steerexp import callbacks
+    from steerexp.sweep import callbacks
 
     if not multirun:
         print("steerexp: interrupted (the run dir records status 'interrupted')", file=sys.stderr)
@@ -214,7 +214,7 @@ def _interrupted(multirun: bool) -> int:
 
 def cli() -> None:
     """Entry point of ``python -m steerexp``; exit codes in the module docstring."""
-    from steerexp import callbacks
+    from steerexp.sweep import callbacks
 
     args = sys.argv[1:]
     multirun = "-m" in args or "--multirun" in args

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp import CONF_DIR
-from steerexp.models import LoadedModel, load_model
+from steerexp.core.models import LoadedModel, load_model
 
 
 def compose_cfg(*overrides: str) -> DictConfig:
@@ -24,3 +27,33 @@ def group(name: str, option: str) -> dict[str, Any]:
 
 def tiny() -> LoadedModel:
     return load_model(group("model", "tiny_random"))
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep_cmd(tmp: Path, *overrides: str, reports: bool = True) -> list[str]:
+    """``python -m steerexp -m <overrides>`` into ``tmp/sweep``; with ``reports``, its report goes
+    to ``tmp/reports`` under the name ``test``."""
+    cmd = [sys.executable, "-m", "steerexp", "-m", *overrides, f"hydra.sweep.dir={tmp / 'sweep'}"]
+    if reports:
+        cmd += [f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}", "report_name=test"]
+    return cmd
+
+
+def run_sweep(
+    tmp: Path,
+    *overrides: str,
+    reports: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess[str]:
+    """Run :func:`sweep_cmd` from the repo root and capture its output."""
+    return subprocess.run(
+        sweep_cmd(tmp, *overrides, reports=reports),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -18,13 +18,15 @@ import torch
 from helpers import compose_cfg, group, tiny
 from omegaconf import OmegaConf
 
-from steerexp import cache, report
-from steerexp.artifacts import write_json
 from steerexp.cli import RUN_ID, check_args, job_dir_name
-from steerexp.errors import SteerexpError
-from steerexp.extract import loss_layer_path
-from steerexp.models import load_model, model_fingerprint
+from steerexp.core import cache
+from steerexp.core.artifacts import write_json
+from steerexp.core.checkpoints import model_fingerprint
+from steerexp.core.errors import SteerexpError
+from steerexp.core.models import load_model
 from steerexp.pipeline import check_config
+from steerexp.stages.extract.activations import loss_layer_path
+from steerexp.sweep import report
 
 REPO = Path(__file__).resolve().parent.parent
 # A fast tiny-model experiment: few pairs, one repeat, short completions.
@@ -370,8 +372,8 @@ ORDER_SCRIPT = """
 import torch
 from omegaconf import OmegaConf
 from helpers import tiny
-from steerexp.extract import left_pad
-from steerexp.intervene import Steering, steered_logits
+from steerexp.core.tokens import left_pad
+from steerexp.core.steering import Steering, steered_logits
 m = tiny()
 mods = ["model.layers.1.mlp", "model.layers.1.self_attn.o_proj"]
 g = torch.Generator().manual_seed(0)
@@ -400,8 +402,9 @@ def test_two_targets_in_one_layer_work_under_any_hash_seed() -> None:
 def test_kl_calibrates_on_neutral_prompts_at_both_signs() -> None:
     from nnsight.modeling.transformers import TransformersModel
 
-    from steerexp.data import load_neutral_prompts
-    from steerexp.intervene import Steering, calibrate_kl, neutral_prompt_ids
+    from steerexp.core.data import load_neutral_prompts
+    from steerexp.core.steering import Steering
+    from steerexp.stages.intervene.scales import calibrate_kl, neutral_prompt_ids
 
     texts = load_neutral_prompts("neutral_prompts.txt")
     assert len(texts) >= 20 and not any("lie" in t.lower().split() for t in texts)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp.data import load_pairs
-from steerexp.errors import SteerexpError
-from steerexp.extract import extract
+from steerexp.core.data import load_pairs
+from steerexp.core.errors import SteerexpError
+from steerexp.stages.extract.activations import extract
 
 MODULES = ["model.layers.1", "model.layers.2.mlp"]
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from helpers import group
 
-from steerexp import coherence
-from steerexp.data import load_neutral_prompts
-from steerexp.intervene import Steering, neutral_prompt_ids
-from steerexp.models import load_model
+from steerexp.core.data import load_neutral_prompts
+from steerexp.core.models import load_model
+from steerexp.core.steering import Steering
+from steerexp.stages.intervene.scales import neutral_prompt_ids
+from steerexp.stages.regress import coherence
 
 MODULES = ["model.layers.2"]
 COEFFS = [-1.0, -0.5, -0.1, 0.0, 0.1, 0.5, 1.0]

@@ -10,9 +10,9 @@ import pytest
 from helpers import compose_cfg
 
 from steerexp import CONF_DIR
-from steerexp.errors import SteerexpError
-from steerexp.methods import METHODS
+from steerexp.core.errors import SteerexpError
 from steerexp.pipeline import check_config
+from steerexp.stages.fit.methods import METHODS
 
 GROUPS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "logger"]
 REPO = Path(__file__).resolve().parent.parent
@@ -181,3 +181,19 @@ def test_gradient_method_on_modules_after_the_loss_layer_fails_clearly(tmp_path:
     ):
         run(cfg, tmp_path, progress=False)
     assert '"status": "failed"' in (tmp_path / "status.json").read_text()
+
+
+def test_experiment_configs_sweep_existing_options() -> None:
+    """``+experiment=journal_losses``: the journal's 17 methods x the three losses, every value an
+    option of its group (the list the Makefile's journal sweeps and scripts/figures.py use)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config", overrides=["+experiment=journal_losses"], return_hydra_config=True
+        )
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert params["loss"] == ["nll", "hs_diff", "reprpo_margin"]
+    assert len(params["method"]) == 17 and params["method"][:2] == ["mean_diff", "pca_diff"]
+    for group, values in params.items():
+        assert set(values) <= set(options(group)), group

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from helpers import compose_cfg, group
 
-from steerexp import cache
-from steerexp.data import Pair, load_pairs
-from steerexp.datafiles import default_regex, record_split
-from steerexp.errors import SteerexpError
+from steerexp.core import cache
+from steerexp.core.data import Pair, load_pairs
+from steerexp.core.datafiles import default_regex, record_split
+from steerexp.core.errors import SteerexpError
 from steerexp.organism import corpus
 from steerexp.pipeline import check_config
 
@@ -297,11 +297,12 @@ def test_bad_input_fails_before_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from steerexp import pipeline
+    from steerexp.pipeline import steps
 
     def no_load(*_a, **_k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(pipeline, "load_model", no_load)
+    monkeypatch.setattr(steps, "load_model", no_load)
     path = _bad(tmp_path, "q.jsonl", '{"id": "q1", "question": "?", "options": ["A", "B"]}\n')
     with pytest.raises(SteerexpError, match=r"q.jsonl line 1: missing field 'trait'"):
         pipeline.run(

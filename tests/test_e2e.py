@@ -158,7 +158,7 @@ def test_artifacts_follow_the_spec(runs) -> None:
 
 def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
     """A fresh extraction (new cache dir, cleared memo) gives identical directions and numbers."""
-    from steerexp import extract
+    from steerexp.stages.extract import activations as extract
 
     cfg = compose_cfg(
         "method=fisher_steer_cov_reg1",

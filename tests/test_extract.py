@@ -8,13 +8,14 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp import extract as ex_mod
-from steerexp.data import Pair, load_pairs
-from steerexp.errors import SteerexpError
-from steerexp.extract import encode, extract, last_token_index, left_pad, loss_layer_path
-from steerexp.losses import LOSSES, LossInputs
-from steerexp.methods import fit_direction
-from steerexp.models import resolve_modules
+from steerexp.core.data import Pair, load_pairs
+from steerexp.core.errors import SteerexpError
+from steerexp.core.modules import resolve_modules
+from steerexp.core.tokens import encode, last_token_index, left_pad
+from steerexp.stages.extract import activations as ex_mod
+from steerexp.stages.extract.activations import extract, loss_layer_path
+from steerexp.stages.extract.losses import LOSSES, LossInputs
+from steerexp.stages.fit.methods import fit_direction
 
 HS = ["model.layers.1", "model.layers.2"]
 

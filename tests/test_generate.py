@@ -6,13 +6,14 @@ import pytest
 import torch
 from helpers import group
 
-import steerexp.generate as gen
-from steerexp.data import Question, load_questions
-from steerexp.extract import left_pad
-from steerexp.generate import RowSpec, generate_rows, grid, prompt_ids, stop_ids
-from steerexp.intervene import Steering
-from steerexp.judge import make_answer_spec
-from steerexp.models import load_model
+import steerexp.stages.generate.rows as gen
+from steerexp.core.answers import make_answer_spec
+from steerexp.core.data import Question, load_questions
+from steerexp.core.models import load_model
+from steerexp.core.steering import Steering
+from steerexp.core.tokens import left_pad
+from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
+from steerexp.stages.generate.stopping import stop_ids
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp.data import Question
-from steerexp.errors import SteerexpError
-from steerexp.extract import left_pad, model_inputs
-from steerexp.generate import RowSpec, generate_rows, prompt_ids
-from steerexp.intervene import Steering, base_scales, steered_logits
-from steerexp.judge import make_answer_spec
+from steerexp.core.answers import make_answer_spec
+from steerexp.core.data import Question
+from steerexp.core.errors import SteerexpError
+from steerexp.core.steering import Steering, steered_logits
+from steerexp.core.tokens import left_pad, model_inputs
+from steerexp.stages.generate.rows import RowSpec, generate_rows, prompt_ids
+from steerexp.stages.intervene.scales import base_scales
 
 MODULES = ["model.layers.1", "model.layers.2.self_attn.o_proj"]
 

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import steerexp
-import steerexp.fisher as fisher_module
-from steerexp.errors import SteerexpError
-from steerexp.fisher import fisher_rows, solve_fisher
-from steerexp.methods import (
+import steerexp.stages.fit.fisher as fisher_module
+from steerexp.core.errors import SteerexpError
+from steerexp.stages.fit.fisher import fisher_factor, solve_fisher
+from steerexp.stages.fit.methods import (
     fit_direction,
     fit_from_config,
     load_method_config,
@@ -149,7 +149,7 @@ def dense_reference(
 
 @pytest.fixture(params=["kernel", "orthogonal"])
 def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which route of :mod:`steerexp.fisher` must answer (n < d); the orthogonal one is forced
+    """Which route of :mod:`steerexp.stages.fit.fisher` must answer (n < d); the orthogonal one is forced
     by making the kernel route's error bound unattainable."""
     if request.param == "orthogonal":
         monkeypatch.setattr(fisher_module, "MAX_FORWARD_BOUND", -1.0)
@@ -297,6 +297,6 @@ def test_fisher_rows_match_definitions() -> None:
     g = torch.randn(10, 6, generator=torch.Generator().manual_seed(2))
     lgn = loss_grad_norms(10)
     w = 1.0 / (lgn.double() + 1e-6 * lgn.double().median())
-    u = fisher_rows(g, "ief", lgn)
+    u = fisher_factor(g, "ief", lgn)[0]
     expect = (g.double() * w[:, None]).T @ g.double() / 10
     assert torch.allclose(u.T @ u, expect, rtol=1e-12, atol=1e-12)

@@ -12,12 +12,14 @@ import torch
 from helpers import group, tiny
 from scipy import stats
 
-from steerexp import null
-from steerexp.data import Question
-from steerexp.generate import RowSpec, generate_rows, row_seed
-from steerexp.intervene import Steering
-from steerexp.judge import make_answer_spec
-from steerexp.regress import regress
+from steerexp.core import rowcache
+from steerexp.core.answers import make_answer_spec
+from steerexp.core.data import Question
+from steerexp.core.steering import Steering
+from steerexp.pipeline import reference as null
+from steerexp.stages.generate.rows import RowSpec, generate_rows
+from steerexp.stages.generate.sampling import row_seed
+from steerexp.stages.regress.ols import regress
 
 MODULES = ["model.layers.1", "model.layers.2"]
 QS = [
@@ -131,12 +133,12 @@ def test_reference_rows_are_one_generation_and_cached(
         )
         return dose, {"k": 3}
 
-    dose, meta, cached, _ = null.cached_rows(tmp_path / "n", build)
+    dose, meta, cached, _ = rowcache.cached_rows(tmp_path / "n", build)
     assert calls == [3 * 2 * 3 * 2 + 2 * 2 * 2] and not cached
     assert sorted(dose["direction"].unique()) == [-1, 0, 1, 2]
     assert (dose[dose["direction"] == -1]["coeff"] == 0).all()
     assert sorted(dose[dose["direction"] == -1]["persona"].unique()) == ["negative", "positive"]
-    again, meta2, cached2, _ = null.cached_rows(tmp_path / "n", build)
+    again, meta2, cached2, _ = rowcache.cached_rows(tmp_path / "n", build)
     assert cached2 and calls == [calls[0]] and meta2["build_s"] == meta["build_s"]
     pd.testing.assert_frame_equal(again, dose, check_dtype=False)
     # the stored slopes are the ones regress gives each direction
@@ -160,7 +162,7 @@ def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
     import sys
 
     code = (
-        "import sys, torch; from pathlib import Path; from steerexp.artifacts import write_directions; "
+        "import sys, torch; from pathlib import Path; from steerexp.core.artifacts import write_directions; "
         "write_directions(Path(sys.argv[1]), {'model.layers.3': torch.ones(4), 'model.layers.2': torch.zeros(4)}, "
         "{'method': 'm', 'loss': 'l', 'raw_norms': {'b': 1, 'a': 2}, 'scales': {'x': 1.5}, 'cache_key': 'k', "
         "'fit_info': {'z': {'b': 1, 'a': True}}, 'coeff_units': 'norm'})"
@@ -179,7 +181,7 @@ def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
 
 def test_completions_with_carriage_returns_round_trip(tmp_path: Path) -> None:
     """A sampled completion may hold a bare ``\\r``; every row must read back as written."""
-    from steerexp import artifacts
+    from steerexp.core import artifacts
 
     dose = pd.DataFrame(
         {
@@ -199,6 +201,6 @@ def test_completions_with_carriage_returns_round_trip(tmp_path: Path) -> None:
     assert len(back) == 3 and list(back["question_id"]) == ["q1", "q2", "q3"]
     assert back["completion"].fillna("").tolist() == dose["completion"].tolist()
     assert back["valid"].tolist() == [True, False, True]
-    null._store(tmp_path / "entry", dose.assign(direction=0, persona=""), {"k": 1})
-    loaded = null._load(tmp_path / "entry")
+    rowcache.store_rows(tmp_path / "entry", dose.assign(direction=0, persona=""), {"k": 1})
+    loaded = rowcache.load_rows(tmp_path / "entry")
     assert loaded is not None and loaded[0]["completion"].tolist() == dose["completion"].tolist()

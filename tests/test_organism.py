@@ -27,8 +27,7 @@ from transformers import (
 )
 
 import steerexp
-from steerexp.errors import SteerexpError
-from steerexp.extract import loss_layer_path
+from steerexp.core.errors import SteerexpError
 from steerexp.organism import MANIFEST, RECIPE_VERSION, SHIPPED, build, corpus, verify
 from steerexp.organism import acceptance as acc
 from steerexp.organism.acceptance import (
@@ -41,6 +40,7 @@ from steerexp.organism.acceptance import (
 )
 from steerexp.organism.tokenizer import build_tokenizer, render
 from steerexp.organism.train import STEERED_FRAC, Recipe, noised_layers
+from steerexp.stages.extract.activations import loss_layer_path
 
 REPO = Path(__file__).resolve().parent.parent
 ANSWER = re.compile(r"Final choice: (Yes|No)")

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from steerexp.parallel import map_ordered, usable_cpus, worker_count
+from steerexp.stages.generate.parallel import map_ordered, usable_cpus, worker_count
 
 
 def test_auto_uses_every_cpu_only_for_small_cpu_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("steerexp.parallel.usable_cpus", lambda: 6)
+    monkeypatch.setattr("steerexp.stages.generate.parallel.usable_cpus", lambda: 6)
     assert worker_count("auto", 100, small_cpu_model=True) == 6
     assert worker_count("auto", 4, small_cpu_model=True) == 4
     assert worker_count("auto", 100, small_cpu_model=False) == 1

@@ -17,12 +17,14 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from steerexp import CONF_DIR
-from steerexp import models as models_mod
-from steerexp.data import Question
-from steerexp.errors import SteerexpError
-from steerexp.extract import encode
-from steerexp.generate import prompt_ids
-from steerexp.models import LoadedModel, load_model, resolve_modules, validate_model_cfg
+from steerexp.core import models as models_mod
+from steerexp.core import modules as modules_mod
+from steerexp.core.data import Question
+from steerexp.core.errors import SteerexpError
+from steerexp.core.models import LoadedModel, load_model, validate_model_cfg
+from steerexp.core.modules import resolve_modules
+from steerexp.core.tokens import encode
+from steerexp.stages.generate.rows import prompt_ids
 from tests.helpers import compose_cfg, group
 
 HUB_MODELS = ("qwen3_4b_instruct", "qwen3_4b_thinking", "glm4_9b", "qwen3_8b", "qwen3_14b_bnb4")
@@ -226,7 +228,7 @@ def _check_run(metrics: dict[str, Any], run_dir: Path) -> None:
 @pytest.fixture
 def fresh_extractions(tmp_path: Path) -> Iterator[str]:
     """A private extraction cache so every pipeline run really extracts."""
-    from steerexp import extract
+    from steerexp.stages.extract import activations as extract
 
     saved = dict(extract._MEMO)
     extract._MEMO.clear()
@@ -246,8 +248,8 @@ def test_4bit_pipeline_end_to_end(tmp_path: Path, fresh_extractions: str) -> Non
 
 
 def test_4bit_extraction_gradients_flow(fresh_extractions: str) -> None:
-    from steerexp.data import load_pairs
-    from steerexp.extract import extract
+    from steerexp.core.data import load_pairs
+    from steerexp.stages.extract.activations import extract
 
     cfg = compose_cfg(*PIPE, "model.quantization=4bit", "model.device=cpu", "module=up_proj")
     loaded = load_model(_plain(cfg.model))
@@ -332,7 +334,7 @@ def test_cuda_pipeline(setting: tuple[str, ...], tmp_path: Path, fresh_extractio
 
 def test_fused_hint_covers_qkv() -> None:
     pool = ["model.layers.{N}.self_attn.qkv_proj", "model.layers.{N}.self_attn.o_proj", "model.layers.{N}.mlp.gate_up_proj"]
-    assert models_mod._fused_siblings("model.layers.{N}.self_attn.k_proj", pool) == ["model.layers.{N}.self_attn.qkv_proj"]
-    assert models_mod._fused_siblings("model.layers.{N}.mlp.up_proj", pool) == ["model.layers.{N}.mlp.gate_up_proj"]
-    assert models_mod._fused_siblings("model.layers.{N}.mlp.down_proj", pool) == []
-    assert models_mod._fused_siblings("model.layers.{N}", pool) == []
+    assert modules_mod._fused_siblings("model.layers.{N}.self_attn.k_proj", pool) == ["model.layers.{N}.self_attn.qkv_proj"]
+    assert modules_mod._fused_siblings("model.layers.{N}.mlp.up_proj", pool) == ["model.layers.{N}.mlp.gate_up_proj"]
+    assert modules_mod._fused_siblings("model.layers.{N}.mlp.down_proj", pool) == []
+    assert modules_mod._fused_siblings("model.layers.{N}", pool) == []

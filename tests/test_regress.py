@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from steerexp.errors import SteerexpError
-from steerexp.regress import journal_table, regress, symlog
+from steerexp.core.columns import journal_table
+from steerexp.core.errors import SteerexpError
+from steerexp.core.transforms import symlog
+from steerexp.stages.regress.ols import regress
 
 HEADER_COLS = ["slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
 

@@ -11,9 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from wandb_offline import read_offline_run
 
-from steerexp import callbacks, report
-from steerexp.errors import SteerexpError
+from steerexp.core.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
+from steerexp.core.errors import SteerexpError
+from steerexp.sweep import callbacks, report
 
 REPO = Path(__file__).resolve().parent.parent
 JOURNAL_HEADER = ["method", "slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
@@ -36,7 +38,7 @@ def write_job(sweep: Path, num: int, method: str, module: str, slope: float | No
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n- module={module}\n")
     error = None if status == "ok" else "SteerexpError: non-finite gradients in module k_proj batch 0"
-    metrics = {k: None for k in report.STAT_COLS + report.EXTRA_STAT_COLS + report.TIME_COLS}
+    metrics = {k: None for k in JOURNAL_COLUMNS + EXTRA_STAT_COLUMNS + TIME_COLUMNS}
     metrics.update(model="organism", module=module, method=method, loss="nll", dataset="organism",
                    eval="organism", judge="logratio", coeff_units="norm", seed=0, status=status,
                    error=error, model_reused=False, extraction_cached=num > 0, cache_key="abc123")
@@ -190,7 +192,7 @@ def test_launcher_presets_compose(launcher: str) -> None:
 
 
 def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from steerexp import tracking
+    from steerexp.sweep import tracking
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
@@ -208,7 +210,7 @@ def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: 
     logger.start(cfg, run_dir)
     logger.log(metrics, dose, sweep / "dose_response.png")
     logger.finish("ok")
-    run = tracking.read_offline_run(run_dir)
+    run = read_offline_run(run_dir)
     summary, config = run["summary"], run["config"]
     assert run["finished"]
     assert summary["score"] == pytest.approx(1.0) and summary["slope"] == pytest.approx(2.0)
@@ -222,7 +224,7 @@ def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: 
 
 
 def test_none_logger_and_unknown_logger() -> None:
-    from steerexp import tracking
+    from steerexp.sweep import tracking
 
     logger = tracking.make_logger(OmegaConf.create({"name": "none"}))
     logger.start(OmegaConf.create({}), Path("."))

@@ -12,15 +12,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_sweep
 from hydra import compose, initialize_config_dir
 
 from steerexp import organism
-from steerexp.report import TIME_COLS
+from steerexp.core.columns import TIME_COLUMNS as TIME_COLS
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / ".slurm" / "slurm.conf"
@@ -78,22 +78,6 @@ def fresh_cache(root: Path) -> Path:
     return root
 
 
-def run_sweep(tmp: Path, env: dict[str, str], *launcher: str) -> subprocess.CompletedProcess[str]:
-    """``python -m steerexp -m`` the 2 methods x 2 modules sweep into ``tmp/sweep``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "steerexp",
-        "-m",
-        *SWEEP,
-        *launcher,
-        f"hydra.sweep.dir={tmp / 'sweep'}",
-        f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}",
-        "report_name=test",
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-
-
 def extractions(cache: Path) -> dict[str, str]:
     """Cache key -> sha256 of the tensors, for every complete extraction entry under ``cache``."""
     return {
@@ -129,7 +113,7 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for name, launcher in (("basic", []), ("slurm", ["hydra/launcher=slurm_cpu"])):
         run_env = {**env, "STEEREXP_CACHE": str(fresh_cache(tmp / name / "cache"))}
         run_env["OMP_NUM_THREADS"] = "1"
-        out = run_sweep(tmp / name, run_env, *launcher)
+        out = run_sweep(tmp / name, *SWEEP, *launcher, env=run_env, timeout=1800)
         assert out.returncode == 0, f"{name} sweep failed:\n{out.stderr[-3000:]}"
         runs[name] = tmp / name
     return runs["basic"], runs["slurm"]

@@ -12,32 +12,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from steerexp.tracking import read_offline_run
+from helpers import run_sweep, sweep_cmd
+from wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
 STATS = ["slope", "r2", "valid_frac", "p_value", "score", "min", "max"]
 SMALL = ["eval.repeats=1", "dataset.max_pairs=48"]
 
 
-def sweep_cmd(tmp: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "steerexp",
-        "-m",
-        *args,
-        *SMALL,
-        f"hydra.sweep.dir={tmp / 'sweep'}",
-        f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}",
-        "report_name=test",
-    ]
+def small_cmd(tmp: Path, *args: str) -> list[str]:
+    return sweep_cmd(tmp, *args, *SMALL)
 
 
-def run_sweep(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        sweep_cmd(tmp, *args), cwd=REPO, capture_output=True, text=True, timeout=900
-    )
+def run_small(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_sweep(tmp, *args, *SMALL)
 
 
 def job_metrics(sweep_dir: Path) -> list[dict]:
@@ -57,7 +45,7 @@ def main_sweep(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     tmp = tmp_path_factory.mktemp("sweep")
-    out = run_sweep(
+    out = run_small(
         tmp, "method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj", "logger=wandb"
     )
     return tmp, out
@@ -119,7 +107,7 @@ def test_report_cli_reproduces_byte_for_byte(main_sweep) -> None:
 
 
 def test_failed_job_is_a_row_and_the_exit_status_says_so(tmp_path: Path) -> None:
-    out = run_sweep(
+    out = run_small(
         tmp_path,
         "method=mean_diff",
         "module.template='model.layers.{N}.mlp','model.layers.{N}.mlp.gate_up_proj'",
@@ -136,7 +124,7 @@ def test_failed_job_is_a_row_and_the_exit_status_says_so(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_submitit_local_gives_the_same_ranking(main_sweep, tmp_path: Path) -> None:
     tmp, _ = main_sweep
-    out = run_sweep(
+    out = run_small(
         tmp_path,
         "method=fisher_steer_cov_reg1,pca_diff",
         "module=k_proj,v_proj",
@@ -154,7 +142,7 @@ def test_interrupted_sweep_resumes_to_the_same_ranking(main_sweep, tmp_path: Pat
     tmp, _ = main_sweep
     args = ("method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj")
     proc = subprocess.Popen(
-        sweep_cmd(tmp_path, *args),
+        small_cmd(tmp_path, *args),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -167,7 +155,7 @@ def test_interrupted_sweep_resumes_to_the_same_ranking(main_sweep, tmp_path: Pat
     proc.wait()
     done = [json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").glob("*/status.json")]
     assert 1 <= len(done) < 4
-    out = run_sweep(tmp_path, *args)
+    out = run_small(tmp_path, *args)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "already finished" in out.stdout
     key = ["method", "module"]
@@ -186,15 +174,7 @@ TINY_SWEEP = [
 
 
 def tiny_sweep_cmd(tmp: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "steerexp",
-        "-m",
-        *TINY_SWEEP,
-        *args,
-        f"hydra.sweep.dir={tmp / 'sweep'}",
-    ]
+    return sweep_cmd(tmp, *TINY_SWEEP, *args, reports=False)
 
 
 def test_slash_and_absolute_override_values_keep_every_job(tmp_path: Path) -> None:

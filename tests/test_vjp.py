@@ -6,10 +6,10 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp.data import load_pairs
-from steerexp.errors import SteerexpError
-from steerexp.methods import fit_direction
-from steerexp.vjp import pullback, vjp_rows
+from steerexp.core.data import load_pairs
+from steerexp.core.errors import SteerexpError
+from steerexp.stages.extract.vjp import pullback, vjp_rows
+from steerexp.stages.fit.methods import fit_direction
 
 
 def test_linear_toy_closed_form() -> None:

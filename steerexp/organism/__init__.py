@@ -14,16 +14,14 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import steerexp
-from steerexp.errors import SteerexpError
+from steerexp.core.atomic import atomic_dir
+from steerexp.core.errors import SteerexpError
+from steerexp.core.threads import one_thread
 
 #: Bump whenever the corpus, tokenizer or training recipe changes (and run `make organism`).
 RECIPE_VERSION = "v4"
@@ -104,24 +102,12 @@ def build(
         from steerexp.organism.tokenizer import build_tokenizer
         from steerexp.organism.train import Recipe, save, train
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        threads = torch.get_num_threads()
-        try:
-            # One thread: tiny matmuls gain little from two, a shared CPU makes two crawl, and
-            # the weights must not depend on the caller's thread count.
-            torch.set_num_threads(1)
+        # One thread: tiny matmuls gain little from two, a shared CPU makes two crawl, and
+        # the weights must not depend on the caller's thread count.
+        with one_thread(), atomic_dir(path) as tmp:
             tok = build_tokenizer()
             save(train(tok, Recipe(seed=seed), progress=progress), tok, tmp)
             write_manifest(tmp, seed)
-            from steerexp.cache import apply_umask
-
-            apply_umask(tmp)  # mkdtemp makes it 0700: a shared cache must stay readable
-            if path.exists():
-                shutil.rmtree(path)
-            os.rename(tmp, path)
-        finally:
-            torch.set_num_threads(threads)
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

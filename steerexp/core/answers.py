@@ -1,0 +1,108 @@
+"""Answer words: the regex that finds an answer in a completion and the vocabulary ids spelling each.
+
+Generation reads each answer's probability at every step and the judge maps a regex match back
+to its step, so both stages share this spec (built once per run by :func:`make_answer_spec`).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from steerexp.core.data import answer_regex
+from steerexp.core.errors import SteerexpError
+
+
+@dataclass
+class AnswerSpec:
+    """How answers are found in a completion and which vocabulary ids spell each answer.
+
+    ``tokenizer`` (set by :func:`make_answer_spec`) is needed to map the regex match's
+    character position back to the generation step that produced it.
+    """
+
+    regex: re.Pattern[str]  # exactly one capture group
+    answers: list[str]  # e.g. ["Yes", "No"]
+    variant_ids: list[list[int]]  # per answer: vocabulary ids of its variants
+    prefix: str  # e.g. "Final choice:" (appended by judge=forced)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+
+# Per-tokenizer caches, dropped with the tokenizer: decoded vocab (prefilter) and word -> ids.
+_VOCAB_CACHE: dict[int, tuple[weakref.ref[Any], list[str], dict[str, list[int]]]] = {}
+
+
+def _squash(text: str) -> str:
+    """Lowercase with all whitespace removed (the prefilter's normal form)."""
+    return "".join(text.split()).lower()
+
+
+def _vocab_cache(tokenizer: Any) -> tuple[list[str], dict[str, list[int]]]:
+    """Whitespace-free lowercased text of every id, decoded in one batched backend call.
+
+    Used only as a superset prefilter: ``tokenizer.decode`` differs from the backend decode
+    at most by removed spaces (tokenization clean-up), so a token whose full decode equals a
+    word always contains it here. Each candidate is then confirmed with ``tokenizer.decode``.
+    """
+    key = id(tokenizer)
+    hit = _VOCAB_CACHE.get(key)
+    if hit is not None and hit[0]() is tokenizer:
+        return hit[1], hit[2]
+    n = len(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        texts = backend.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
+    else:
+        texts = [tokenizer.decode([i]) for i in range(n)]
+    squashed = [_squash(t) for t in texts]
+    words: dict[str, list[int]] = {}
+    try:
+        ref: weakref.ref[Any] = weakref.ref(tokenizer, lambda _r, k=key: _VOCAB_CACHE.pop(k, None))
+    except TypeError:
+        return squashed, words
+    _VOCAB_CACHE[key] = (ref, squashed, words)
+    return squashed, words
+
+
+def answer_variants(tokenizer: Any, word: str) -> list[int]:
+    """Vocabulary ids whose individually decoded text, stripped and lowercased, is ``word.lower()``.
+
+    ``Yes``, `` yes``, ``YES`` count for "Yes"; ``Yesterday`` or ``not`` never do.
+    """
+    target = word.strip().lower()
+    if not target:
+        raise SteerexpError(f"answer word {word!r} is empty")
+    squashed, cache = _vocab_cache(tokenizer)
+    if target in cache:
+        return list(cache[target])
+    needle = _squash(target)
+    ids = [
+        i
+        for i, text in enumerate(squashed)
+        if needle in text and tokenizer.decode([i]).strip().lower() == target
+    ]
+    if not ids:
+        raise SteerexpError(
+            f"answer {word!r} has no single-token variant in the tokenizer's vocabulary; "
+            "choose answers that are one token (e.g. Yes/No)"
+        )
+    cache[target] = ids
+    return list(ids)
+
+
+def make_answer_spec(tokenizer: Any, regex: str, answers: Sequence[str], prefix: str) -> AnswerSpec:
+    """Validate the answer regex and answers, and collect each answer's variant ids."""
+    pattern = answer_regex(regex)
+    answers = [str(a) for a in answers]
+    if len(answers) < 2:
+        raise SteerexpError(f"answers {answers!r}: need at least two distinct answers")
+    lowered = [a.strip().lower() for a in answers]
+    if len(set(lowered)) != len(lowered) or not all(lowered):
+        raise SteerexpError(
+            f"answers {answers!r} must be non-empty and distinct (case-insensitive)"
+        )
+    variant_ids = [answer_variants(tokenizer, a) for a in answers]
+    return AnswerSpec(pattern, answers, variant_ids, str(prefix), tokenizer)

@@ -1,0 +1,176 @@
+"""Where a model's weights come from and what identifies them: local dirs, hub ids, built models.
+
+A built model (the organism, the tiny random test model) is made on first use into the cache;
+the fingerprint hashes a checkpoint's files so cache keys follow its content, not its path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from steerexp import cache_dir
+from steerexp.core.atomic import atomic_dir
+from steerexp.core.errors import SteerexpError
+
+if TYPE_CHECKING:
+    from steerexp.core.models import LoadedModel
+
+
+TINY_RANDOM_VERSION = "v1"
+
+
+#: A hub id is ``name`` or ``org/name`` (letters, digits, ``-_.``); anything else is a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def check_local_path(path: str) -> None:
+    """A ``model.path`` that is not a hub id must be an existing checkpoint directory."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise SteerexpError(
+                f"model.path={path!r} is a file; give the checkpoint directory (with config.json)"
+            )
+        return
+    if path.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(path):
+        raise SteerexpError(
+            f"model.path={path!r} does not exist; give an existing local checkpoint directory "
+            "or a hub id such as 'Qwen/Qwen3-4B-Instruct-2507'"
+        )
+
+
+def check_safetensors(path: str) -> None:
+    """Every ``*.safetensors`` file of a local checkpoint opens (catches truncated or corrupt files,
+    naming the file, before ``from_pretrained`` fails with an anonymous header error)."""
+    from safetensors import safe_open
+
+    local = Path(path)
+    if not local.is_dir():
+        return
+    for f in sorted(local.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                keys = list(handle.keys())
+                if keys:
+                    handle.get_slice(keys[-1])
+        except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+            raise SteerexpError(
+                f"checkpoint file {str(f)!r} is truncated or corrupt ({type(e).__name__}: {e}); "
+                "delete it (a built model such as the organism is then rebuilt) or restore it"
+            ) from None
+
+
+def checkpoint_path(cfg: Mapping[str, Any]) -> str:
+    """The directory or hub id ``from_pretrained`` reads, building local models when missing."""
+    builder = cfg.get("builder")
+    if builder is not None:
+        return str(BUILDERS[builder]())
+    return str(cfg["path"])
+
+
+#: Files of a local checkpoint dir that ``from_pretrained`` may read (what the fingerprint hashes).
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".jinja", ".txt", ".py", ".tiktoken")
+
+
+#: Files above this size are fingerprinted by their size and 64 spread 1 MiB samples, not in full.
+FULL_HASH_LIMIT = 1 << 30
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file (sampled above :data:`FULL_HASH_LIMIT`), memoised by path, size and mtime."""
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            if st.st_size <= FULL_HASH_LIMIT:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(f"sampled:{st.st_size}".encode())
+                for i in range(64):
+                    f.seek(i * (st.st_size - (1 << 20)) // 63)
+                    h.update(f.read(1 << 20))
+        _DIGESTS[memo] = h.hexdigest()
+    return _DIGESTS[memo]
+
+
+def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict[str, Any]:
+    """What identifies the loaded checkpoint's content, independent of where it lives, so a copied
+    or shared cache still hits: a local dir -> the sha256 of each file ``from_pretrained`` reads;
+    a hub id -> the id, the requested revision and the commit it resolved to. Cache keys (e.g. the
+    extraction key) use this instead of the checkpoint path."""
+    if loaded.fingerprint is None:
+        local = Path(loaded.path)
+        if local.is_dir():
+            files = sorted(
+                f for f in local.iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix in CHECKPOINT_SUFFIXES
+            )
+            loaded.fingerprint = {"files": {f.name: _file_digest(f) for f in files}}
+        else:
+            loaded.fingerprint = {
+                "hub_id": loaded.path,
+                "revision": model_cfg.get("revision"),
+                "commit": getattr(loaded.hf.config, "_commit_hash", None),
+            }
+    return loaded.fingerprint
+
+
+def _atomic_build(target: Path, make: Any) -> Path:
+    """Build into a temp dir beside ``target`` and rename it into place (safe if interrupted);
+    an existing build (its ``config.json`` is written last) is kept."""
+    if not (target / "config.json").exists():
+        with atomic_dir(target, replace=False) as tmp:
+            make(tmp)
+    return target
+
+
+def build_tiny_random() -> Path:
+    """A 4-layer random-weight Qwen3 with the organism's tokenizer: the fast test fixture."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from steerexp.organism import RECIPE_VERSION
+    from steerexp.organism.tokenizer import build_tokenizer
+
+    def make(out: Path) -> None:
+        tok = build_tokenizer()
+        torch.manual_seed(0)
+        config = Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+            tie_word_embeddings=False,
+        )
+        Qwen3ForCausalLM(config).save_pretrained(out)
+        tok.save_pretrained(out)
+
+    # The tokenizer comes from the organism's corpus, so its recipe version is part of the name.
+    name = f"tiny_random-{TINY_RANDOM_VERSION}-tok{RECIPE_VERSION}"
+    return _atomic_build(cache_dir() / "tiny_random" / name, make)
+
+
+def build_organism() -> Path:
+    from steerexp.organism import build
+
+    return build()
+
+
+BUILDERS = {"organism": build_organism, "tiny_random": build_tiny_random}

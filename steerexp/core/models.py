@@ -1,0 +1,229 @@
+"""Load a model (hub id, local path, or a locally built one) and resolve module templates.
+
+Every model, the organism included, goes through the same ``from_pretrained`` path; only
+where the checkpoint directory comes from differs (``builder``). Loaded models are kept per
+config for the life of the process, so a sweep in one process loads each model once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from steerexp.core.checkpoints import BUILDERS, check_local_path, check_safetensors, checkpoint_path
+from steerexp.core.errors import SteerexpError, choice_error
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+QUANTIZATIONS = (None, "4bit", "8bit")
+#: Packages transformers needs to load a bitsandbytes-quantized checkpoint (CPU included).
+QUANT_PACKAGES = ("bitsandbytes", "accelerate")
+
+
+@dataclass
+class LoadedModel:
+    """A frozen HF causal LM, its tokenizer and the nnsight wrapper used to trace it."""
+
+    name: str
+    hf: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    lm: Any
+    path: str
+    chat_kwargs: dict[str, Any] = field(default_factory=dict)
+    load_s: float = 0.0
+    reused: bool = False
+    fingerprint: dict[str, Any] | None = None
+    _exec_rank: dict[str, int] | None = field(default=None, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.hf.config.num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def module_names(self) -> list[str]:
+        return [n for n, _ in self.hf.named_modules() if n]
+
+    def forward_order(self, paths: list[str]) -> list[str]:
+        """``paths`` (deduplicated) in the order the model produces their outputs: nnsight must be
+        asked for module outputs in that order (else ``OutOfOrderError``), and a name order or a
+        set order (which depends on ``PYTHONHASHSEED``) can differ from it, e.g. two modules of one
+        block. Measured once per model with forward hooks on a two-token input."""
+        if self._exec_rank is None:
+            rank: dict[str, int] = {}
+
+            def record(name: str) -> Any:
+                def hook(*_: Any) -> None:
+                    rank.setdefault(name, len(rank))
+
+                return hook
+
+            hooks = [
+                module.register_forward_hook(record(name))
+                for name, module in self.hf.named_modules()
+                if name
+            ]
+            token = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
+            try:
+                with torch.no_grad():
+                    self.hf(input_ids=torch.full((1, 2), int(token), device=self.device))
+            finally:
+                for h in hooks:
+                    h.remove()
+            self._exec_rank = rank
+        rank = self._exec_rank
+        return sorted(set(paths), key=lambda p: (rank.get(p, len(rank)), p))
+
+    def envoy(self, path: str) -> Any:
+        """The nnsight envoy at a dotted module path (``model.layers.3.mlp``)."""
+        node = self.lm
+        for part in path.split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        return node
+
+
+_LOADED: dict[str, LoadedModel] = {}
+
+
+def _model_key(cfg: Mapping[str, Any]) -> str:
+    return json.dumps({k: cfg.get(k) for k in sorted(cfg)}, sort_keys=True, default=str)
+
+
+def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
+    """Checks that need no model: dtype, quantization, and that remote code is never implicit."""
+    if cfg.get("dtype") not in DTYPES:
+        raise choice_error("model.dtype", cfg.get("dtype"), DTYPES)
+    if cfg.get("quantization") not in QUANTIZATIONS:
+        raise choice_error("model.quantization", cfg.get("quantization"), ["null", "4bit", "8bit"])
+    if cfg.get("quantization"):
+        missing = [m for m in QUANT_PACKAGES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SteerexpError(
+                f"model.quantization={cfg['quantization']} needs the package(s) {', '.join(missing)}; "
+                f"install them (pip install {' '.join(missing)}) or set model.quantization=null"
+            )
+    if not isinstance(cfg.get("trust_remote_code"), bool):
+        raise SteerexpError(
+            f"model.trust_remote_code={cfg.get('trust_remote_code')!r} must be true or false; "
+            "steerexp never enables remote code implicitly (only an explicit true does)"
+        )
+    builder = cfg.get("builder")
+    if builder not in (None, *BUILDERS):
+        raise choice_error("model.builder", builder, ["null", *BUILDERS])
+    if builder is None and not cfg.get("path"):
+        raise SteerexpError(f"model {cfg.get('name')!r} has neither a path nor a builder")
+    if builder is None:
+        check_local_path(str(cfg["path"]))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
+    """Load (or reuse) the model of a ``conf/model`` config, frozen, in eval mode."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    validate_model_cfg(cfg)
+    key = _model_key(cfg)
+    if key in _LOADED:
+        cached = _LOADED[key]
+        cached.reused = True
+        return cached
+    t0 = time.perf_counter()
+    path = checkpoint_path(cfg)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    dtype = DTYPES[cfg["dtype"]]
+    kwargs: dict[str, Any] = {
+        "revision": cfg.get("revision"),
+        "dtype": dtype,
+        "trust_remote_code": bool(cfg.get("trust_remote_code")),
+    }
+    if cfg.get("quantization"):
+        from transformers import BitsAndBytesConfig
+
+        four = cfg["quantization"] == "4bit"
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=four,
+            load_in_8bit=not four,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4",
+        )
+        kwargs["device_map"] = {"": str(device)}
+    check_safetensors(path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+    )
+    config = AutoConfig.from_pretrained(
+        path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+    )
+    _check_architecture(cfg, path, list(config.architectures or []))
+    hf = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+    if not cfg.get("quantization"):
+        hf = hf.to(device)
+    if not config.architectures:
+        _check_architecture(cfg, path, [type(hf).__name__])
+    hf.eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    if cfg.get("quantization") == "4bit":
+        _keep_4bit_differentiable(hf)
+    # Frozen weights: activations only get gradients if the embeddings' output requires grad.
+    hf.enable_input_require_grads()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = TransformersModel(hf, tokenizer=tokenizer, task="text-generation")
+    loaded = LoadedModel(
+        name=str(cfg.get("name")),
+        hf=hf,
+        tokenizer=tokenizer,
+        lm=lm,
+        path=path,
+        chat_kwargs=dict(cfg.get("chat_template_kwargs") or {}),
+        load_s=time.perf_counter() - t0,
+    )
+    _LOADED[key] = loaded
+    return loaded
+
+
+def _keep_4bit_differentiable(hf: PreTrainedModel) -> None:
+    """Stop bitsandbytes repacking 4-bit CPU weights on a no-grad forward (e.g. ``generate``).
+
+    The packed CPU kernel has no autograd, so every later extraction would silently get zero
+    gradients through the quantized layers of a model reused across runs.
+    """
+    for module in hf.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _check_architecture(cfg: Mapping[str, Any], path: str, got: list[str]) -> None:
+    """``model.architecture`` must name the checkpoint's class (checked before weights load)."""
+    expected = cfg.get("architecture")
+    if expected and got and expected not in got:
+        raise SteerexpError(
+            f"model {cfg.get('name')!r} at {path!r} is a {', '.join(got)} checkpoint, but its config says "
+            f"architecture={expected!r}; fix model.architecture or model.path"
+        )
+
+

@@ -1,0 +1,224 @@
+"""One call per stage: each reads its part of the config and returns the typed value the next
+stage takes (:mod:`steerexp.core.results`). :func:`steerexp.pipeline.run` calls them in order."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from steerexp import cache_dir
+from steerexp.core import cache, rowcache
+from steerexp.core.answers import AnswerSpec, make_answer_spec
+from steerexp.core.columns import DOSE_COLUMNS
+from steerexp.core.data import load_neutral_prompts
+from steerexp.core.errors import SteerexpError
+from steerexp.core.models import LoadedModel, load_model
+from steerexp.core.modules import resolve_modules
+from steerexp.core.results import (
+    Directions,
+    Extraction,
+    Generations,
+    Intervention,
+    Judged,
+    Regression,
+)
+from steerexp.core.steering import Steering
+from steerexp.pipeline.checks import Inputs, plain
+from steerexp.stages.extract.activations import extract as extract_rows
+from steerexp.stages.extract.vjp import vjp_rows
+from steerexp.stages.fit.methods import METHODS, fit_from_config
+from steerexp.stages.generate.rows import generate_rows, grid, make_rescore
+from steerexp.stages.intervene.scales import base_scales, calibrate_kl, neutral_prompt_ids
+from steerexp.stages.judge.judges import dose_frame, judge_rows
+from steerexp.stages.regress import coherence
+from steerexp.stages.regress.ols import regress as fit_line
+
+#: Version of the judged-rows caches (generations and nulls).
+# 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex
+# 3: text fields quoted (a completion's bare \r split rows of version-2 files)
+ROWS_VERSION = 3
+
+
+@dataclass
+class Model:
+    """The loaded model with the run's target modules and answer spec."""
+
+    loaded: LoadedModel
+    modules: list[str]
+    spec: AnswerSpec
+
+
+def cache_root(cfg: DictConfig) -> Path:
+    """Root of the run's caches: extractions, and under it ``generations/`` and ``nulls/``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "extractions"
+
+
+def load(cfg: DictConfig) -> Model:
+    """Load (or reuse) the model, resolve the target modules, spell the answers."""
+    loaded = load_model(plain(cfg.model))
+    spec = make_answer_spec(
+        loaded.tokenizer,
+        str(cfg.eval.answer_regex),
+        list(cfg.eval.answers),
+        str(cfg.eval.answer_prefix),
+    )
+    return Model(loaded, resolve_modules(loaded, cfg.module), spec)
+
+
+def extract(cfg: DictConfig, model: Model, inputs: Inputs, progress: bool) -> Extraction:
+    """Stage 1: activations, and loss gradients when the method uses them."""
+    return extract_rows(
+        model.loaded,
+        plain(cfg.model),
+        model.modules,
+        plain(cfg.loss),
+        inputs.pairs,
+        int(cfg.extract.batch_size),
+        cache_root(cfg),
+        progress=progress,
+        grad_tokens=str(cfg.extract.grad_tokens),
+        need_grads=METHODS.get(str(cfg.method.kind)).uses_grads,
+    )
+
+
+def fit(cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction) -> Directions:
+    """Stage 2: one unit direction per module (``vjp_steer`` first pulls its rows back)."""
+    if METHODS.get(str(cfg.method.kind)).uses_grads:
+        for m in model.modules:
+            if not bool(ex.grads[m].any()):
+                raise SteerexpError(
+                    f"method {cfg.method.name!r} needs loss gradients, but they are all zero at {m!r} "
+                    f"(loss {cfg.loss.name!r} at loss.layer={cfg.loss.layer} does not depend on it; "
+                    "use modules before the loss layer or another loss)"
+                )
+    rows, meta = ex.grads, {}
+    if str(cfg.method.kind) == "vjp_steer":
+        read_layer = cfg.method.read_layer
+        rows, meta = vjp_rows(
+            model.loaded,
+            plain(cfg.model),
+            model.modules,
+            inputs.pairs,
+            int(cfg.loss.layer if read_layer is None else read_layer),
+            str(cfg.method.tokens),
+            int(cfg.extract.batch_size),
+            cache_root(cfg),
+        )
+    fits = {
+        m: fit_from_config(
+            cfg.method, ex.acts[m], rows.get(m), ex.loss_grad_norms, seed=int(cfg.seed)
+        )
+        for m in model.modules
+    }
+    return Directions(fits, meta)
+
+
+def kl_prompts(cfg: DictConfig, model: Model) -> list[list[int]]:
+    """The held-out neutral prompts of ``kl.prompts`` (never the eval questions), tokenised."""
+    return neutral_prompt_ids(model.loaded, load_neutral_prompts(str(cfg.kl.prompts)))
+
+
+def scale(cfg: DictConfig, model: Model, steering: Steering) -> Intervention:
+    """``coeff_units=kl``: rescale so one unit reaches the target KL; otherwise as it is."""
+    if cfg.coeff_units != "kl":
+        return Intervention(steering)
+    kl = calibrate_kl(model.loaded, kl_prompts(cfg, model), steering)
+    return Intervention(steering.scaled(kl["c_star"]), kl)
+
+
+def intervene(cfg: DictConfig, model: Model, ex: Extraction, dirs: Directions) -> Intervention:
+    """Stage 3: the size of one coefficient unit per module (norm, raw or iso-KL)."""
+    scales = base_scales(str(cfg.coeff_units), ex, model.modules)
+    return scale(cfg, model, Steering(dirs.vectors, scales))
+
+
+def group_payload(cfg: DictConfig, acts_key: str, coeffs: list[float]) -> dict[str, Any]:
+    """What generations depend on besides the direction: model and modules (via the loss-free
+    extraction key, which also fixes the norm scales), eval (not its chunking), judge, units,
+    grid and sampling seed (not how rows are chunked or spread over processes)."""
+    ev = {k: v for k, v in plain(cfg.eval).items() if k not in ("max_batch_size", "workers")}
+    return {
+        "version": ROWS_VERSION,
+        "acts_key": acts_key,
+        "eval": ev,
+        "judge": plain(cfg.judge),
+        "coeff_units": str(cfg.coeff_units),
+        "coeffs": coeffs,
+        "seed": int(cfg.seed),
+    }
+
+
+def steering_id(steering: Steering) -> dict[str, Any]:
+    """Content hash of the directions and their scales."""
+    digest = {
+        m: hashlib.sha256(v.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        for m, v in sorted(steering.vectors.items())
+    }
+    return {
+        "directions": digest,
+        "scales": {m: float(s) for m, s in sorted(steering.scales.items())},
+    }
+
+
+def generate(
+    cfg: DictConfig,
+    model: Model,
+    inputs: Inputs,
+    ex: Extraction,
+    steering: Steering,
+    progress: bool,
+) -> Generations:
+    """Stage 4: every (question, coefficient, repeat) row, unless this generation was judged
+    before (same group, directions and scales), then its judged rows from the cache."""
+    key = cache.hash_key(
+        {"run": group_payload(cfg, ex.acts_key, inputs.coeffs), **steering_id(steering)}
+    )
+    hit = rowcache.load_rows(cache_root(cfg) / "generations" / key)
+    if hit is not None:
+        return Generations(key, [], hit[0])
+    t0 = time.perf_counter()
+    rows = generate_rows(
+        model.loaded,
+        cfg.eval,
+        grid(inputs.questions, inputs.coeffs, int(cfg.eval.repeats)),
+        steering,
+        model.spec,
+        int(cfg.seed),
+        progress,
+    )
+    return Generations(key, rows, seconds=time.perf_counter() - t0)
+
+
+def judge(
+    cfg: DictConfig, model: Model, inputs: Inputs, steering: Steering, gens: Generations
+) -> Judged:
+    """Stage 5: each row's answer as a log-ratio; the judged rows are cached by generation key."""
+    if gens.cached is not None:
+        return Judged(gens.cached[DOSE_COLUMNS], gens.key, reused=True)
+    t0 = time.perf_counter()
+    rescore = make_rescore(model.loaded, cfg.eval, inputs.questions, steering, model.spec)
+    judged = judge_rows(str(cfg.judge.name), gens.rows, model.spec, rescore)
+    dose = dose_frame(gens.rows, judged)
+    build_s = gens.seconds + time.perf_counter() - t0
+    meta = {"key": gens.key, "method": str(cfg.method.name), "build_s": build_s}
+    rowcache.save_rows(cache_root(cfg) / "generations" / gens.key, dose, meta)
+    return Judged(dose, gens.key, reused=False)
+
+
+def regress(
+    cfg: DictConfig, model: Model, inputs: Inputs, steering: Steering, judged: Judged
+) -> Regression:
+    """Stage 6: the dose-response fit, and the coherence cost of each coefficient."""
+    dose = judged.dose
+    stats = fit_line(
+        dose["coeff"], dose["log_ratio"], dose["valid"], x=str(cfg.regress_x), groups=dose["question_id"]
+    )
+    kl = coherence.mean_token_kl(model.loaded, kl_prompts(cfg, model), steering, inputs.coeffs)
+    lengths = coherence.completion_lengths(model.loaded, list(dose["completion"]))
+    cost = coherence.cost_table(kl, inputs.coeffs, dose, lengths)
+    return Regression({**stats, **coherence.summary(cost)}, cost)

@@ -1,0 +1,269 @@
+"""Stage 1: activations and loss gradients of the target modules on contrast pairs (SPEC 4.1).
+
+Pairs are rendered with the chat template (persona as the user turn, the suffix as the
+open start of the assistant turn), padded on the left and read at the last non-padding
+token. One nnsight trace per batch records every target module's output, the loss-layer
+output and the logits; the loss and its gradients with respect to those outputs are then
+taken with ``torch.autograd`` on the recorded graph (parameters stay frozen).
+
+Activations are cached under a loss-free key (``acts_key``), gradients, ``logp`` and
+``loss_grad_norms`` under a key that adds the loss: a loss sweep reuses one activation
+extraction, and activation methods never run the backward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from steerexp.core import cache
+from steerexp.core.checkpoints import model_fingerprint
+from steerexp.core.data import Pair
+from steerexp.core.errors import SteerexpError
+from steerexp.core.models import LoadedModel
+from steerexp.core.results import Extraction
+from steerexp.core.tokens import encode, first_output, last_token_index, left_pad, model_inputs
+from steerexp.stages.extract.balance import combine, has_terms
+from steerexp.stages.extract.gradients import loss_gradients
+from steerexp.stages.extract.losses import LOSSES
+
+EXTRACT_VERSION = 2
+LOGP_TOKENS = ("suffix", "all")
+#: ``all``: a row's gradient is summed over its tokens, i.e. the gradient with respect to a
+#: bias added to the module's output at every position -- exactly what the intervention
+#: adds, so ``g . v`` is the first-order effect of steering along ``v``. ``last``: the
+#: gradient at the read token only; note it is identically zero for ``nll``, since the
+#: last position predicts no token of the sequence.
+GRAD_TOKENS = ("all", "last")
+
+
+_MEMO: dict[str, dict[str, Tensor]] = {}
+
+
+def loss_layer_path(n_layers: int, layer: int) -> str:
+    """The module whose output is HF's ``output_hidden_states[layer]``: 0 = the embedding output,
+    ``k`` = the output of block ``k - 1``, ``n_layers`` (= -1) = the final norm's output
+    (negative ``layer`` counts from the end, as in Python)."""
+    k = int(layer)
+    if not -(n_layers + 1) <= k <= n_layers:
+        raise SteerexpError(
+            f"loss.layer={layer} is not a hidden_states index of a {n_layers}-layer model; "
+            f"valid: 0..{n_layers} or -{n_layers + 1}..-1 (0 = embeddings, -1 = final norm output)"
+        )
+    k %= n_layers + 1
+    if k == 0:
+        return "model.embed_tokens"
+    return "model.norm" if k == n_layers else f"model.layers.{k - 1}"
+
+
+def cache_payload(
+    loaded: LoadedModel,
+    model_cfg: Mapping[str, Any],
+    modules: list[str],
+    loss_cfg: Mapping[str, Any],
+    pairs: Sequence[Pair],
+    batch_size: int,
+) -> dict[str, Any]:
+    """Everything an extraction depends on; its hash is the cache key."""
+    return {
+        "version": EXTRACT_VERSION,
+        "model": {k: model_cfg.get(k) for k in ("dtype", "quantization")},
+        "checkpoint": model_fingerprint(model_cfg, loaded),
+        "chat_kwargs": loaded.chat_kwargs,
+        "modules": modules,
+        "loss": dict(loss_cfg),
+        "pairs": cache.hash_key([p.key() for p in pairs]),
+        "n_pairs": len(pairs),
+        "batch_size": batch_size,
+    }
+
+
+def _run_batch(
+    loaded: LoadedModel,
+    modules: list[str],
+    loss_path: str,
+    loss_cfg: Mapping[str, Any],
+    seqs: list[tuple[list[int], int]],
+    n_pairs_total: int,
+    batch_no: int,
+    grad_tokens: str,
+    need_grads: bool = True,
+) -> dict[str, Tensor]:
+    tok = loaded.tokenizer
+    ids, mask = left_pad([s for s, _ in seqs], tok.pad_token_id)
+    width = ids.shape[1]
+    tmask = torch.zeros_like(mask)
+    for i, (s, n_suffix) in enumerate(seqs):
+        if loss_cfg.get("tokens", "suffix") == "suffix":
+            tmask[i, width - n_suffix :] = 1
+        else:
+            tmask[i, width - len(s) + 1 :] = 1
+    ids, mask, tmask = (t.to(loaded.device) for t in (ids, mask, tmask))
+    paths = loaded.forward_order([*modules, loss_path])
+    saved: list[Any] = []
+    with loaded.lm.trace(model_inputs(ids, mask)):
+        for p in paths:
+            saved.append(loaded.envoy(p).output.save())
+        logits = loaded.lm.output.logits.save()
+    outs = {p: first_output(o) for p, o in zip(paths, saved, strict=True)}
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    last = last_token_index(mask)
+    result = {f"acts/{m}": outs[m][rows, last].detach().float().cpu() for m in modules}
+    if need_grads:
+        result.update(
+            loss_gradients(
+                outs,
+                logits,
+                ids,
+                mask,
+                tmask,
+                rows,
+                last,
+                modules,
+                loss_path,
+                loss_cfg,
+                n_pairs_total,
+                grad_tokens,
+            )
+        )
+    for key, value in result.items():
+        if key.startswith("acts/") or "grads/" in key:
+            if not torch.isfinite(value).all():
+                name = "activations" if key.startswith("acts/") else "gradients"
+                m = key.split("/", 1)[1] if key.startswith("acts/") else key.split("grads/", 1)[1]
+                raise SteerexpError(
+                    f"non-finite {name} at module {m!r} in extraction batch {batch_no}"
+                )
+    return result
+
+
+def _lookup(root: Path | None, key: str) -> tuple[dict[str, Tensor] | None, bool]:
+    """Tensors of a cache entry from memory, else disk; and whether they came from disk."""
+    if key in _MEMO:
+        return _MEMO[key], False
+    if root is not None and (tensors := cache.load(root, key)) is not None:
+        _MEMO[key] = tensors
+        return tensors, True
+    return None, False
+
+
+def extract(
+    loaded: LoadedModel,
+    model_cfg: Mapping[str, Any],
+    modules: list[str],
+    loss_cfg: Mapping[str, Any],
+    pairs: Sequence[Pair],
+    batch_size: int = 16,
+    cache_root: Path | None = None,
+    progress: bool = True,
+    grad_tokens: str = "all",
+    need_grads: bool = True,
+) -> Extraction:
+    """Extract (or reuse) activations and, with ``need_grads``, gradients; batches hold whole pairs."""
+    if not pairs:
+        raise SteerexpError("the contrast set is empty: no pairs to extract")
+    if str(loss_cfg.get("tokens", "suffix")) not in LOGP_TOKENS:
+        raise SteerexpError(
+            f"loss.tokens={loss_cfg.get('tokens')!r}; valid: {', '.join(LOGP_TOKENS)}"
+        )
+    if grad_tokens not in GRAD_TOKENS:
+        raise SteerexpError(f"extract.grad_tokens={grad_tokens!r}; valid: {', '.join(GRAD_TOKENS)}")
+    LOSSES.get(str(loss_cfg["name"]))
+    loss_path = loss_layer_path(loaded.n_layers, int(loss_cfg["layer"]))
+    batch_size = max(2, int(batch_size) - int(batch_size) % 2)
+    payload = cache_payload(loaded, model_cfg, modules, loss_cfg, pairs, batch_size)
+    acts_payload = {k: v for k, v in payload.items() if k != "loss"}
+    payload["grad_tokens"] = grad_tokens
+    acts_key, grads_key = cache.hash_key(acts_payload), cache.hash_key(payload)
+    t0 = time.perf_counter()
+    acts, acts_disk = _lookup(cache_root, acts_key)
+    grads, grads_disk = _lookup(cache_root, grads_key) if need_grads else ({}, False)
+    if need_grads and grads is not None and has_terms(loss_cfg) and "logp" in grads:
+        if not any(k.startswith("term/") for k in grads):
+            grads = None  # an entry from before per-term gradients were kept
+    cached = acts is not None and grads is not None
+    if not cached:
+        acts, grads = _compute(
+            loaded,
+            modules,
+            loss_path,
+            loss_cfg,
+            pairs,
+            batch_size,
+            grad_tokens,
+            need_grads,
+            progress,
+        )
+    assert acts is not None and grads is not None
+    balance: dict[str, Any] = {}
+    if need_grads and has_terms(loss_cfg):
+        combined, balance = combine(grads, loss_cfg, modules)
+        grads = {**grads, **combined}
+    if not cached:
+        for key, tensors, meta in ((acts_key, acts, acts_payload), (grads_key, grads, payload)):
+            if tensors and key not in _MEMO:
+                _MEMO[key] = tensors
+                if cache_root is not None:
+                    info = balance if key == grads_key else None
+                    cache.save(cache_root, key, tensors, meta, info=info)
+    return Extraction(
+        modules=list(modules),
+        acts={m: acts[f"acts/{m}"] for m in modules},
+        grads={m: grads[f"grads/{m}"] for m in modules} if need_grads else {},
+        logp=grads.get("logp"),
+        loss_grad_norms=grads.get("loss_grad_norms"),
+        key=grads_key if need_grads else acts_key,
+        cached=cached,
+        seconds=time.perf_counter() - t0,
+        meta={**payload, "disk_hit": acts_disk or grads_disk},
+        acts_key=acts_key,
+        balance=balance,
+    )
+
+
+def _compute(
+    loaded: LoadedModel,
+    modules: list[str],
+    loss_path: str,
+    loss_cfg: Mapping[str, Any],
+    pairs: Sequence[Pair],
+    batch_size: int,
+    grad_tokens: str,
+    need_grads: bool,
+    progress: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Run every batch; returns the activation tensors and the gradient-side tensors."""
+    seqs: list[tuple[list[int], int]] = []
+    for p in pairs:
+        seqs.append(encode(loaded.tokenizer, p.messages(True), loaded.chat_kwargs))
+        seqs.append(encode(loaded.tokenizer, p.messages(False), loaded.chat_kwargs))
+    parts: list[dict[str, Tensor]] = []
+    bar = tqdm(
+        range(0, len(seqs), batch_size),
+        desc=f"extract {loss_cfg['name'] if need_grads else 'activations'}",
+        disable=not progress,
+        leave=False,
+    )
+    for b, start in enumerate(bar):
+        parts.append(
+            _run_batch(
+                loaded,
+                modules,
+                loss_path,
+                loss_cfg,
+                seqs[start : start + batch_size],
+                len(pairs),
+                b,
+                grad_tokens,
+                need_grads,
+            )
+        )
+    tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    acts = {k: v for k, v in tensors.items() if k.startswith("acts/")}
+    return acts, {k: v for k, v in tensors.items() if not k.startswith("acts/")}

@@ -1,0 +1,267 @@
+"""Direction methods (SPEC §4.3): fit one unit steering vector per module from A and G.
+
+Inputs are interleaved pairs: ``acts[0::2]`` positive, ``acts[1::2]`` negative (same for
+``grads``). Every method returns a raw direction; :func:`fit_from_config` normalises it and
+fixes its sign by one rule (SPEC 4.3), so ``+v`` means "more like the positive persona":
+
+- pair vote, every method except ``random``: keep ``v`` if ``(a⁺ − a⁻)·v > 0`` in the majority
+  of pairs (ties: by the mean projection), else ``−v``;
+- gradient methods (``svd_steer``, ``fisher``, ``fisher_dual``) also record the first-order
+  verdict ``mean((g⁻ − g⁺)·v) ≥ 0`` on the final ``v`` (``grad_rule``) and whether the unflipped
+  raw direction's verdict agreed with the vote (``grad_rule_agrees``): under ``nll`` on the
+  organism they disagree, a finding, not a reason to point a row away from the trait;
+- ``random`` is never flipped (it is the null).
+
+Methods are registered by ``kind``; a ``conf/method/<name>.yaml`` file picks the kind and its
+parameters, so names are never parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+import steerexp
+from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.core.registry import Registry
+from steerexp.core.results import DirectionFit, Info
+from steerexp.stages.fit.fisher import solve_fisher
+from steerexp.stages.fit.inputs import Inputs, method_inputs
+
+COMBINES = ("mean", "pos", "neg", "diff")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``fit(cfg, inputs) -> (raw float64 direction, info)``."""
+
+    fit: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]
+    uses_grads: bool
+
+
+METHODS: Registry[Method] = Registry("method kind")
+
+
+def register(
+    kind: str, uses_grads: bool
+) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
+    """Decorator: ``@register("my_method", uses_grads=False)`` makes ``kind: my_method`` a method
+    (``fn(cfg, inputs) -> (raw direction, info)``); see README "Add a method"."""
+
+    def deco(fn: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]) -> Method:
+        return METHODS.register(kind)(Method(fn, uses_grads))
+
+    return deco
+
+
+def _top_right_singular(x: Tensor) -> Tensor:
+    """First right singular vector of ``x`` (the top principal axis of its rows, uncentred)."""
+    return torch.linalg.svd(x, full_matrices=False)[2][0]
+
+
+@register("mean_diff", uses_grads=False)
+def _mean_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """``mean(a⁺ − a⁻)`` over pairs."""
+    return (x.acts[0::2] - x.acts[1::2]).mean(dim=0), {}
+
+
+@register("pca_diff", uses_grads=False)
+def _pca_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Top right singular vector of ``D − mean(D)``, ``D = A⁺ − A⁻`` (needs variance along the trait)."""
+    diff = x.acts[0::2] - x.acts[1::2]
+    return _top_right_singular(diff - diff.mean(dim=0)), {}
+
+
+@register("pca_center", uses_grads=False)
+def _pca_center(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Top right singular vector of the activations minus each pair's own mean (rows ``±D/2``)."""
+    pair_mean = (x.acts[0::2] + x.acts[1::2]) / 2
+    return _top_right_singular(x.acts - pair_mean.repeat_interleave(2, dim=0)), {}
+
+
+@register("random", uses_grads=False)
+def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """A Gaussian vector from ``torch.Generator().manual_seed(seed)``; uses the data only for d."""
+    gen = torch.Generator().manual_seed(int(x.seed))
+    return torch.randn(x.acts.shape[1], generator=gen, dtype=torch.float64), {"seed": float(x.seed)}
+
+
+@register("svd_steer", uses_grads=True)
+def _svd_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Top right singular vector of the centred gradients ``G − mean(G)``."""
+    assert x.grads is not None
+    return _top_right_singular(x.grads - x.grads.mean(dim=0)), {}
+
+
+@register("vjp_steer", uses_grads=False)
+def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """Mean of the pulled-back rows ``Jᵢᵀu`` (passed as ``grads``; :func:`steerexp.stages.extract.vjp.vjp_rows`)."""
+    if x.grads is None:
+        raise SteerexpError(
+            "method vjp_steer needs the read-layer contrast pulled back to the module "
+            "(steerexp.stages.extract.vjp.vjp_rows), passed as grads"
+        )
+    return x.grads.double().mean(dim=0), {}
+
+
+def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The Fisher parameters of a method config, with SPEC defaults (iEF, reg2, relative)."""
+    return {
+        "fisher": str(cfg.get("fisher", "ief")),
+        "reg": float(cfg.get("reg", 1e-2)),
+        "reg_scale": str(cfg.get("reg_scale", "relative")),
+    }
+
+
+@register("fisher", uses_grads=True)
+def _fisher(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """``(F + λI)⁻¹ ḡ`` over all rows (see :mod:`steerexp.stages.fit.fisher`)."""
+    assert x.grads is not None
+    sol = solve_fisher(x.grads, loss_grad_norms=x.loss_grad_norms, **_fisher_args(cfg))
+    return sol.vector, sol.info
+
+
+@register("fisher_dual", uses_grads=True)
+def _fisher_dual(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+    """``v± = (F± + λI)⁻¹ ḡ±`` per side; ``combine``: pos → v⁺, neg → v⁻, diff → v⁺ − v⁻, mean → (v⁺ + v⁻)/2."""
+    assert x.grads is not None
+    combine = str(cfg.get("combine", "mean"))
+    if combine not in COMBINES:
+        raise choice_error("combine", combine, COMBINES)
+    args = _fisher_args(cfg)
+    info: Info = {"combine": combine}
+    side: dict[str, Tensor] = {}
+    for name, rows in (("pos", slice(0, None, 2)), ("neg", slice(1, None, 2))):
+        if combine in (name, "mean", "diff"):
+            lgn = None if x.loss_grad_norms is None else x.loss_grad_norms[rows]
+            sol = solve_fisher(x.grads[rows], loss_grad_norms=lgn, **args)
+            side[name] = sol.vector
+            info.update({f"{name}.{k}": val for k, val in sol.info.items()})
+    info.update(
+        {"fisher": args["fisher"], "reg_scale": args["reg_scale"], "reg_requested": args["reg"]}
+    )
+    info["reg_used"] = max(float(info[f"{s}.reg_used"]) for s in side)
+    info["reg_fallback"] = any(bool(info[f"{s}.reg_fallback"]) for s in side)
+    if combine == "pos":
+        return side["pos"], info
+    if combine == "neg":
+        return side["neg"], info
+    if combine == "diff":
+        return side["pos"] - side["neg"], info
+    return (side["pos"] + side["neg"]) / 2, info
+
+
+def pair_vote(v: Tensor, acts: Tensor) -> tuple[bool, float]:
+    """Whether ``+v`` wins the pair vote (ties: by the mean projection), and its share of pairs."""
+    p = acts.to(v.dtype) @ v
+    proj = p[0::2] - p[1::2]
+    votes = int(torch.sign(proj).sum())
+    keep = votes > 0 or (votes == 0 and float(proj.mean()) >= 0)
+    return keep, float((proj > 0).double().mean())
+
+
+def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool, kind: str) -> tuple[Tensor, Info]:
+    """Apply the sign rule of the module docstring; returns the oriented ``v`` and what was decided."""
+    if kind == "random":
+        return v, {"flipped": False}
+    keep, share = pair_vote(v, x.acts)
+    out = v if keep else -v
+    info: Info = {"flipped": not keep, "pair_vote_frac": share if keep else 1.0 - share}
+    if uses_grads:
+        assert x.grads is not None
+        p = x.grads @ out
+        verdict = float((p[1::2] - p[0::2]).mean()) >= 0
+        info.update(grad_rule=verdict, grad_rule_agrees=verdict)
+    return out, info
+
+
+def fit_from_config(
+    method_cfg: Mapping[str, Any],
+    acts: Tensor,
+    grads: Tensor | None = None,
+    loss_grad_norms: Tensor | None = None,
+    seed: int = 0,
+) -> DirectionFit:
+    """Fit the method a (possibly overridden) ``method`` config describes; dispatches on ``kind``."""
+    cfg: Mapping[str, Any] = (
+        OmegaConf.to_container(method_cfg, resolve=True)
+        if isinstance(method_cfg, DictConfig)
+        else method_cfg  # type: ignore[assignment]
+    )
+    if "kind" not in cfg:
+        raise SteerexpError(
+            f"method config {cfg.get('name', '?')!r} has no 'kind'; valid: {', '.join(METHODS.names())}"
+        )
+    name = str(cfg.get("name", cfg["kind"]))
+    method = METHODS.get(str(cfg["kind"]))
+    x = method_inputs(name, acts, grads, loss_grad_norms, seed, method.uses_grads)
+    raw, info = method.fit(cfg, x)
+    raw_norm = float(raw.norm())
+    if not (raw_norm > 0 and raw_norm < float("inf")):
+        raise SteerexpError(
+            f"method {name!r} gave a zero or non-finite direction (norm {raw_norm})"
+        )
+    v, sign = _fix_sign(raw / raw_norm, x, method.uses_grads, str(cfg["kind"]))
+    return DirectionFit(
+        v.to(torch.float32).contiguous(),
+        raw_norm,
+        {"method": name, "kind": str(cfg["kind"]), **info, **sign},
+    )
+
+
+def fit_summary(fits: Mapping[str, DirectionFit]) -> dict[str, Any]:
+    """Sign decisions over modules: any flip, mean pair-vote share, and (gradient methods)
+    whether the first-order gradient rule agreed with the pair vote at every module."""
+    infos = [f.info for f in fits.values()]
+    out: dict[str, Any] = {
+        "sign_flipped": any(bool(i.get("flipped")) for i in infos),
+        "pair_vote_frac": float(np.mean([float(i.get("pair_vote_frac", np.nan)) for i in infos])),
+        "grad_rule_agrees": None,
+    }
+    if all("grad_rule_agrees" in i for i in infos):
+        out["grad_rule_agrees"] = all(bool(i["grad_rule_agrees"]) for i in infos)
+    fallback = [i for i in infos if i.get("reg_fallback")]
+    out["reg_fallback"] = bool(fallback)
+    if fallback:
+        out["reg_used"] = max(float(i.get("reg_used", 0.0)) for i in fallback)
+    return out
+
+
+def method_names() -> list[str]:
+    """The option names of the ``method`` config group (``conf/method/*.yaml``)."""
+    return sorted(p.stem for p in (steerexp.CONF_DIR / "method").glob("*.yaml"))
+
+
+def load_method_config(name: str) -> dict[str, Any]:
+    """The ``method`` option ``name`` as Hydra composes it (bases merged); unknown names give a
+    did-you-mean error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    names = method_names()
+    if name not in names:
+        raise choice_error("method", name, names)
+    overrides = [f"method={name}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(steerexp.CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg.method, resolve=True)  # type: ignore[return-value]
+
+
+def fit_direction(
+    name: str,
+    acts: Tensor,
+    grads: Tensor | None = None,
+    loss_grad_norms: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Public API: the unit float32 direction ``[d]`` of the ``conf/method`` option ``name``."""
+    return fit_from_config(load_method_config(name), acts, grads, loss_grad_norms, seed).vector

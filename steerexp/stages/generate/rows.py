@@ -1,0 +1,276 @@
+"""Stage 4: one batched, seeded generation over every (question x coefficient x repeat) row.
+
+Each row carries its own coefficient and direction (an index into a list of steerings), so a
+whole grid, or the K directions of a random null, runs as a few ``generate`` calls (chunked by
+``eval.max_batch_size``) instead of one per coefficient or direction. At every step the
+model's raw logits give, per answer word, the log of the total probability of its variant
+tokens; the judge reads them at the step that wrote the answer.
+
+Each row is sampled from its own seed (:mod:`.sampling`) and stops on its own (:mod:`.stopping`),
+so chunking never changes a sample and different directions share common random numbers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import LogitsProcessorList, StoppingCriteriaList
+
+from steerexp.core.answers import AnswerSpec
+from steerexp.core.data import Question, question_messages
+from steerexp.core.models import LoadedModel
+from steerexp.core.results import GenRow
+from steerexp.core.steering import Steering, shifts, steer, steered_logits, steered_prefix_cache
+from steerexp.core.threads import one_thread
+from steerexp.core.tokens import left_pad
+from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
+from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
+from steerexp.stages.generate.stopping import RowStop, stop_ids
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of the generation grid: ``direction`` indexes the steerings passed to
+    :func:`generate_rows`; ``system`` (e.g. a persona) replaces the eval's system turn."""
+
+    question: Question
+    coeff: float
+    repeat: int
+    direction: int = 0
+    system: str | None = None
+
+
+def answer_logps(logits: Tensor, spec: AnswerSpec) -> Tensor:
+    """``[B, n_answers]``: log total probability of each answer's variant tokens."""
+    x = logits.float()
+    lse = x.logsumexp(-1)
+    return torch.stack([x[:, ids].logsumexp(-1) - lse for ids in spec.variant_ids], -1).cpu()
+
+
+def prompt_ids(loaded: LoadedModel, eval_cfg: Mapping[str, Any], q: Question) -> list[int]:
+    """Chat-templated prompt with the generation prompt (thinking kwargs pass through)."""
+    text = loaded.tokenizer.apply_chat_template(
+        question_messages(eval_cfg, q),
+        tokenize=False,
+        add_generation_prompt=True,
+        **loaded.chat_kwargs,
+    )
+    return loaded.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def grid(
+    questions: Sequence[Question], coeffs: Sequence[float], repeats: int, direction: int = 0
+) -> list[RowSpec]:
+    return [
+        RowSpec(q, float(c), r, direction)
+        for q in questions
+        for c in coeffs
+        for r in range(int(repeats))
+    ]
+
+
+def row_shifts(
+    steerings: Sequence[Steering],
+    directions: Sequence[int],
+    coeffs: Sequence[float],
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Per module ``[B, 1, d]`` shifts, row ``i`` steered by ``steerings[directions[i]]`` at ``coeffs[i]``.
+
+    Each direction's shift is computed with the other rows' coefficients set to 0 (exact zeros),
+    and the parts are summed, so a row's shift is bit-identical to steering it alone."""
+    dirs = torch.tensor(list(directions))
+    c = torch.tensor(list(coeffs), dtype=torch.float32)
+    total: dict[str, Tensor] = {}
+    for k in sorted(set(directions)):
+        for m, delta in shifts(steerings[k], torch.where(dirs == k, c, 0.0), device).items():
+            total[m] = delta if m not in total else total[m] + delta
+    return total
+
+
+def generate_chunk(
+    loaded: LoadedModel,
+    prompts: Sequence[list[int]],
+    coeffs: Sequence[float],
+    steering: Steering | Sequence[Steering] | None,
+    spec: AnswerSpec,
+    kwargs: Mapping[str, Any],
+    seeds: Sequence[int] | None = None,
+    directions: Sequence[int] | None = None,
+) -> list[tuple[list[int], Tensor, str]]:
+    """Generate one batch with per-row coefficients, directions and sampling seeds; returns
+    (completion ids, answer logps, stop reason) per row (:class:`RowStop`)."""
+    ids, mask = left_pad(prompts, loaded.tokenizer.pad_token_id)
+    ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+    steerings = [steering] if isinstance(steering, Steering) else list(steering or [])
+    dirs = list(directions) if directions is not None else [0] * len(prompts)
+    deltas = row_shifts(steerings, dirs, coeffs, loaded.device) if steerings else {}
+    prefix: dict[str, Any] = {}
+    if min(map(len, prompts)) >= 2:
+        # Every prompt is prefilled once per distinct (prompt, coefficient, direction): the
+        # repeats of a row share it. Every row takes this path, whatever its chunk holds.
+        keys = [(tuple(p), float(c), d) for p, c, d in zip(prompts, coeffs, dirs, strict=True)]
+        first = {k: j for j, k in reversed(list(enumerate(keys)))}
+        own = sorted(set(first.values()))
+        where = {j: u for u, j in enumerate(own)}
+        rows = torch.tensor([where[first[k]] for k in keys])
+        sub = (
+            row_shifts(steerings, [dirs[j] for j in own], [coeffs[j] for j in own], loaded.device)
+            if steerings
+            else {}
+        )
+        prefix["cache"] = steered_prefix_cache(loaded, ids[own], mask[own], sub, rows)
+    last = RowStop(loaded.tokenizer, stop_ids(loaded), spec.regex, ids.shape[1])
+    gen_kwargs = {k: v for k, v in kwargs.items() if k != "sample"}
+    processors = LogitsProcessorList()
+    n = int(kwargs["max_new_tokens"])
+    if "sample" in kwargs:
+        row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
+        processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
+    steps: list[Tensor] = []
+    with (
+        warnings.catch_warnings(),
+        loaded.lm.generate(
+            {"input_ids": ids, "attention_mask": mask},
+            stopping_criteria=StoppingCriteriaList([last]),
+            logits_processor=processors,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            **prefix,
+            **gen_kwargs,
+        ) as tracer,
+    ):
+        # A chunk whose rows all stop early ends the bounded step loop before n steps; nnsight
+        # warns about the unreached step, which is expected here (ids come from ``last``).
+        warnings.filterwarnings("ignore", message=".*was never reached.*")
+        for _ in tracer.iter[:n]:
+            steer(loaded, deltas)
+            steps.append(answer_logps(loaded.lm.lm_head.output[:, -1], spec))
+    assert last.ids is not None
+    new = last.ids[:, ids.shape[1] :].cpu()
+    lps = torch.stack(steps, 1) if steps else torch.zeros(len(prompts), 0, len(spec.answers))
+    out = []
+    for i in range(len(prompts)):
+        end, reason = last.cut(i, new.shape[1])
+        out.append((new[i, :end].tolist(), lps[i, :end], reason))
+    return out
+
+
+def with_system(eval_cfg: Mapping[str, Any], system: str | None) -> Mapping[str, Any]:
+    """The eval config with ``system`` put before its own system text (None: unchanged)."""
+    if system is None:
+        return eval_cfg
+    own = eval_cfg.get("system")
+    return {**dict(eval_cfg), "system": f"{system}\n\n{own}" if own else system}
+
+
+def shared_key(r: RowSpec, seed: int) -> tuple[Any, ...]:
+    """Rows with equal keys generate the same sample: same prompt and sampling seed, and the
+    same direction unless the coefficient is 0 (an exact zero shift, whatever the direction)."""
+    return (
+        r.question.id,
+        r.system,
+        row_seed(seed, r.question.id, r.repeat, r.coeff),
+        r.direction if r.coeff != 0.0 else None,
+    )
+
+
+def generate_rows(
+    loaded: LoadedModel,
+    eval_cfg: Mapping[str, Any],
+    rows: Sequence[RowSpec],
+    steering: Steering | Sequence[Steering] | None,
+    spec: AnswerSpec,
+    seed: int,
+    progress: bool = True,
+) -> list[GenRow]:
+    """Every row through batched generation, chunked by ``eval.max_batch_size``.
+
+    ``steering`` is one steering or a list indexed by ``RowSpec.direction``. Each row is
+    sampled from :func:`row_seed`, so neither chunking nor order changes a sample; rows with the
+    same :func:`shared_key` (e.g. the coefficient-0 rows of every null direction) are generated
+    once, and rows are batched by |coefficient| so chunks stop early together."""
+    prompts = {
+        (r.question.id, r.system): prompt_ids(loaded, with_system(eval_cfg, r.system), r.question)
+        for r in rows
+    }
+    first: dict[tuple[Any, ...], int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(shared_key(r, seed), i)
+    # Small coefficients first: rows of similar |c| tend to stop at similar steps, and a chunk
+    # runs until its last row stops, so mixing |c| would keep whole chunks going to the cap.
+    unique = sorted(
+        (rows[i] for i in first.values()),
+        key=lambda r: (abs(r.coeff), len(prompts[r.question.id, r.system])),
+    )
+    kwargs = sampling_kwargs(eval_cfg)
+    size = max(1, int(eval_cfg.get("max_batch_size", 32)))
+    chunks = [unique[start : start + size] for start in range(0, len(unique), size)]
+
+    def run(chunk: list[RowSpec]) -> list[tuple[list[int], Tensor, str]]:
+        return generate_chunk(
+            loaded,
+            [prompts[r.question.id, r.system] for r in chunk],
+            [r.coeff for r in chunk],
+            steering,
+            spec,
+            kwargs,
+            seeds=[row_seed(seed, r.question.id, r.repeat, r.coeff) for r in chunk],
+            directions=[r.direction for r in chunk],
+        )
+
+    width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
+    small = loaded.device.type == "cpu" and width < SMALL_WIDTH
+    workers = worker_count(eval_cfg.get("workers", "auto"), len(chunks), small)
+    done: list[tuple[list[int], Tensor, str]] = []
+    with one_thread(small):
+        parts = map_ordered(run, chunks, workers)
+        for part in tqdm(
+            parts, total=len(chunks), desc="generate", disable=not progress, leave=False
+        ):
+            done += part
+    slot = {shared_key(r, seed): j for j, r in enumerate(unique)}
+    out: list[GenRow] = []
+    for r in rows:
+        toks, lps, reason = done[slot[shared_key(r, seed)]]
+        out.append(
+            GenRow(
+                question_id=r.question.id,
+                coeff=r.coeff,
+                repeat=r.repeat,
+                trait_answer=r.question.trait_answer,
+                completion_ids=list(toks),
+                completion=loaded.tokenizer.decode(toks, skip_special_tokens=True),
+                answer_logps=lps.clone(),
+                stop_reason=reason,
+            )
+        )
+    return out
+
+
+def make_rescore(
+    loaded: LoadedModel,
+    eval_cfg: Mapping[str, Any],
+    questions: Sequence[Question],
+    steering: Steering | None,
+    spec: AnswerSpec,
+) -> Any:
+    """``rescore(row, text)``: answer log-probs of the next token after prompt + completion + text,
+    under the row's own steering coefficient (used by ``judge=forced``)."""
+    by_id = {q.id: q for q in questions}
+
+    def rescore(row: GenRow, text: str) -> Tensor:
+        seq = prompt_ids(loaded, eval_cfg, by_id[row.question_id]) + list(row.completion_ids)
+        seq += loaded.tokenizer(text, add_special_tokens=False).input_ids
+        ids, mask = left_pad([seq], loaded.tokenizer.pad_token_id)
+        logits = steered_logits(
+            loaded, ids, mask, steering, torch.tensor([row.coeff]) if steering else None
+        )
+        return answer_logps(logits[:, -1], spec)[0]
+
+    return rescore

@@ -1,0 +1,1 @@
+"""What happens across runs: the ranking callback, the sweep report, experiment tracking."""

@@ -1,0 +1,241 @@
+"""Rank every job of a multirun: ``ranking.csv``, ``ranking.md`` (journal tables), ``dose_response.png``.
+
+Reads only the run-directory contract (``metrics.json``, ``status.json``, ``dose_response.csv``,
+``.hydra/overrides.yaml``), so a sweep can be re-ranked at any time, also while or after jobs fail:
+``python -m steerexp.report multirun/2026-11-24/10-31-02 [--name NAME] [--reports-root DIR]``.
+The output is deterministic: re-running on the same dir reproduces ``ranking.md`` byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from steerexp.core.columns import (
+    journal_table,
+)
+from steerexp.core.errors import SteerexpError, plain_name
+from steerexp.sweep import reliability
+from steerexp.sweep.collect import collect
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_REPORTS_ROOT = REPO / "multirun_reports"
+
+OUTPUTS = ("ranking.csv", "ranking.md", "dose_response.png")
+#: In each report copy: the sweep dir it was made from, so a rebuild updates its own copy only.
+SOURCE_FILE = "source.txt"
+
+
+def _groups(df: pd.DataFrame) -> list[str]:
+    """Table groups in sweep order (the order of their first job), e.g. ``module=k_proj`` then ``v_proj``."""
+    return list(df.sort_values("_index", kind="mergesort")["_group"].drop_duplicates())
+
+
+def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
+    """``ranking.md``: a short header, one journal table per combination of swept non-method keys, failures."""
+    n_ok = int((df["status"] == "ok").sum())
+    n_failed = int((df["status"] == "failed").sum())
+    n_interrupted = int((df["status"] == "interrupted").sum())
+    n_missing = len(df) - n_ok - n_failed - n_interrupted
+    resolved = Path(sweep_dir).resolve()
+    shown = resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else resolved
+    lines = [
+        f"# Ranking: {shown.as_posix()}",
+        "",
+        f"jobs: {len(df)} (ok {n_ok}, failed {n_failed}, missing {n_missing}"
+        + (f", interrupted {n_interrupted}" if n_interrupted else "")
+        + "); "
+        + f"swept: {', '.join(keys) or 'nothing'}; sorted by signed_score = slope * r2 * valid_frac^2, "
+        "descending (positive = toward the trait); score is its absolute value",
+    ]
+    for group in _groups(df):
+        part = df[df["_group"] == group]
+        lines += [""] + ([f"## {group}", ""] if group else [])
+        with_status = bool((part["status"] != "ok").any())
+        lines.append(journal_table(part, label_col="method", extra_cols=("status",) if with_status else ()))
+        lines += footer(part)
+    bad = df[df["status"] != "ok"].sort_values("_index", kind="mergesort")
+    if len(bad):
+        lines += ["", "## Not ok", ""]
+        for _, r in bad.iterrows():
+            err = " ".join(str(r["error"]).split()) if isinstance(r["error"], str) else "no error text"
+            lines.append(f"- `{r['job']}`: {r['status']}: {err[:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def footer(part: pd.DataFrame) -> list[str]:
+    """Under a table: the order's reliability, the random null's spread and the prompting reference
+    (one line per null)."""
+    lines = ["", reliability.footer_line(part)] if (part["status"] == "ok").any() else []
+    cols = ["null_k", "null_abs_median", "null_abs_p95", "prompt_shift", "null_cached", "null_build_s"]
+    if "null_key" not in part or part["null_key"].isna().all():
+        return lines
+    for _, r in part.dropna(subset=["null_key"]).drop_duplicates("null_key").reindex(columns=cols).iterrows():
+        k, med, p95, shift = (pd.to_numeric(r[c], errors="coerce") for c in cols[:4])
+        lines += [
+            "",
+            f"null: {k:.0f} random directions, median |slope| {med:.2f}, 95th percentile |slope| {p95:.2f} "
+            f"(`ns` = p_holm >= 0.05 against it); prompting reference: positive minus negative persona, "
+            f"unsteered, log-ratio shift {shift:.2f} (compare `shift`, each row's fitted change over the grid)",
+        ]
+    return lines
+
+
+def _curve(job_dir: Path) -> pd.DataFrame | None:
+    """Mean, standard error and count of valid ``log_ratio`` per coefficient, or None without data."""
+    try:
+        dose = pd.read_csv(job_dir / "dose_response.csv")
+    except (OSError, ValueError):
+        return None
+    if not {"coeff", "log_ratio"} <= set(dose.columns):
+        return None
+    y = pd.to_numeric(dose["log_ratio"], errors="coerce")
+    if "valid" in dose:
+        y = y.where(dose["valid"].astype(str).str.lower().isin(["true", "1", "1.0"]))
+    g = pd.DataFrame({"c": pd.to_numeric(dose["coeff"], errors="coerce"), "y": y}).dropna().groupby("c")["y"]
+    out = pd.DataFrame({"mean": g.mean(), "sem": g.sem().fillna(0.0), "n": g.count()}).reset_index()
+    return out if len(out) else None
+
+
+def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
+    """All jobs' mean log-ratio vs coefficient (error bar = s.e.m.), one panel per table, one line per job."""
+    groups = _groups(df)
+    ncol = min(3, len(groups))
+    nrow = math.ceil(len(groups) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 4.2 * nrow), squeeze=False)
+    for ax, group in zip(axes.flat, groups, strict=False):
+        drawn, coeffs = 0, []
+        colors = plt.get_cmap("tab20").colors
+        for _, r in df[df["_group"] == group].iterrows():
+            curve = _curve(Path(sweep_dir) / r["job"])
+            if curve is None:
+                continue
+            label = f"{r['method']} (score {r['score']:.2f})" if pd.notna(r["score"]) else str(r["method"])
+            style = {"color": colors[drawn % 20], "ls": ("-", "--", ":")[drawn // 20 % 3]}
+            ax.errorbar(curve["c"], curve["mean"], yerr=curve["sem"], marker="o", ms=3, capsize=2, label=label,
+                        **style)
+            coeffs.extend(curve["c"].tolist())
+            drawn += 1
+        nonzero = [abs(c) for c in coeffs if c]
+        if nonzero and max(nonzero) / min(nonzero) > 20:
+            ax.set_xscale("symlog", linthresh=min(nonzero))
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_title(group or "all jobs", fontsize=10)
+        ax.set_xlabel("coefficient")
+        ax.set_ylabel("mean log-ratio (valid rows) ± s.e.m.")
+        if drawn:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no dose-response data", ha="center", va="center", transform=ax.transAxes)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"dose response: {sweep_name(sweep_dir)}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def sweep_name(sweep_dir: Path) -> str:
+    """``multirun/2026-11-24/10-31-02-a1b2c3`` -> ``2026-11-24_10-31-02-a1b2c3`` (the copy's folder name)."""
+    parts = Path(sweep_dir).resolve().parts
+    return "_".join(parts[-2:])
+
+
+def report_dir(reports_root: Path, name: str, sweep_dir: Path, overwrite: bool = False) -> Path:
+    """Where a sweep's copy goes: ``reports_root/name`` when free, when it already holds this sweep's
+    report (a rebuild or a resumed sweep), or with ``overwrite``; else the first free ``name-2``,
+    ``name-3``... so another sweep's report is never replaced silently."""
+    source = str(Path(sweep_dir).resolve())
+    for i in itertools.count(1):
+        dest = Path(reports_root) / (name if i == 1 else f"{name}-{i}")
+        if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+            return dest
+        if not dest.is_dir():
+            continue
+        try:
+            same = (dest / SOURCE_FILE).read_text().strip() == source
+        except OSError:
+            same = False
+        if same or (overwrite and i == 1):
+            return dest
+        if i == 1:
+            log.warning("report name %r is taken by another sweep; not replacing it", name)
+    raise AssertionError("unreachable")
+
+
+def build_report(
+    sweep_dir: Path,
+    reports_root: Path | None = DEFAULT_REPORTS_ROOT,
+    name: str | None = None,
+    overwrite: bool = False,
+    interrupted: bool = False,
+) -> pd.DataFrame:
+    """Write the ranking files into ``sweep_dir`` and copy them to ``reports_root/<name>/``.
+
+    ``name`` (a plain folder name) defaults to the sweep dir's last two parts; a name already holding
+    another sweep's report gets a ``-2``... suffix unless ``overwrite`` (:func:`report_dir`).
+    ``reports_root=None`` skips the copy. ``interrupted``: planned jobs that never started are
+    ``interrupted`` rows. Returns the ranking (one row per job, best score first); its
+    ``attrs["report_dir"]`` is where the copy went.
+    """
+    sweep_dir = Path(sweep_dir)
+    if name is not None:
+        plain_name("report_name", name)
+    df, keys = collect(sweep_dir, interrupted=interrupted)
+    public = df.drop(columns=["_group", "_index"])
+    public.to_csv(sweep_dir / "ranking.csv", index=False)
+    (sweep_dir / "ranking.md").write_text(render_markdown(df, keys, sweep_dir))
+    plot_dose_response(df, sweep_dir, sweep_dir / "dose_response.png")
+    public.attrs["report_dir"] = None
+    if reports_root is not None:
+        dest = report_dir(Path(reports_root), name or sweep_name(sweep_dir), sweep_dir, overwrite)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in OUTPUTS:
+            shutil.copyfile(sweep_dir / f, dest / f)
+        (dest / SOURCE_FILE).write_text(str(sweep_dir.resolve()) + "\n")
+        public.attrs["report_dir"] = dest
+    public.attrs["swept_keys"] = keys
+    return public
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: rebuild a sweep's ranking and print ``ranking.md``; one-line error and exit 2 on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m steerexp.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="multirun/<date>/<time>")
+    parser.add_argument("--reports-root", type=Path, default=DEFAULT_REPORTS_ROOT, help="copy destination root")
+    parser.add_argument("--name", default=None, help="folder name under --reports-root (default <date>_<time>)")
+    parser.add_argument("--no-copy", action="store_true", help="write into the sweep dir only")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace another sweep's report of the same --name"
+    )
+    args = parser.parse_args(argv)
+    try:
+        build_report(
+            args.sweep_dir,
+            None if args.no_copy else args.reports_root,
+            name=args.name,
+            overwrite=args.overwrite,
+        )
+    except SteerexpError as e:
+        print(f"steerexp.report: error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write((args.sweep_dir / "ranking.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
