@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from steerexp import cache_dir
+from steerexp import cache_dir, hub_init
 from steerexp.cache import apply_umask
 from steerexp.errors import SteerexpError, choice_error
 
@@ -131,6 +131,7 @@ def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
             f"model.trust_remote_code={cfg.get('trust_remote_code')!r} must be true or false; "
             "steerexp never enables remote code implicitly (only an explicit true does)"
         )
+    hub_init.validate(cfg)
     builder = cfg.get("builder")
     if builder not in (None, *BUILDERS):
         raise choice_error("model.builder", builder, ["null", *BUILDERS])
@@ -183,6 +184,8 @@ def check_safetensors(path: str) -> None:
 
 def checkpoint_path(cfg: Mapping[str, Any]) -> str:
     """The directory or hub id ``from_pretrained`` reads, building local models when missing."""
+    if cfg.get("random_init"):
+        return str(hub_init.build(cfg))
     builder = cfg.get("builder")
     if builder is not None:
         return str(BUILDERS[builder]())
