@@ -1,11 +1,14 @@
-"""Run every benchmark section, or the ones named: ``python -m bench fisher extract``."""
+"""Run every benchmark section, or the ones named: ``python -m bench fisher extract``.
+
+``realistic`` (hub-shaped random models at full width, :mod:`bench.realistic`) is the last of
+the default run; ``python -m bench realistic`` runs it alone."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SECTIONS = ["fisher", "extract", "generate", "sweep", "null"]
+SECTIONS = ["fisher", "extract", "generate", "sweep", "null", "realistic"]
 
 
 def main(argv: list[str]) -> None:

@@ -141,3 +141,58 @@ def test_pipeline_runs_on_a_hub_shaped_model(tmp_path: Path) -> None:
     dose = pd.read_csv(tmp_path / "run" / "dose_response.csv")
     assert len(dose) == len(cfg.eval.coeffs) * 2 * dose["question_id"].nunique()
     assert metrics["kl_at_max"] > 0
+
+
+# --- GPU: the README's Qwen3-4B plan, checked on a full-depth random-weight model ----------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("quant", "max_gib"), [(None, 8.2), ("4bit", 3.6)])
+def test_cuda_qwen3_4b_shape(quant: str | None, max_gib: float) -> None:
+    """Full-depth Qwen3-4B shape in bf16 (or NF4) on CUDA: weight memory as planned, coefficient-0
+    rows identical to unsteered ones, steered and unsteered generation within 15% of HF's
+    ``generate`` (greedy, eos off, 64 rows x 32 tokens)."""
+    import time
+
+    from bench.generate import random_steering
+    from steerexp.data import load_questions
+    from steerexp.extract import left_pad
+    from steerexp.generate import generate_rows, grid, prompt_ids
+    from steerexp.judge import make_answer_spec
+
+    base = torch.cuda.memory_allocated()
+    loaded = load_model({**group("model", "qwen3_4b_instruct"), "random_init": True, "device": "cuda",
+                         "quantization": quant})
+    weights_gib = (torch.cuda.memory_allocated() - base) / 2**30
+    assert weights_gib < max_gib, weights_gib
+    n_new = 32
+    ev = {**group("eval", "organism"), "max_new_tokens": n_new, "do_sample": False,
+          "repetition_penalty": None, "max_batch_size": 64}
+    spec = make_answer_spec(loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
+    rows = grid(load_questions(ev)[:16], [0.0, 0.5], 2)
+    steering = random_steering(loaded)
+    ids, mask = left_pad([prompt_ids(loaded, ev, r.question) for r in rows], loaded.tokenizer.pad_token_id)
+    loaded.hf.generation_config.eos_token_id = None
+
+    def hf() -> None:
+        with torch.no_grad():
+            loaded.hf.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=n_new,
+                               do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+
+    runs = {"steered": lambda: generate_rows(loaded, ev, rows, steering, spec, seed=0, progress=False),
+            "unsteered": lambda: generate_rows(loaded, ev, rows, None, spec, seed=0, progress=False), "hf": hf}
+    out, seconds = {}, {}
+    for label, fn in [*runs.items(), *runs.items()]:  # the first round warms up; the second is timed
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out[label] = fn()
+        torch.cuda.synchronize()
+        seconds[label] = time.perf_counter() - t0
+    pairs = list(zip(out["steered"], out["unsteered"], strict=True))
+    assert all(s.completion_ids == u.completion_ids for s, u in pairs if s.coeff == 0.0)
+    assert any(s.completion_ids != u.completion_ids for s, u in pairs if s.coeff != 0.0)
+    ratios = {k: seconds["hf"] / seconds[k] for k in ("steered", "unsteered")}
+    print(f"qwen3_4b shape {quant or 'bf16'}: weights {weights_gib:.2f} GiB, peak "
+          f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, HF {len(rows) * n_new / seconds['hf']:.0f} tok/s, "
+          f"steered/HF {ratios['steered']:.2f}, unsteered/HF {ratios['unsteered']:.2f}")
+    assert min(ratios.values()) >= 0.85, ratios
