@@ -32,14 +32,13 @@ float64 with O(nd) memory; no d×d matrix is formed when n + 1 < d.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from steerexp.errors import SteerexpError, choice_error
+from steerexp.parallel import one_thread
 
 FISHERS = ("ief", "emp", "cov")
 REG_SCALES = ("relative", "absolute")
@@ -106,18 +105,6 @@ def fisher_rows(
     return fisher_factor(grads, fisher, loss_grad_norms)[0]
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small (n×n) LAPACK calls on one thread: they gain nothing from more, and with
-    oversubscribed cores the OpenMP barriers of a multi-threaded ``eigh`` can cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @dataclass
 class _Kernel:
     """Route 1 state: ``U``, ``c`` (or None), ``ḡ``, ``Uḡ`` and ``K = Q diag(s) Qᵀ``."""
@@ -132,7 +119,7 @@ class _Kernel:
     @classmethod
     def build(cls, u: Tensor, c: Tensor | None, gbar: Tensor) -> _Kernel:
         gram = u @ u.mT
-        with _one_thread():
+        with one_thread():
             s, q = torch.linalg.eigh(gram)
         return cls(u, c, gbar, u @ gbar, s.clamp_min(0.0), q)
 
@@ -171,7 +158,7 @@ class _Orthogonal:
         if n + 1 < d:
             q, r = torch.linalg.qr(torch.cat([u, gbar.unsqueeze(0)]).mT)
             small, g = r[:, :n].mT, r[:, n]
-        with _one_thread():
+        with one_thread():
             _, sigma, vh = torch.linalg.svd(small, full_matrices=small.shape[0] < small.shape[1])
         s = torch.zeros(vh.shape[0], dtype=torch.float64)
         s[: sigma.numel()] = sigma.square()

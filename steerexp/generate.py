@@ -17,8 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +35,10 @@ from transformers import (
 
 from steerexp.data import Question, question_messages
 from steerexp.extract import left_pad
-from steerexp.intervene import Steering, shifts, steer, steered_logits
+from steerexp.intervene import Steering, shifts, steer, steered_logits, steered_prefix_cache
 from steerexp.judge import AnswerSpec, GenRow
 from steerexp.models import LoadedModel
+from steerexp.parallel import SMALL_WIDTH, map_ordered, one_thread, worker_count
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,21 @@ def generate_chunk(
     steerings = [steering] if isinstance(steering, Steering) else list(steering or [])
     dirs = list(directions) if directions is not None else [0] * len(prompts)
     deltas = row_shifts(steerings, dirs, coeffs, loaded.device) if steerings else {}
+    prefix: dict[str, Any] = {}
+    if min(map(len, prompts)) >= 2:
+        # Every prompt is prefilled once per distinct (prompt, coefficient, direction): the
+        # repeats of a row share it. Every row takes this path, whatever its chunk holds.
+        keys = [(tuple(p), float(c), d) for p, c, d in zip(prompts, coeffs, dirs, strict=True)]
+        first = {k: j for j, k in reversed(list(enumerate(keys)))}
+        own = sorted(set(first.values()))
+        where = {j: u for u, j in enumerate(own)}
+        rows = torch.tensor([where[first[k]] for k in keys])
+        sub = (
+            row_shifts(steerings, [dirs[j] for j in own], [coeffs[j] for j in own], loaded.device)
+            if steerings
+            else {}
+        )
+        prefix["cache"] = steered_prefix_cache(loaded, ids[own], mask[own], sub, rows)
     last = RowStop(loaded.tokenizer, stop_ids(loaded), spec.regex, ids.shape[1])
     gen_kwargs = {k: v for k, v in kwargs.items() if k != "sample"}
     processors = LogitsProcessorList()
@@ -251,6 +266,7 @@ def generate_chunk(
             stopping_criteria=StoppingCriteriaList([last]),
             logits_processor=processors,
             pad_token_id=loaded.tokenizer.pad_token_id,
+            **prefix,
             **gen_kwargs,
         ) as tracer,
     ):
@@ -289,26 +305,6 @@ def shared_key(r: RowSpec, seed: int) -> tuple[Any, ...]:
     )
 
 
-# Below this width a CPU decode step's matmuls are too small to split across threads; with
-# oversubscribed cores their OpenMP barriers made generation ~10x slower (measured: 62 s vs 6 s).
-SMALL_WIDTH = 1024
-
-
-@contextmanager
-def _cpu_threads(loaded: LoadedModel) -> Iterator[None]:
-    """One intra-op thread while a small model generates on CPU; unchanged otherwise."""
-    width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
-    if loaded.device.type != "cpu" or width >= SMALL_WIDTH:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def generate_rows(
     loaded: LoadedModel,
     eval_cfg: Mapping[str, Any],
@@ -339,21 +335,30 @@ def generate_rows(
     )
     kwargs = sampling_kwargs(eval_cfg)
     size = max(1, int(eval_cfg.get("max_batch_size", 32)))
+    chunks = [unique[start : start + size] for start in range(0, len(unique), size)]
+
+    def run(chunk: list[RowSpec]) -> list[tuple[list[int], Tensor, str]]:
+        return generate_chunk(
+            loaded,
+            [prompts[r.question.id, r.system] for r in chunk],
+            [r.coeff for r in chunk],
+            steering,
+            spec,
+            kwargs,
+            seeds=[row_seed(seed, r.question.id, r.repeat, r.coeff) for r in chunk],
+            directions=[r.direction for r in chunk],
+        )
+
+    width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
+    small = loaded.device.type == "cpu" and width < SMALL_WIDTH
+    workers = worker_count(eval_cfg.get("workers", "auto"), len(chunks), small)
     done: list[tuple[list[int], Tensor, str]] = []
-    chunks = range(0, len(unique), size)
-    for start in tqdm(chunks, desc="generate", disable=not progress, leave=False):
-        chunk = unique[start : start + size]
-        with _cpu_threads(loaded):
-            done += generate_chunk(
-                loaded,
-                [prompts[r.question.id, r.system] for r in chunk],
-                [r.coeff for r in chunk],
-                steering,
-                spec,
-                kwargs,
-                seeds=[row_seed(seed, r.question.id, r.repeat, r.coeff) for r in chunk],
-                directions=[r.direction for r in chunk],
-            )
+    with one_thread(small):
+        parts = map_ordered(run, chunks, workers)
+        for part in tqdm(
+            parts, total=len(chunks), desc="generate", disable=not progress, leave=False
+        ):
+            done += part
     slot = {shared_key(r, seed): j for j, r in enumerate(unique)}
     out: list[GenRow] = []
     for r in rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,11 +72,32 @@ def steered_logits(
 ) -> Tensor:
     """Logits of one forward pass, steered per row (or not at all)."""
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
-    deltas = shifts(steering, coeffs, loaded.device) if steering is not None and coeffs is not None else {}
+    deltas = (
+        shifts(steering, coeffs, loaded.device)
+        if steering is not None and coeffs is not None
+        else {}
+    )
     with torch.no_grad(), loaded.lm.trace(model_inputs(ids, mask)):
         steer(loaded, deltas)
         logits = loaded.lm.output.logits.save()
     return logits
+
+
+def steered_prefix_cache(
+    loaded: LoadedModel, ids: Tensor, mask: Tensor, deltas: dict[str, Tensor], rows: Tensor
+) -> Any:
+    """The KV cache of every prompt token but the last, for ``B`` rows of which only the
+    distinct ones are computed: ``ids``/``mask``/``deltas`` hold the distinct rows, ``rows[i]``
+    names the distinct row that row ``i`` repeats (e.g. the repeats of one question at one
+    coefficient share their steered prompt). ``generate`` then runs from the last token."""
+    with (
+        torch.no_grad(),
+        loaded.lm.trace(model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=1),
+    ):
+        steer(loaded, deltas)
+        cache = loaded.lm.output.past_key_values.save()
+    cache.reorder_cache(rows.to(loaded.device))
+    return cache
 
 
 def kl_quantile(

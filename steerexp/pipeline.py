@@ -87,6 +87,11 @@ def check_config(cfg: DictConfig) -> tuple[list[Pair], list[Question], list[floa
     check_int(cfg, "eval.repeats", 1)
     check_int(cfg, "eval.max_new_tokens", 1)
     check_int(cfg, "eval.max_batch_size", 1, default=32)
+    workers = OmegaConf.select(cfg, "eval.workers", default="auto")
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise SteerexpError(f"eval.workers={workers!r} must be 'auto' or an integer >= 1")
     check_int(cfg, "extract.batch_size", 1)
     validate_model_cfg(_plain(cfg.model))
     if cfg.coeff_units not in COEFF_UNITS:
@@ -304,8 +309,8 @@ def _fit_summary(fits: dict[str, DirectionFit]) -> dict[str, Any]:
 def _group_payload(cfg: DictConfig, acts_key: str, coeffs: list[float]) -> dict[str, Any]:
     """What generations depend on besides the direction: model and modules (via the loss-free
     extraction key, which also fixes the norm scales), eval (not its chunking), judge, units,
-    grid and sampling seed."""
-    ev = {k: v for k, v in _plain(cfg.eval).items() if k != "max_batch_size"}
+    grid and sampling seed (not how rows are chunked or spread over processes)."""
+    ev = {k: v for k, v in _plain(cfg.eval).items() if k not in ("max_batch_size", "workers")}
     return {
         "version": null.NULL_VERSION,
         "acts_key": acts_key,

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 from scipy import stats
+from statsmodels.regression.linear_model import OLS
+from statsmodels.tools.tools import add_constant
 
 from steerexp.errors import choice_error
 
@@ -62,7 +63,7 @@ def _ols(xv: np.ndarray, yv: np.ndarray, groups: np.ndarray | None = None) -> di
     unit of replication, not generations) when there are at least 2 groups, else plain."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        res = sm.OLS(yv, sm.add_constant(xv, has_constant="add")).fit()
+        res = OLS(yv, add_constant(xv, has_constant="add")).fit()
         slope = float(res.params[1])
         r2 = float(res.rsquared)
         p_value = float(res.pvalues[1])

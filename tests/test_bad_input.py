@@ -138,6 +138,8 @@ def test_default_dirs_carry_a_per_process_id() -> None:
         ("extract.batch_size=0", r"^extract.batch_size=0 must be >= 1$"),
         ("extract.batch_size=-4", r"^extract.batch_size=-4 must be >= 1$"),
         ("eval.max_batch_size=0", r"^eval.max_batch_size=0 must be >= 1$"),
+        ("eval.workers=0", r"^eval.workers=0 must be 'auto' or an integer >= 1$"),
+        ("eval.workers=many", r"^eval.workers='many' must be 'auto' or an integer >= 1$"),
         ("eval.max_new_tokens=1.5", r"^eval.max_new_tokens=1.5 must be an integer$"),
         ("eval.coeffs=[0]", r"eval.coeffs=\[0.0\] has fewer than two distinct coefficients"),
         ("eval.coeffs=[0,0.0]", r"has fewer than two distinct coefficients"),

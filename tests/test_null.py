@@ -67,6 +67,18 @@ def test_chunking_and_order_never_change_a_sample(model, ev, spec) -> None:
     assert row_seed(7, "a", 0, 1.0) != row_seed(7, "a", 1, 1.0) != row_seed(7, "b", 0, 1.0)
 
 
+def test_worker_processes_give_the_serial_rows_exactly(model, ev, spec) -> None:
+    rows = [RowSpec(q, c, r) for q in QS for c in (-1.0, 0.0, 1.0) for r in range(3)]
+    st = steering(3)
+    small = {**ev, "max_batch_size": 4}
+    serial = generate_rows(model, {**small, "workers": 1}, rows, st, spec, seed=5, progress=False)
+    forked = generate_rows(model, {**small, "workers": 3}, rows, st, spec, seed=5, progress=False)
+    for a, b in zip(serial, forked, strict=True):
+        assert (a.completion_ids, a.stop_reason) == (b.completion_ids, b.stop_reason)
+        assert torch.equal(a.answer_logps, b.answer_logps)
+    assert len({tuple(r.completion_ids) for r in serial}) > len(serial) // 2
+
+
 def test_per_row_directions_equal_one_call_per_direction(model, ev, spec) -> None:
     s0, s1 = steering(1), steering(2)
     rows = [RowSpec(q, c, 0, k) for q in QS for c in (-1.0, 1.0) for k in (0, 1)]

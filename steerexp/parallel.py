@@ -1,0 +1,79 @@
+"""Chunk-parallel generation on CPU: forked worker processes, one intra-op thread each.
+
+A small model's decode step is a few hundred tiny matmuls: more intra-op threads only add
+OpenMP barriers (on oversubscribed cores they made generation ~10x slower), so one process
+uses one core. Independent chunks (the rows of a grid, the K directions of a random null) can
+still use every core: each chunk runs in a process forked from the one that loaded the model,
+which shares its weights copy-on-write. A chunk's rows do not depend on which process ran it
+(rows are sampled from their own seeds), so the output is identical to a serial run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+# Below this width a CPU step's matmuls are too small to split across threads (see module doc).
+SMALL_WIDTH = 1024
+
+_JOB: dict[str, Any] = {}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def one_thread(active: bool = True) -> Iterator[None]:
+    """One intra-op thread inside the block (a no-op when ``active`` is false)."""
+    if not active:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def worker_count(setting: int | str, n_jobs: int, small_cpu_model: bool) -> int:
+    """Processes for ``n_jobs`` chunks: ``auto`` = every usable CPU for a small model on CPU,
+    else 1; an int is taken as is. Never more than the chunks, nor where fork is unavailable."""
+    if setting == "auto":
+        n = usable_cpus() if small_cpu_model else 1
+    else:
+        n = int(setting)
+    if "fork" not in mp.get_all_start_methods():
+        n = 1
+    return max(1, min(n, n_jobs))
+
+
+def _init() -> None:
+    torch.set_num_threads(1)
+
+
+def _call(i: int) -> Any:
+    return _JOB["fn"](_JOB["items"][i])
+
+
+def map_ordered(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
+    """``fn`` over ``items`` in order: serially for one worker, else in forked processes
+    (``fn`` and ``items`` are inherited by the fork, only results are pickled back)."""
+    if workers <= 1:
+        yield from (fn(x) for x in items)
+        return
+    _JOB.update(fn=fn, items=items)
+    try:
+        with mp.get_context("fork").Pool(workers, initializer=_init) as pool:
+            yield from pool.imap(_call, range(len(items)))
+    finally:
+        _JOB.clear()
