@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 
 SECTIONS = ["fisher", "extract", "generate", "sweep", "null", "realistic"]
 
@@ -16,7 +17,9 @@ def main(argv: list[str]) -> None:
         if name not in SECTIONS:
             raise SystemExit(f"unknown bench section {name!r}; valid: {', '.join(SECTIONS)}")
         print(f"\n=== bench: {name} ===", flush=True)
+        t0 = time.perf_counter()
         importlib.import_module(f"bench.{name}").main()
+        print(f"=== bench: {name} took {time.perf_counter() - t0:.0f} s wall ===", flush=True)
 
 
 if __name__ == "__main__":
