@@ -49,7 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 #: (model config, blocks kept): full width, depth cut for a 2-core CPU (real: 28 and 36 blocks).
 MODELS = [("qwen3_0_6b", 4), ("qwen3_4b_instruct", 2)]
 N_QUESTIONS, REPEATS = 2, 1
-NEW_TOKENS = 8
+NEW_TOKENS = 16
 GRID_TOKENS = 4
 N_DIRECTIONS = 7
 COEFFS_7 = [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
@@ -70,7 +70,8 @@ def interleaved_cpu(fns: dict[str, Callable[[], Any]], warmup: Callable[[], Any]
     put when a shared machine deschedules it or pages its memory-mapped weights back in (wall
     times of the same call swung 3-30x under load here, CPU times 5-15%). Contention only adds
     to a call's CPU time (cache and memory-bandwidth sharing), so the least of the repeats is the
-    estimate of its own cost."""
+    estimate of its own cost. Generation runs in this process (``eval.workers=1``), so its CPU
+    time is all counted."""
     warmup()
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     wall: dict[str, list[float]] = {k: [] for k in fns}
@@ -125,7 +126,7 @@ def bench_plain(loaded: LoadedModel, ev: dict[str, Any], qs: list[Question], ste
     spec = make_answer_spec(loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
     rows = rows_for(qs, [0.5, -0.5])
     greedy = {**ev, "max_new_tokens": NEW_TOKENS, "do_sample": False, "repetition_penalty": None,
-              "max_batch_size": len(rows)}
+              "max_batch_size": len(rows), "workers": 1}
     ids, mask = left_pad([prompt_ids(loaded, ev, r.question) for r in rows], loaded.tokenizer.pad_token_id)
     # Two HF baselines, the faster one counts: a copy nnsight never wrapped (nnsight hooks the
     # modules of the model it wraps) and the wrapped model itself (the copy's weights can sit in
@@ -165,7 +166,7 @@ def bench_plain(loaded: LoadedModel, ev: dict[str, Any], qs: list[Question], ste
 def bench_grid(loaded: LoadedModel, ev: dict[str, Any], qs: list[Question], steering: Steering) -> dict[str, Any]:
     """Per-row coefficients / directions in one call vs one call per coefficient / direction."""
     spec = make_answer_spec(loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
-    sampled = {**ev, "max_new_tokens": GRID_TOKENS, "max_batch_size": 1024}
+    sampled = {**ev, "max_new_tokens": GRID_TOKENS, "max_batch_size": 1024, "workers": 1}
     nulls = [random_steering(loaded, seed=k) for k in range(N_DIRECTIONS)]
     dir_rows = [r for k in range(N_DIRECTIONS) for r in rows_for(qs, [0.5], k)]
 
