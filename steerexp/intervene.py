@@ -98,7 +98,7 @@ def steered_prefix_cache(
         loaded.lm.trace(model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=none),
     ):
         steer(loaded, deltas)
-        cache = loaded.lm.output.past_key_values.save()
+        cache = loaded.lm.output.cache.save()
     cache.reorder_cache(rows.to(loaded.device))
     return cache
 

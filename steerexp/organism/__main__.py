@@ -8,7 +8,9 @@ shipped checkpoint); ``--accept [DIR]`` prints every acceptance number of a chec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -40,8 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.accept is not None:
         from steerexp.organism.acceptance import measure
 
-        with tempfile.TemporaryDirectory() as runs:
-            print(json.dumps(measure(args.accept, Path(runs)), indent=1))
+        # the end-to-end runs print their rows: keep stdout for the JSON alone
+        with tempfile.TemporaryDirectory() as runs, contextlib.redirect_stdout(sys.stderr):
+            numbers = measure(args.accept, Path(runs))
+        print(json.dumps(numbers, indent=1))
     else:
         manifest = verify()
         print(f"shipped organism {manifest['recipe_version']} seed {manifest['seed']}: ok")

@@ -1,7 +1,7 @@
 """The organism's acceptance measurements, with plain PyTorch forward hooks.
 
 Independent of the pipeline's extract/steer code, so the organism's ground truth is measured
-apart from the tools that are judged on it (``e2e_slopes`` is the one exception: it runs the
+apart from the tools that are judged on it (``e2e_runs`` is the one exception: it runs the
 pipeline itself, as a user would).
 
 - :func:`steer_spans`: move of the mean forced trait log-ratio on the held-out neutral dilemmas
@@ -190,32 +190,37 @@ def pair_direction_agreement(
     return out
 
 
-def e2e_slopes(path: Path, run_root: Path, random_seeds: range = range(5)) -> dict[str, float]:
-    """Pipeline slopes (``python -m steerexp`` defaults) for mean_diff, pca_diff and random seeds."""
+#: What the end-to-end check keeps of each run's metrics.
+E2E_KEYS = ("slope", "vs_random", "p_random", "null_abs_median", "null_abs_p95")
+
+
+def e2e_runs(path: Path, run_root: Path) -> dict[str, dict[str, float]]:
+    """Pipeline runs (``python -m steerexp`` defaults, its K = 16 random null included) of
+    mean_diff and pca_diff: slope and where it stands against the null (SPEC 4.8)."""
     from hydra import compose, initialize_config_dir
 
     from steerexp.pipeline import run
 
-    def cfg(*overrides: str) -> Any:
-        with initialize_config_dir(config_dir=str(steerexp.CONF_DIR), version_base="1.3"):
-            return compose(
-                config_name="config",
-                overrides=["model.builder=null", f"model.path={path}", *overrides],
-            )
-
     out = {}
     for method in ("mean_diff", "pca_diff"):
-        out[method] = run(cfg(f"method={method}"), run_root / method, progress=False)["slope"]
-    for s in random_seeds:
-        m = run(cfg("method=random", f"seed={s}"), run_root / f"random{s}", progress=False)
-        out[f"random{s}"] = m["slope"]
+        with initialize_config_dir(config_dir=str(steerexp.CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                config_name="config",
+                overrides=["model.builder=null", f"model.path={path}", f"method={method}"],
+            )
+        metrics = run(cfg, run_root / method, progress=False)
+        out[method] = {k: float(metrics[k]) for k in E2E_KEYS}
     return out
 
 
 #: Acceptance thresholds (the slow test checks every one on every recipe seed).
 SPAN_FACTOR = 3.0  # honesty span > SPAN_FACTOR x the random spans' 95th percentile
 MIN_AGREEMENT = 0.9  # cos(pca_diff, mean_diff) on the dataset's pairs, every steered layer
-E2E_FACTOR = 3.0  # mean_diff and pca_diff slopes > E2E_FACTOR x the largest |random slope|
+# mean_diff and pca_diff steer toward the trait (slope > 0) and beat the run's random null:
+# two-sided prediction p-value against its K = 16 random directions below E2E_ALPHA. (Until
+# this version the bar was 3x the largest |slope| of five random runs, itself a noisy maximum:
+# one build passed it at 3.6x on one pipeline version and failed at 1.8x on the next.)
+E2E_ALPHA = 0.01
 
 
 def measure(path: Path, run_root: Path, n_random: int = 20) -> dict[str, Any]:
@@ -226,15 +231,14 @@ def measure(path: Path, run_root: Path, n_random: int = 20) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(path)
     spans = steer_spans(model, tok, n_random=n_random)
     agreement = pair_direction_agreement(model, tok)
-    slopes = e2e_slopes(path, run_root)
-    rand = [abs(v) for k, v in slopes.items() if k.startswith("random")]
+    e2e = e2e_runs(path, run_root)
     return {
         **spans,
         "agreement": agreement,
-        "e2e": slopes,
+        "e2e": e2e,
         "passed": {
             "span": spans["span"] > SPAN_FACTOR * spans["random_p95"],
             "agreement": min(agreement.values()) >= MIN_AGREEMENT,
-            "e2e": min(slopes["mean_diff"], slopes["pca_diff"]) > E2E_FACTOR * max(rand),
+            "e2e": all(r["slope"] > 0 and r["p_random"] < E2E_ALPHA for r in e2e.values()),
         },
     }
