@@ -68,6 +68,10 @@ def check_safetensors(path: str) -> None:
 
 def checkpoint_path(cfg: Mapping[str, Any]) -> str:
     """The directory or hub id ``from_pretrained`` reads, building local models when missing."""
+    if cfg.get("random_init"):
+        from steerexp.core import hub_init
+
+        return str(hub_init.build(cfg))
     builder = cfg.get("builder")
     if builder is not None:
         return str(BUILDERS[builder]())

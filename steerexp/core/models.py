@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from steerexp.core import hub_init
 from steerexp.core.checkpoints import BUILDERS, check_local_path, check_safetensors, checkpoint_path
 from steerexp.core.errors import SteerexpError, choice_error
 
@@ -122,6 +123,7 @@ def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
             f"model.trust_remote_code={cfg.get('trust_remote_code')!r} must be true or false; "
             "steerexp never enables remote code implicitly (only an explicit true does)"
         )
+    hub_init.validate(cfg)
     builder = cfg.get("builder")
     if builder not in (None, *BUILDERS):
         raise choice_error("model.builder", builder, ["null", *BUILDERS])

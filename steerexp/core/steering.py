@@ -72,9 +72,12 @@ def steered_prefix_cache(
     distinct ones are computed: ``ids``/``mask``/``deltas`` hold the distinct rows, ``rows[i]``
     names the distinct row that row ``i`` repeats (e.g. the repeats of one question at one
     coefficient share their steered prompt). ``generate`` then runs from the last token."""
+    # ``logits_to_keep`` as an empty position list: the pass only fills the cache, and skips the
+    # vocab projection (a whole decode step's worth of lm_head at a 152k vocab).
+    none = torch.empty(0, dtype=torch.long, device=ids.device)
     with (
         torch.no_grad(),
-        loaded.lm.trace(model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=1),
+        loaded.lm.trace(model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=none),
     ):
         steer(loaded, deltas)
         cache = loaded.lm.output.cache.save()
