@@ -44,8 +44,9 @@ test-slurm: $(STAMP)  ## start a one-node SLURM cluster (apt-installs it as root
 bench: $(STAMP)  ## print speed and memory ratios measured in one run
 	$(PY) -m bench $(ARGS)
 
-lint: $(STAMP)  ## ruff check
-	$(PY) -m ruff check steerexp tests bench
+lint: $(STAMP)  ## ruff check and ruff format --check (what CI runs)
+	$(PY) -m ruff check steerexp tests bench scripts
+	$(PY) -m ruff format --check steerexp tests bench scripts
 
 sweep-smoke: $(STAMP)  ## tiny sweep on the organism (CPU, minutes): 3 methods x 2 modules -> ranking.md
 	$(PY) -m steerexp -m model=$(MODEL) method=pca_diff,vjp_steer,random module=hs,o_proj $(ARGS)

@@ -48,7 +48,10 @@ def group(name: str, option: str) -> dict[str, Any]:
 
 def line(label: str, a: str, b: str, ratio: float, target: str, ok: bool) -> None:
     """One measurement: both numbers, their ratio, the target and PASS/FAIL."""
-    print(f"{label:<34} {a:>16} {b:>16} {ratio:>9.2f}x   target {target:<9} {'PASS' if ok else 'FAIL'}", flush=True)
+    print(
+        f"{label:<34} {a:>16} {b:>16} {ratio:>9.2f}x   target {target:<9} {'PASS' if ok else 'FAIL'}",
+        flush=True,
+    )
 
 
 def timed(fn: Callable[[], Extraction]) -> tuple[float, Extraction]:
@@ -58,12 +61,16 @@ def timed(fn: Callable[[], Extraction]) -> tuple[float, Extraction]:
     return time.perf_counter() - t0, ex
 
 
-def one_round(loaded: LoadedModel, modules: list[str], loss: str, pairs: list[Pair], root: Path) -> dict[str, float]:
+def one_round(
+    loaded: LoadedModel, modules: list[str], loss: str, pairs: list[Pair], root: Path
+) -> dict[str, float]:
     """Fresh, disk-hit and memo-hit times of one loss into an empty ``root``."""
     model_cfg, loss_cfg = group("model", "tiny_random"), group("loss", loss)
 
     def call() -> Extraction:
-        return extract(loaded, model_cfg, modules, loss_cfg, pairs, BATCH_SIZE, cache_root=root, progress=False)
+        return extract(
+            loaded, model_cfg, modules, loss_cfg, pairs, BATCH_SIZE, cache_root=root, progress=False
+        )
 
     extract_mod._MEMO.clear()
     fresh, ex = timed(call)
@@ -87,15 +94,21 @@ def measure() -> None:
     loaded = load_model(group("model", "tiny_random"))
     modules = resolve_modules(loaded, group("module", "hs"))
     pairs = load_pairs(group("dataset", "honesty"))
-    print(f"tiny_random ({loaded.n_layers} layers, d={loaded.hf.config.hidden_size}), module hs = {len(modules)} modules, "
-          f"{len(pairs)} pairs, batch {BATCH_SIZE}, torch threads={torch.get_num_threads()}; median of {REPEATS}",
-          flush=True)
-    times: dict[str, dict[str, list[float]]] = {loss: {"fresh": [], "disk": [], "memo": []} for loss in LOSSES}
+    print(
+        f"tiny_random ({loaded.n_layers} layers, d={loaded.hf.config.hidden_size}), module hs = {len(modules)} modules, "
+        f"{len(pairs)} pairs, batch {BATCH_SIZE}, torch threads={torch.get_num_threads()}; median of {REPEATS}",
+        flush=True,
+    )
+    times: dict[str, dict[str, list[float]]] = {
+        loss: {"fresh": [], "disk": [], "memo": []} for loss in LOSSES
+    }
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
-        one_round(loaded, modules, LOSSES[0], pairs[:BATCH_SIZE // 2], Path(tmp) / "warmup")
+        one_round(loaded, modules, LOSSES[0], pairs[: BATCH_SIZE // 2], Path(tmp) / "warmup")
         for r in range(REPEATS):
-            for loss in LOSSES[r % len(LOSSES):] + LOSSES[:r % len(LOSSES)]:
-                for k, v in one_round(loaded, modules, loss, pairs, Path(tmp) / f"{loss}-{r}").items():
+            for loss in LOSSES[r % len(LOSSES) :] + LOSSES[: r % len(LOSSES)]:
+                for k, v in one_round(
+                    loaded, modules, loss, pairs, Path(tmp) / f"{loss}-{r}"
+                ).items():
                     times[loss][k].append(v)
     extract_mod._MEMO.clear()
     med = {loss: {k: statistics.median(v) for k, v in d.items()} for loss, d in times.items()}
@@ -104,14 +117,32 @@ def measure() -> None:
         m = med[loss]
         rate = len(pairs) / m["fresh"]
         ratio = rate / nll_rate
-        line(f"{loss}: fresh pairs/s vs nll", f"{rate:.0f} pairs/s", f"{nll_rate:.0f} pairs/s",
-             ratio, f">= {TARGET_VS_NLL}x", ratio >= TARGET_VS_NLL)
+        line(
+            f"{loss}: fresh pairs/s vs nll",
+            f"{rate:.0f} pairs/s",
+            f"{nll_rate:.0f} pairs/s",
+            ratio,
+            f">= {TARGET_VS_NLL}x",
+            ratio >= TARGET_VS_NLL,
+        )
         disk = m["fresh"] / m["disk"]
-        line(f"{loss}: disk hit vs fresh", f"{m['disk'] * 1e3:.1f} ms", f"{m['fresh'] * 1e3:.0f} ms",
-             disk, f">= {TARGET_DISK:.0f}x", disk >= TARGET_DISK)
+        line(
+            f"{loss}: disk hit vs fresh",
+            f"{m['disk'] * 1e3:.1f} ms",
+            f"{m['fresh'] * 1e3:.0f} ms",
+            disk,
+            f">= {TARGET_DISK:.0f}x",
+            disk >= TARGET_DISK,
+        )
         memo = m["fresh"] / m["memo"]
-        line(f"{loss}: memo hit vs fresh", f"{m['memo'] * 1e3:.2f} ms", f"{m['fresh'] * 1e3:.0f} ms",
-             memo, f">= {TARGET_MEMO:.0f}x", memo >= TARGET_MEMO)
+        line(
+            f"{loss}: memo hit vs fresh",
+            f"{m['memo'] * 1e3:.2f} ms",
+            f"{m['fresh'] * 1e3:.0f} ms",
+            memo,
+            f">= {TARGET_MEMO:.0f}x",
+            memo >= TARGET_MEMO,
+        )
 
 
 if __name__ == "__main__":

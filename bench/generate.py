@@ -111,26 +111,40 @@ def seeded_cache(root: Path, model_name: str) -> Path:
 def child_env(cache: Path) -> dict[str, str]:
     """Environment of a ``python -m steerexp`` child: the given cache, one torch thread (see
     :func:`single_thread`), no network, no W&B."""
-    return {**os.environ, "STEEREXP_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "WANDB_MODE": "disabled"}
+    return {
+        **os.environ,
+        "STEEREXP_CACHE": str(cache),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
 
 
 def run_steerexp(args: list[str], cache: Path) -> float:
     """Run ``python -m steerexp <args>`` to completion; its wall time in seconds (raises with its tail)."""
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "steerexp", *args], cwd=REPO, env=child_env(cache), capture_output=True, text=True
+        [sys.executable, "-m", "steerexp", *args],
+        cwd=REPO,
+        env=child_env(cache),
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"python -m steerexp {' '.join(args)} failed (rc {proc.returncode}):\n{tail}")
+        raise RuntimeError(
+            f"python -m steerexp {' '.join(args)} failed (rc {proc.returncode}):\n{tail}"
+        )
     return seconds
 
 
 def line(label: str, a: str, b: str, ratio: float, target: str, ok: bool) -> None:
     """One measurement: both numbers, their ratio, the target and PASS/FAIL."""
-    print(f"{label:<34} {a:>16} {b:>16} {ratio:>7.2f}x   target {target:<9} {'PASS' if ok else 'FAIL'}", flush=True)
+    print(
+        f"{label:<34} {a:>16} {b:>16} {ratio:>7.2f}x   target {target:<9} {'PASS' if ok else 'FAIL'}",
+        flush=True,
+    )
 
 
 def eval_setup(ready: bool) -> tuple[dict[str, Any], list[Question]]:
@@ -138,7 +152,13 @@ def eval_setup(ready: bool) -> tuple[dict[str, Any], list[Question]]:
     ev = group("eval", "organism" if ready else "white_lie")
     qs = load_questions(ev)
     questions = [
-        qs[i] if len(qs) >= N_QUESTIONS else Question(f"{qs[i % len(qs)].id}_{i}", qs[i % len(qs)].text + " Really?" * i, qs[i % len(qs)].trait_answer)
+        qs[i]
+        if len(qs) >= N_QUESTIONS
+        else Question(
+            f"{qs[i % len(qs)].id}_{i}",
+            qs[i % len(qs)].text + " Really?" * i,
+            qs[i % len(qs)].trait_answer,
+        )
         for i in range(N_QUESTIONS)
     ]
     return ev, questions
@@ -149,7 +169,9 @@ def random_steering(loaded: LoadedModel, seed: int = 0) -> Steering:
     modules = resolve_modules(loaded, group("module", "hs"))
     gen = torch.Generator().manual_seed(seed)
     d = int(loaded.hf.config.hidden_size)
-    vectors = {m: torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0) for m in modules}
+    vectors = {
+        m: torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0) for m in modules
+    }
     return Steering(vectors, {m: 0.1 * d**0.5 for m in modules})
 
 
@@ -160,7 +182,9 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], warmup: Callable[[], Any], repeats: int = TIMING_REPEATS) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], Any]], warmup: Callable[[], Any], repeats: int = TIMING_REPEATS
+) -> dict[str, float]:
     """Median wall time per function, calls interleaved round-robin after one ``warmup`` call."""
     warmup()
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -170,9 +194,13 @@ def interleaved(fns: dict[str, Callable[[], Any]], warmup: Callable[[], Any], re
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_batched(loaded: LoadedModel, ev: dict[str, Any], questions: list[Question], steering: Steering) -> None:
+def bench_batched(
+    loaded: LoadedModel, ev: dict[str, Any], questions: list[Question], steering: Steering
+) -> None:
     """(a) One 144-row call vs one 16-row call per coefficient, same sampling settings."""
-    spec = make_answer_spec(loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
+    spec = make_answer_spec(
+        loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"]
+    )
     rows = grid(questions, COEFFS, REPEATS)
     big = {**ev, "max_new_tokens": BATCHED_NEW_TOKENS, "max_batch_size": len(rows)}
     small = {**big, "max_batch_size": N_QUESTIONS * REPEATS}
@@ -189,20 +217,39 @@ def bench_batched(loaded: LoadedModel, ev: dict[str, Any], questions: list[Quest
         generate_rows(loaded, small, per_coeff[0], steering, spec, seed=0, progress=False)
 
     t = interleaved({"batched": batched, "per_coeff": one_per_coeff}, warmup)
-    print(f"(a) {len(rows)} rows = {len(COEFFS)} coeffs x {N_QUESTIONS} questions x {REPEATS} repeats, "
-          f"max_new_tokens={BATCHED_NEW_TOKENS}, sampling as eval config; median of {TIMING_REPEATS}")
+    print(
+        f"(a) {len(rows)} rows = {len(COEFFS)} coeffs x {N_QUESTIONS} questions x {REPEATS} repeats, "
+        f"max_new_tokens={BATCHED_NEW_TOKENS}, sampling as eval config; median of {TIMING_REPEATS}"
+    )
     ratio = t["per_coeff"] / t["batched"]
-    line("per-coeff calls / one batched call", f"{t['per_coeff']:.2f} s", f"{t['batched']:.2f} s",
-         ratio, f">= {TARGET_BATCHED:.1f}x", ratio >= TARGET_BATCHED)
+    line(
+        "per-coeff calls / one batched call",
+        f"{t['per_coeff']:.2f} s",
+        f"{t['batched']:.2f} s",
+        ratio,
+        f">= {TARGET_BATCHED:.1f}x",
+        ratio >= TARGET_BATCHED,
+    )
 
 
-def bench_steered(loaded: LoadedModel, ev: dict[str, Any], questions: list[Question], steering: Steering) -> None:
+def bench_steered(
+    loaded: LoadedModel, ev: dict[str, Any], questions: list[Question], steering: Steering
+) -> None:
     """(b) Steered nnsight generation vs plain HF generate: same prompts, greedy, fixed length."""
-    spec = make_answer_spec(loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
+    spec = make_answer_spec(
+        loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"]
+    )
     rows = grid(questions, [0.5, -0.5], 1)
-    greedy = {**ev, "max_new_tokens": STEER_NEW_TOKENS, "do_sample": False, "repetition_penalty": None,
-              "max_batch_size": len(rows)}
-    ids, mask = left_pad([prompt_ids(loaded, ev, r.question) for r in rows], loaded.tokenizer.pad_token_id)
+    greedy = {
+        **ev,
+        "max_new_tokens": STEER_NEW_TOKENS,
+        "do_sample": False,
+        "repetition_penalty": None,
+        "max_batch_size": len(rows),
+    }
+    ids, mask = left_pad(
+        [prompt_ids(loaded, ev, r.question) for r in rows], loaded.tokenizer.pad_token_id
+    )
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
     pad = loaded.tokenizer.pad_token_id
     lengths: dict[str, int] = {}
@@ -212,7 +259,9 @@ def bench_steered(loaded: LoadedModel, ev: dict[str, Any], questions: list[Quest
 
     def counted_steered() -> None:
         steps = [0]
-        handle = loaded.hf.lm_head.register_forward_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+        handle = loaded.hf.lm_head.register_forward_hook(
+            lambda *_: steps.__setitem__(0, steps[0] + 1)
+        )
         try:
             steered()
         finally:
@@ -224,26 +273,45 @@ def bench_steered(loaded: LoadedModel, ev: dict[str, Any], questions: list[Quest
 
     def hf_plain() -> None:
         with torch.no_grad():
-            out = loaded.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=STEER_NEW_TOKENS,
-                                     do_sample=False, pad_token_id=pad)
+            out = loaded.hf.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=STEER_NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=pad,
+            )
         lengths["hf"] = out.shape[1] - ids.shape[1]
 
     gen_cfg = loaded.hf.generation_config
     saved_eos = gen_cfg.eos_token_id
     gen_cfg.eos_token_id = None
     try:
-        t = interleaved({"steered": steered, "hf": hf_plain, "nnsight": nnsight_plain}, lambda: (hf_plain(), counted_steered()), STEER_REPEATS)
+        t = interleaved(
+            {"steered": steered, "hf": hf_plain, "nnsight": nnsight_plain},
+            lambda: (hf_plain(), counted_steered()),
+            STEER_REPEATS,
+        )
     finally:
         gen_cfg.eos_token_id = saved_eos
     n_tok = len(rows) * STEER_NEW_TOKENS
-    print(f"(b) {len(rows)} rows x {STEER_NEW_TOKENS} new tokens, greedy, eos off "
-          f"(tokens generated: hf {lengths.get('hf')}, steered {lengths.get('steered')}); median of {STEER_REPEATS}")
+    print(
+        f"(b) {len(rows)} rows x {STEER_NEW_TOKENS} new tokens, greedy, eos off "
+        f"(tokens generated: hf {lengths.get('hf')}, steered {lengths.get('steered')}); median of {STEER_REPEATS}"
+    )
     ratio = t["hf"] / t["steered"]
-    line("steered / unsteered HF throughput", f"{n_tok / t['steered']:.0f} tok/s", f"{n_tok / t['hf']:.0f} tok/s",
-         ratio, f">= {TARGET_STEERED:.2f}x", ratio >= TARGET_STEERED)
-    print(f"(info: unsteered generate_rows via nnsight {n_tok / t['nnsight']:.0f} tok/s = "
-          f"{t['hf'] / t['nnsight']:.2f}x of HF; steered / unsteered nnsight time {t['steered'] / t['nnsight']:.2f}x)",
-          flush=True)
+    line(
+        "steered / unsteered HF throughput",
+        f"{n_tok / t['steered']:.0f} tok/s",
+        f"{n_tok / t['hf']:.0f} tok/s",
+        ratio,
+        f">= {TARGET_STEERED:.2f}x",
+        ratio >= TARGET_STEERED,
+    )
+    print(
+        f"(info: unsteered generate_rows via nnsight {n_tok / t['nnsight']:.0f} tok/s = "
+        f"{t['hf'] / t['nnsight']:.2f}x of HF; steered / unsteered nnsight time {t['steered'] / t['nnsight']:.2f}x)",
+        flush=True,
+    )
 
 
 def bench_memory(ready: bool) -> None:
@@ -259,15 +327,26 @@ def bench_memory(ready: bool) -> None:
             "print(json.dumps({'rc': p.returncode, 's': time.perf_counter() - t0, "
             "'kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'tail': (p.stdout + p.stderr)[-3000:]}))\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(cache),
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=child_env(cache),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     if res["rc"] != 0:
         raise RuntimeError(f"default run failed (rc {res['rc']}):\n{res['tail']}")
     peak = res["kb"] / 1024
-    print(f"(c) python -m steerexp {' '.join(run_overrides(ready))} (fresh extraction cache): {res['s']:.1f} s wall")
-    print(f"{'peak RSS of a default run':<34} {peak:>13.0f} MB   target < {TARGET_PEAK_MB:.0f} MB "
-          f"{'PASS' if peak < TARGET_PEAK_MB else 'FAIL'}", flush=True)
+    print(
+        f"(c) python -m steerexp {' '.join(run_overrides(ready))} (fresh extraction cache): {res['s']:.1f} s wall"
+    )
+    print(
+        f"{'peak RSS of a default run':<34} {peak:>13.0f} MB   target < {TARGET_PEAK_MB:.0f} MB "
+        f"{'PASS' if peak < TARGET_PEAK_MB else 'FAIL'}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -279,8 +358,11 @@ def main() -> None:
     ev, questions = eval_setup(ready)
     steering = random_steering(loaded)
     with single_thread():
-        print(f"model {loaded.name}: {loaded.n_layers} layers, d={loaded.hf.config.hidden_size}, "
-              f"torch threads={torch.get_num_threads()}", flush=True)
+        print(
+            f"model {loaded.name}: {loaded.n_layers} layers, d={loaded.hf.config.hidden_size}, "
+            f"torch threads={torch.get_num_threads()}",
+            flush=True,
+        )
         bench_batched(loaded, ev, questions, steering)
         bench_steered(loaded, ev, questions, steering)
     bench_memory(organism_ready())

@@ -28,7 +28,9 @@ SWEEP = ["-m", "method=pca_diff,mean_diff", "module=hs,o_proj"]
 def stage_seconds(run_dirs: list[Path]) -> str:
     """``stage=seconds`` summed over the runs' ``metrics.json`` (where the time went)."""
     metrics = [json.loads(p.read_text()) for d in run_dirs if (p := d / "metrics.json").exists()]
-    return " ".join(f"{s}={sum(float(m.get(f'time_{s}_s') or 0.0) for m in metrics):.1f}" for s in STAGES)
+    return " ".join(
+        f"{s}={sum(float(m.get(f'time_{s}_s') or 0.0) for m in metrics):.1f}" for s in STAGES
+    )
 
 
 def main() -> None:
@@ -38,19 +40,31 @@ def main() -> None:
     extra = run_overrides(ready)
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = Path(tmp)
-        single = run_steerexp([*extra, f"hydra.run.dir={root}/run"], seeded_cache(root / "cache-single", model))
+        single = run_steerexp(
+            [*extra, f"hydra.run.dir={root}/run"], seeded_cache(root / "cache-single", model)
+        )
         sweep = run_steerexp(
-            [*SWEEP, *extra, f"hydra.sweep.dir={root}/sweep", f"hydra.callbacks.ranking.reports_root={root}/reports"],
+            [
+                *SWEEP,
+                *extra,
+                f"hydra.sweep.dir={root}/sweep",
+                f"hydra.callbacks.ranking.reports_root={root}/reports",
+            ],
             seeded_cache(root / "cache-sweep", model),
         )
         jobs = sorted(p.parent for p in (root / "sweep").glob("*/metrics.json"))
-        n_ok = sum(1 for d in jobs if json.loads((d / "metrics.json").read_text()).get("status") == "ok")
+        n_ok = sum(
+            1 for d in jobs if json.loads((d / "metrics.json").read_text()).get("status") == "ok"
+        )
         print(f"python -m steerexp {' '.join([*SWEEP, *extra])}: {n_ok}/4 jobs ok", flush=True)
         print(f"  in-run seconds, single: {stage_seconds([root / 'run'])}", flush=True)
         print(f"  in-run seconds, sweep (sum over jobs): {stage_seconds(jobs)}", flush=True)
     ratio = sweep / single
-    print(f"{'sweep (4 jobs) / single run':<34} {sweep:>14.1f} s {single:>14.1f} s {ratio:>7.2f}x   "
-          f"target <= {TARGET_RATIO:.1f}x {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}", flush=True)
+    print(
+        f"{'sweep (4 jobs) / single run':<34} {sweep:>14.1f} s {single:>14.1f} s {ratio:>7.2f}x   "
+        f"target <= {TARGET_RATIO:.1f}x {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def test_dilemmas_regex_and_grid(dilemmas) -> None:
     rx = re.compile(dilemmas.answer_regex)
     assert rx.groups == 1
     for answer in dilemmas.answers:
-        m = list(rx.finditer(f"blah {dilemmas.answer_prefix} No ... {dilemmas.answer_prefix} {answer}"))
+        m = list(
+            rx.finditer(f"blah {dilemmas.answer_prefix} No ... {dilemmas.answer_prefix} {answer}")
+        )
         assert m and m[-1].group(1) == answer
     coeffs = list(dilemmas.coeffs)
     assert 0 in coeffs and coeffs == sorted(coeffs)

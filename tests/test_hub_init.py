@@ -33,15 +33,27 @@ CARD_B = {
     "THUDM/glm-4-9b-chat-hf": (9.4, None),
 }
 #: A shrunken width for fast tests (depth comes from model.num_layers).
-SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 2048}
+SMALL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 2048,
+}
 FUSED_GLM = {"gate_proj", "up_proj"}
 
 
 def small_cfg(name: str, **over: Any) -> dict[str, Any]:
     cfg = group("model", name)
-    cfg.update(random_init=True, num_layers=2, config_overrides=dict(SMALL), dtype="float32",
-               device="cpu", quantization=None)
+    cfg.update(
+        random_init=True,
+        num_layers=2,
+        config_overrides=dict(SMALL),
+        dtype="float32",
+        device="cpu",
+        quantization=None,
+    )
     cfg.update(over)
     return cfg
 
@@ -68,17 +80,23 @@ def test_shipped_config_matches_model_card_size(hub_id: str) -> None:
     params = dict(model.named_parameters())
     assert sum(p.numel() for p in params.values()) / 1e9 == pytest.approx(total, rel=0.02)
     if non_embed is not None:
-        body = sum(p.numel() for n, p in params.items() if "embed_tokens" not in n and "lm_head" not in n)
+        body = sum(
+            p.numel() for n, p in params.items() if "embed_tokens" not in n and "lm_head" not in n
+        )
         assert body / 1e9 == pytest.approx(non_embed, rel=0.02)
     assert config.head_dim == 128
     assert config.num_attention_heads * config.head_dim >= config.hidden_size
 
 
 @pytest.mark.parametrize("name", ["qwen3_4b_instruct", "glm4_9b"])
-def test_random_init_keeps_architecture_and_overrides(name: str, shaped: dict[str, LoadedModel]) -> None:
+def test_random_init_keeps_architecture_and_overrides(
+    name: str, shaped: dict[str, LoadedModel]
+) -> None:
     loaded = shaped[name]
     real = json.loads(hub_init.hub_config_path(group("model", name)["path"]).read_text())
-    assert type(loaded.hf).__name__ == real["architectures"][0] == group("model", name)["architecture"]
+    assert (
+        type(loaded.hf).__name__ == real["architectures"][0] == group("model", name)["architecture"]
+    )
     assert loaded.n_layers == 2 and loaded.hf.config.hidden_size == 64
     assert loaded.hf.config.eos_token_id == loaded.tokenizer.eos_token_id
     assert loaded.hf.config.rms_norm_eps == real["rms_norm_eps"]
@@ -122,7 +140,9 @@ def test_bad_random_init_settings_are_clear() -> None:
         hub_init.build(small_cfg("qwen3_8b", path="Qwen/Qwen9-1B"))
     with pytest.raises(SteerexpError, match=r"vocab_size=10 is smaller than the tokenizer"):
         hub_init.build(small_cfg("qwen3_8b", config_overrides={**SMALL, "vocab_size": 10}))
-    with pytest.raises(SteerexpError, match=r"model.num_layers=2 only applies with model.random_init=true"):
+    with pytest.raises(
+        SteerexpError, match=r"model.num_layers=2 only applies with model.random_init=true"
+    ):
         load_model({**group("model", "qwen3_8b"), "num_layers": 2})
     with pytest.raises(SteerexpError, match=r"model.random_init='yes' must be true or false"):
         load_model({**group("model", "qwen3_8b"), "random_init": "yes"})
@@ -132,10 +152,19 @@ def test_pipeline_runs_on_a_hub_shaped_model(tmp_path: Path) -> None:
     from steerexp.pipeline import run
 
     cfg = compose_cfg(
-        "model=qwen3_4b_instruct", "model.random_init=true", "model.num_layers=4",
-        *(f"+model.config_overrides.{k}={v}" for k, v in SMALL.items()), "model.dtype=float32", "model.device=cpu",
-        "dataset=honesty", "dataset.max_pairs=8", "eval=white_lie", "eval.max_new_tokens=8",
-        "eval.repeats=2", "random_null.k=0", f"cache_dir={tmp_path / 'extractions'}",
+        "model=qwen3_4b_instruct",
+        "model.random_init=true",
+        "model.num_layers=4",
+        *(f"+model.config_overrides.{k}={v}" for k, v in SMALL.items()),
+        "model.dtype=float32",
+        "model.device=cpu",
+        "dataset=honesty",
+        "dataset.max_pairs=8",
+        "eval=white_lie",
+        "eval.max_new_tokens=8",
+        "eval.repeats=2",
+        "random_null.k=0",
+        f"cache_dir={tmp_path / 'extractions'}",
     )
     metrics = run(cfg, tmp_path / "run", progress=False)
     assert metrics["status"] == "ok" and metrics["n_pairs"] == 8
@@ -163,28 +192,54 @@ def test_cuda_qwen3_4b_shape(quant: str | None, max_gib: float) -> None:
     from steerexp.stages.generate.rows import generate_rows, grid, prompt_ids
 
     base = torch.cuda.memory_allocated()
-    loaded = load_model({**group("model", "qwen3_4b_instruct"), "random_init": True, "device": "cuda",
-                         "quantization": quant})
+    loaded = load_model(
+        {
+            **group("model", "qwen3_4b_instruct"),
+            "random_init": True,
+            "device": "cuda",
+            "quantization": quant,
+        }
+    )
     weights_gib = (torch.cuda.memory_allocated() - base) / 2**30
     assert weights_gib < max_gib, weights_gib
     n_new = 32
-    ev = {**group("eval", "organism"), "max_new_tokens": n_new, "do_sample": False,
-          "repetition_penalty": None, "max_batch_size": 64}
-    spec = make_answer_spec(loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
+    ev = {
+        **group("eval", "organism"),
+        "max_new_tokens": n_new,
+        "do_sample": False,
+        "repetition_penalty": None,
+        "max_batch_size": 64,
+    }
+    spec = make_answer_spec(
+        loaded.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"]
+    )
     rows = grid(load_questions(ev)[:16], [0.0, 0.5], 2)
     steering = random_steering(loaded)
-    ids, mask = left_pad([prompt_ids(loaded, ev, r.question) for r in rows], loaded.tokenizer.pad_token_id)
+    ids, mask = left_pad(
+        [prompt_ids(loaded, ev, r.question) for r in rows], loaded.tokenizer.pad_token_id
+    )
     loaded.hf.generation_config.eos_token_id = None
 
     def hf() -> None:
         with torch.no_grad():
-            loaded.hf.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=n_new,
-                               do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+            loaded.hf.generate(
+                input_ids=ids.cuda(),
+                attention_mask=mask.cuda(),
+                max_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+            )
 
-    runs = {"steered": lambda: generate_rows(loaded, ev, rows, steering, spec, seed=0, progress=False),
-            "unsteered": lambda: generate_rows(loaded, ev, rows, None, spec, seed=0, progress=False), "hf": hf}
+    runs = {
+        "steered": lambda: generate_rows(loaded, ev, rows, steering, spec, seed=0, progress=False),
+        "unsteered": lambda: generate_rows(loaded, ev, rows, None, spec, seed=0, progress=False),
+        "hf": hf,
+    }
     out, seconds = {}, {}
-    for label, fn in [*runs.items(), *runs.items()]:  # the first round warms up; the second is timed
+    for label, fn in [
+        *runs.items(),
+        *runs.items(),
+    ]:  # the first round warms up; the second is timed
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         out[label] = fn()
@@ -194,7 +249,9 @@ def test_cuda_qwen3_4b_shape(quant: str | None, max_gib: float) -> None:
     assert all(s.completion_ids == u.completion_ids for s, u in pairs if s.coeff == 0.0)
     assert any(s.completion_ids != u.completion_ids for s, u in pairs if s.coeff != 0.0)
     ratios = {k: seconds["hf"] / seconds[k] for k in ("steered", "unsteered")}
-    print(f"qwen3_4b shape {quant or 'bf16'}: weights {weights_gib:.2f} GiB, peak "
-          f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, HF {len(rows) * n_new / seconds['hf']:.0f} tok/s, "
-          f"steered/HF {ratios['steered']:.2f}, unsteered/HF {ratios['unsteered']:.2f}")
+    print(
+        f"qwen3_4b shape {quant or 'bf16'}: weights {weights_gib:.2f} GiB, peak "
+        f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, HF {len(rows) * n_new / seconds['hf']:.0f} tok/s, "
+        f"steered/HF {ratios['steered']:.2f}, unsteered/HF {ratios['unsteered']:.2f}"
+    )
     assert min(ratios.values()) >= 0.85, ratios

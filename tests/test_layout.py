@@ -30,8 +30,12 @@ def imported(source: str) -> set[str]:
             if node.module.startswith("steerexp"):
                 out.add(node.module)
                 out |= {f"{node.module}.{a.name}" for a in node.names}
-    return {m for m in out if (PACKAGE.parent / m.replace(".", "/")).exists()
-            or (PACKAGE.parent / (m.replace(".", "/") + ".py")).exists()}
+    return {
+        m
+        for m in out
+        if (PACKAGE.parent / m.replace(".", "/")).exists()
+        or (PACKAGE.parent / (m.replace(".", "/") + ".py")).exists()
+    }
 
 
 def layer(module: str) -> str:
@@ -52,8 +56,13 @@ def violations(extra: dict[str, str] | None = None) -> list[str]:
         mine = layer(me)
         for target in sorted(imported(source)):
             theirs = layer(target)
-            if mine == "core" and theirs not in ("core", "organism", "entry") or (
-                mine == "core" and target in ("steerexp.methods", "steerexp.report", "steerexp.cli")
+            if (
+                mine == "core"
+                and theirs not in ("core", "organism", "entry")
+                or (
+                    mine == "core"
+                    and target in ("steerexp.methods", "steerexp.report", "steerexp.cli")
+                )
             ):
                 bad.append(f"{me} (core) imports {target}")
             elif mine.startswith("stages.") and (

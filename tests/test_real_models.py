@@ -48,8 +48,14 @@ THINK_TEMPLATE = (
     "{%- if no_think -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}"
     "{%- endif -%}"
 )
-PIPE = ("model=tiny_random", "dataset=honesty", "dataset.max_pairs=8", "eval=white_lie",
-        "eval.max_new_tokens=8", "eval.repeats=2")
+PIPE = (
+    "model=tiny_random",
+    "dataset=honesty",
+    "dataset.max_pairs=8",
+    "eval=white_lie",
+    "eval.max_new_tokens=8",
+    "eval.repeats=2",
+)
 
 
 def _plain(node: Any) -> dict[str, Any]:
@@ -64,11 +70,22 @@ def _save_tiny(arch: str, out: Path) -> Path:
 
     tok = build_tokenizer()
     tok.chat_template = THINK_TEMPLATE
-    config_cls = {"Qwen3ForCausalLM": transformers.Qwen3Config, "GlmForCausalLM": transformers.GlmConfig}[arch]
+    config_cls = {
+        "Qwen3ForCausalLM": transformers.Qwen3Config,
+        "GlmForCausalLM": transformers.GlmConfig,
+    }[arch]
     config = config_cls(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     getattr(transformers, arch)(config).save_pretrained(out)
@@ -88,7 +105,9 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _hub_cfg(option: str, tiny_dirs: dict[str, Path], **over: Any) -> dict[str, Any]:
     """The shipped config ``option`` with ``path`` at the tiny checkpoint, on CPU, unquantized."""
     cfg = group("model", option)
-    cfg.update(path=str(tiny_dirs[cfg["architecture"]]), device="cpu", dtype="float32", quantization=None)
+    cfg.update(
+        path=str(tiny_dirs[cfg["architecture"]]), device="cpu", dtype="float32", quantization=None
+    )
     cfg.update(over)
     return cfg
 
@@ -124,7 +143,9 @@ def test_hub_ids_and_quantization() -> None:
 
 
 @pytest.mark.parametrize("name", HUB_MODELS)
-def test_hub_architecture_matches_transformers(name: str, tiny_dirs: dict[str, Path], hub_models: dict[str, LoadedModel]) -> None:
+def test_hub_architecture_matches_transformers(
+    name: str, tiny_dirs: dict[str, Path], hub_models: dict[str, LoadedModel]
+) -> None:
     import json
 
     arch = group("model", name)["architecture"]
@@ -136,7 +157,9 @@ def test_hub_architecture_matches_transformers(name: str, tiny_dirs: dict[str, P
 
 
 @pytest.mark.parametrize("name", HUB_MODELS)
-def test_every_module_template_resolves_or_names_fused(name: str, hub_models: dict[str, LoadedModel]) -> None:
+def test_every_module_template_resolves_or_names_fused(
+    name: str, hub_models: dict[str, LoadedModel]
+) -> None:
     loaded = hub_models[name]
     fused = FUSED.get(type(loaded.hf).__name__, {})
     for option in MODULES:
@@ -154,16 +177,23 @@ def test_every_module_template_resolves_or_names_fused(name: str, hub_models: di
 
 def test_fused_hint_only_for_fused_modules(hub_models: dict[str, LoadedModel]) -> None:
     with pytest.raises(SteerexpError) as err:
-        resolve_modules(hub_models["qwen3_8b"], {"template": "model.layers.{N}.mlp.gate_up_proj", "layers": [1]})
+        resolve_modules(
+            hub_models["qwen3_8b"], {"template": "model.layers.{N}.mlp.gate_up_proj", "layers": [1]}
+        )
     assert "fuses" not in str(err.value) and "gate_proj" in str(err.value)
     with pytest.raises(SteerexpError) as err:
-        resolve_modules(hub_models["glm4_9b"], {"template": "model.layers.{N}.self_attn.qkv_proj", "layers": [1]})
+        resolve_modules(
+            hub_models["glm4_9b"],
+            {"template": "model.layers.{N}.self_attn.qkv_proj", "layers": [1]},
+        )
     assert "fuses" not in str(err.value)
 
 
 def test_architecture_mismatch_is_clear(tiny_dirs: dict[str, Path]) -> None:
     cfg = _hub_cfg("glm4_9b", tiny_dirs, architecture="Glm4ForCausalLM", name="glm_wrong")
-    with pytest.raises(SteerexpError, match=r"is a GlmForCausalLM checkpoint.*architecture='Glm4ForCausalLM'"):
+    with pytest.raises(
+        SteerexpError, match=r"is a GlmForCausalLM checkpoint.*architecture='Glm4ForCausalLM'"
+    ):
         load_model(cfg)
     cfg = _hub_cfg("qwen3_8b", tiny_dirs, path=str(tiny_dirs["GlmForCausalLM"]), name="qwen_at_glm")
     with pytest.raises(SteerexpError, match=r"GlmForCausalLM checkpoint.*Qwen3ForCausalLM"):
@@ -177,7 +207,9 @@ def test_trust_remote_code_must_be_bool(value: Any) -> None:
         validate_model_cfg(cfg)
 
 
-def test_trust_remote_code_never_implicit(tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trust_remote_code_never_implicit(
+    tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[Any] = []
     for cls in (models_mod.AutoConfig, models_mod.AutoTokenizer, models_mod.AutoModelForCausalLM):
         orig = cls.from_pretrained
@@ -195,7 +227,10 @@ def test_chat_template_kwargs_pass_through(hub_models: dict[str, LoadedModel]) -
     thinking_off, plain = hub_models["qwen3_8b"], hub_models["qwen3_4b_instruct"]
     assert thinking_off.chat_kwargs == {"enable_thinking": False}
     assert plain.chat_kwargs == {}
-    msgs = [{"role": "user", "content": "Pretend to be an honest person."}, {"role": "assistant", "content": "The truth"}]
+    msgs = [
+        {"role": "user", "content": "Pretend to be an honest person."},
+        {"role": "assistant", "content": "The truth"},
+    ]
     q = Question(id="q", text="Is it fine to lie? Answer Yes or No.", trait_answer="No")
     ev = group("eval", "white_lie")
     texts = {}
@@ -240,10 +275,18 @@ def fresh_extractions(tmp_path: Path) -> Iterator[str]:
 def test_4bit_pipeline_end_to_end(tmp_path: Path, fresh_extractions: str) -> None:
     from steerexp.pipeline import run
 
-    cfg = compose_cfg(*PIPE, "model.quantization=4bit", "model.device=cpu", "method=fisher_steer_reg2", fresh_extractions)
+    cfg = compose_cfg(
+        *PIPE,
+        "model.quantization=4bit",
+        "model.device=cpu",
+        "method=fisher_steer_reg2",
+        fresh_extractions,
+    )
     metrics = run(cfg, tmp_path / "run", progress=False)
     _check_run(metrics, tmp_path / "run")
-    loaded = load_model(dict(compose_cfg(*PIPE, "model.quantization=4bit", "model.device=cpu").model))
+    loaded = load_model(
+        dict(compose_cfg(*PIPE, "model.quantization=4bit", "model.device=cpu").model)
+    )
     assert type(loaded.hf.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
 
 
@@ -290,7 +333,13 @@ def test_4bit_gradient_matches_dequantized(tiny_dirs: dict[str, Path]) -> None:
 def test_8bit_pipeline_end_to_end(tmp_path: Path, fresh_extractions: str) -> None:
     from steerexp.pipeline import run
 
-    cfg = compose_cfg(*PIPE, "model.quantization=8bit", "model.device=cpu", "method=fisher_steer_reg2", fresh_extractions)
+    cfg = compose_cfg(
+        *PIPE,
+        "model.quantization=8bit",
+        "model.device=cpu",
+        "method=fisher_steer_reg2",
+        fresh_extractions,
+    )
     _check_run(run(cfg, tmp_path / "run", progress=False), tmp_path / "run")
 
 
@@ -298,9 +347,13 @@ def test_quantization_needs_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "accelerate" else real(n, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "accelerate" else real(n, *a)
+    )
     cfg = {**group("model", "qwen3_14b_bnb4")}
-    with pytest.raises(SteerexpError, match=r"model.quantization=4bit needs the package\(s\) accelerate"):
+    with pytest.raises(
+        SteerexpError, match=r"model.quantization=4bit needs the package\(s\) accelerate"
+    ):
         validate_model_cfg(cfg)
     validate_model_cfg({**cfg, "quantization": None})
 
@@ -309,10 +362,14 @@ def test_quantization_needs_packages(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("method", ["pca_diff", "fisher_steer_cov_reg2"])
-def test_bf16_pipeline_gives_finite_unit_directions(method: str, tmp_path: Path, fresh_extractions: str) -> None:
+def test_bf16_pipeline_gives_finite_unit_directions(
+    method: str, tmp_path: Path, fresh_extractions: str
+) -> None:
     from steerexp.pipeline import run
 
-    cfg = compose_cfg(*PIPE, "model.dtype=bfloat16", "model.device=cpu", f"method={method}", fresh_extractions)
+    cfg = compose_cfg(
+        *PIPE, "model.dtype=bfloat16", "model.device=cpu", f"method={method}", fresh_extractions
+    )
     _check_run(run(cfg, tmp_path / "run", progress=False), tmp_path / "run")
     loaded = load_model(_plain(cfg.model))
     assert loaded.hf.dtype == torch.bfloat16
@@ -322,19 +379,31 @@ def test_bf16_pipeline_gives_finite_unit_directions(method: str, tmp_path: Path,
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("setting", [("model.dtype=bfloat16",), ("model.dtype=bfloat16", "model.quantization=4bit")])
+@pytest.mark.parametrize(
+    "setting", [("model.dtype=bfloat16",), ("model.dtype=bfloat16", "model.quantization=4bit")]
+)
 def test_cuda_pipeline(setting: tuple[str, ...], tmp_path: Path, fresh_extractions: str) -> None:
     from steerexp.pipeline import run
 
-    cfg = compose_cfg(*PIPE, "model.device=cuda", "method=fisher_steer_reg2", *setting, fresh_extractions)
+    cfg = compose_cfg(
+        *PIPE, "model.device=cuda", "method=fisher_steer_reg2", *setting, fresh_extractions
+    )
     _check_run(run(cfg, tmp_path / "run", progress=False), tmp_path / "run")
     loaded = load_model(_plain(cfg.model))
     assert loaded.device.type == "cuda"
 
 
 def test_fused_hint_covers_qkv() -> None:
-    pool = ["model.layers.{N}.self_attn.qkv_proj", "model.layers.{N}.self_attn.o_proj", "model.layers.{N}.mlp.gate_up_proj"]
-    assert modules_mod._fused_siblings("model.layers.{N}.self_attn.k_proj", pool) == ["model.layers.{N}.self_attn.qkv_proj"]
-    assert modules_mod._fused_siblings("model.layers.{N}.mlp.up_proj", pool) == ["model.layers.{N}.mlp.gate_up_proj"]
+    pool = [
+        "model.layers.{N}.self_attn.qkv_proj",
+        "model.layers.{N}.self_attn.o_proj",
+        "model.layers.{N}.mlp.gate_up_proj",
+    ]
+    assert modules_mod._fused_siblings("model.layers.{N}.self_attn.k_proj", pool) == [
+        "model.layers.{N}.self_attn.qkv_proj"
+    ]
+    assert modules_mod._fused_siblings("model.layers.{N}.mlp.up_proj", pool) == [
+        "model.layers.{N}.mlp.gate_up_proj"
+    ]
     assert modules_mod._fused_siblings("model.layers.{N}.mlp.down_proj", pool) == []
     assert modules_mod._fused_siblings("model.layers.{N}", pool) == []

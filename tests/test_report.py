@@ -18,7 +18,17 @@ from steerexp.core.errors import SteerexpError
 from steerexp.sweep import callbacks, report
 
 REPO = Path(__file__).resolve().parent.parent
-JOURNAL_HEADER = ["method", "slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
+JOURNAL_HEADER = [
+    "method",
+    "slope",
+    "r2",
+    "valid_frac",
+    "effect_size",
+    "p_value",
+    "score",
+    "min",
+    "max",
+]
 COEFFS = [-1.0, -0.5, 0.0, 0.5, 1.0]
 
 # (method, module, slope, r2, status); score = |slope| * r2 * valid_frac^2 with valid_frac = 1.
@@ -31,23 +41,68 @@ JOBS = [
 ]
 
 
-def write_job(sweep: Path, num: int, method: str, module: str, slope: float | None, r2: float | None,
-              status: str) -> Path:
+def write_job(
+    sweep: Path,
+    num: int,
+    method: str,
+    module: str,
+    slope: float | None,
+    r2: float | None,
+    status: str,
+) -> Path:
     """One job dir as the pipeline writes it (metrics.json, status.json, dose_response.csv, .hydra/)."""
     job = sweep / f"{num}_method={method},module={module}"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n- module={module}\n")
-    error = None if status == "ok" else "SteerexpError: non-finite gradients in module k_proj batch 0"
+    error = (
+        None if status == "ok" else "SteerexpError: non-finite gradients in module k_proj batch 0"
+    )
     metrics = {k: None for k in JOURNAL_COLUMNS + EXTRA_STAT_COLUMNS + TIME_COLUMNS}
-    metrics.update(model="organism", module=module, method=method, loss="nll", dataset="organism",
-                   eval="organism", judge="logratio", coeff_units="norm", seed=0, status=status,
-                   error=error, model_reused=False, extraction_cached=num > 0, cache_key="abc123")
+    metrics.update(
+        model="organism",
+        module=module,
+        method=method,
+        loss="nll",
+        dataset="organism",
+        eval="organism",
+        judge="logratio",
+        coeff_units="norm",
+        seed=0,
+        status=status,
+        error=error,
+        model_reused=False,
+        extraction_cached=num > 0,
+        cache_key="abc123",
+    )
     if status == "ok":
-        metrics.update(slope=slope, r2=r2, valid_frac=1.0, effect_size=None, p_value=0.05,
-                       score=abs(slope) * r2, signed_score=slope * r2, min=-3.0, max=4.0, n_valid=10, n_rows=10, time_total_s=1.5)
-        rows = [{"question_id": "q0", "coeff": c, "repeat": r, "log_ratio": slope * c + 0.1 * r,
-                 "pmass": 0.9, "valid": True, "forced": False, "completion": f"Final choice: {'Yes' if c > 0 else 'No'}"}
-                for c in COEFFS for r in range(2)]
+        metrics.update(
+            slope=slope,
+            r2=r2,
+            valid_frac=1.0,
+            effect_size=None,
+            p_value=0.05,
+            score=abs(slope) * r2,
+            signed_score=slope * r2,
+            min=-3.0,
+            max=4.0,
+            n_valid=10,
+            n_rows=10,
+            time_total_s=1.5,
+        )
+        rows = [
+            {
+                "question_id": "q0",
+                "coeff": c,
+                "repeat": r,
+                "log_ratio": slope * c + 0.1 * r,
+                "pmass": 0.9,
+                "valid": True,
+                "forced": False,
+                "completion": f"Final choice: {'Yes' if c > 0 else 'No'}",
+            }
+            for c in COEFFS
+            for r in range(2)
+        ]
         pd.DataFrame(rows).to_csv(job / "dose_response.csv", index=False)
     (job / "metrics.json").write_text(json.dumps(metrics))
     (job / "status.json").write_text(json.dumps({"status": status, "error": error}))
@@ -98,7 +153,9 @@ def test_ranking_md_tables(sweep: Path, tmp_path: Path) -> None:
 def test_ranking_plain_journal_header_and_single_table(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun" / "d" / "t"
     sweep.mkdir(parents=True)
-    for num, (m, s, r2) in enumerate([("pca_diff", 1.0, 0.5), ("random", 0.2, 0.1), ("svd_steer", 4.0, 0.5)]):
+    for num, (m, s, r2) in enumerate(
+        [("pca_diff", 1.0, 0.5), ("random", 0.2, 0.1), ("svd_steer", 4.0, 0.5)]
+    ):
         write_job(sweep, num, m, "k_proj", s, r2, "ok")
     report.build_report(sweep, reports_root=None)
     md = (sweep / "ranking.md").read_text()
@@ -111,8 +168,18 @@ def test_ranking_plain_journal_header_and_single_table(tmp_path: Path) -> None:
 def test_ranking_csv_png_and_copy(sweep: Path, tmp_path: Path) -> None:
     report.build_report(sweep, reports_root=tmp_path / "reports")
     csv = pd.read_csv(sweep / "ranking.csv")
-    for col in ["job", "status", "error", *JOURNAL_HEADER, "module", "signed_score", "time_total_s",
-                "cache_key", "extraction_cached", "seed"]:
+    for col in [
+        "job",
+        "status",
+        "error",
+        *JOURNAL_HEADER,
+        "module",
+        "signed_score",
+        "time_total_s",
+        "cache_key",
+        "extraction_cached",
+        "seed",
+    ]:
         assert col in csv.columns, col
     assert len(csv) == 6 and csv["score"].iloc[0] == pytest.approx(2.7)
     assert math.isnan(csv.loc[csv["status"] == "failed", "score"].iloc[0])
@@ -126,8 +193,21 @@ def test_ranking_csv_png_and_copy(sweep: Path, tmp_path: Path) -> None:
 def test_cli_reproduces_byte_for_byte(sweep: Path, tmp_path: Path) -> None:
     report.build_report(sweep, reports_root=tmp_path / "reports")
     first = (sweep / "ranking.md").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "steerexp.report", str(sweep), "--reports-root",
-                           str(tmp_path / "r2"), "--name", "mine"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steerexp.report",
+            str(sweep),
+            "--reports-root",
+            str(tmp_path / "r2"),
+            "--name",
+            "mine",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (sweep / "ranking.md").read_bytes() == first
     assert (tmp_path / "r2" / "mine" / "ranking.md").read_bytes() == first
@@ -135,8 +215,12 @@ def test_cli_reproduces_byte_for_byte(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_cli_bad_dir_one_line_error(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "steerexp.report", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "steerexp.report", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a sweep dir" in lines[0] and str(tmp_path) in lines[0]
@@ -157,8 +241,9 @@ def test_odd_job_dirs_do_not_break(tmp_path: Path) -> None:
     assert "unreadable metrics.json" in (sweep / "ranking.md").read_text()
 
 
-def test_callback_writes_report_and_counts_failures(sweep: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_callback_writes_report_and_counts_failures(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cb = callbacks.RankingCallback(reports_root=str(tmp_path / "cb_reports"))
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
     cb.on_multirun_start(cfg)
@@ -177,7 +262,9 @@ def test_callback_never_raises(tmp_path: Path) -> None:
     assert callbacks.LAST_SWEEP_ERROR
 
 
-@pytest.mark.parametrize("launcher", ["local_parallel", "local_gpu", "slurm_gpu", "joblib", "submitit_slurm"])
+@pytest.mark.parametrize(
+    "launcher", ["local_parallel", "local_gpu", "slurm_gpu", "joblib", "submitit_slurm"]
+)
 def test_launcher_presets_compose(launcher: str) -> None:
     from hydra import compose, initialize_config_dir
 
@@ -191,18 +278,31 @@ def test_launcher_presets_compose(launcher: str) -> None:
         assert target.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs >= 1
 
 
-def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_offline_logger_summary(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from steerexp.sweep import tracking
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = sweep / "0_method=pca_diff,module=k_proj"
-    cfg = OmegaConf.create({"model": {"name": "organism", "path": "x"},
-                            "module": {"name": "k_proj", "template": "m.{N}.k"},
-                            "method": {"name": "pca_diff", "kind": "pca"}, "loss": {"name": "nll"}, "seed": 0,
-                            "coeff_units": "norm", "logger": {"name": "wandb", "project": "steerexp-test",
-                                                              "entity": None, "mode": "offline"}})
+    cfg = OmegaConf.create(
+        {
+            "model": {"name": "organism", "path": "x"},
+            "module": {"name": "k_proj", "template": "m.{N}.k"},
+            "method": {"name": "pca_diff", "kind": "pca"},
+            "loss": {"name": "nll"},
+            "seed": 0,
+            "coeff_units": "norm",
+            "logger": {
+                "name": "wandb",
+                "project": "steerexp-test",
+                "entity": None,
+                "mode": "offline",
+            },
+        }
+    )
     logger = tracking.make_logger(cfg.logger)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     dose = pd.read_csv(run_dir / "dose_response.csv")
@@ -214,8 +314,16 @@ def test_wandb_offline_logger_summary(sweep: Path, tmp_path: Path, monkeypatch: 
     summary, config = run["summary"], run["config"]
     assert run["finished"]
     assert summary["score"] == pytest.approx(1.0) and summary["slope"] == pytest.approx(2.0)
-    assert summary["status"] == "ok" and summary["effect_size"] is None and summary["method"] == "pca_diff"
-    assert config["method"] == "pca_diff" and config["module"] == "k_proj" and config["model"] == "organism"
+    assert (
+        summary["status"] == "ok"
+        and summary["effect_size"] is None
+        and summary["method"] == "pca_diff"
+    )
+    assert (
+        config["method"] == "pca_diff"
+        and config["module"] == "k_proj"
+        and config["model"] == "organism"
+    )
     assert "curve/coeff" not in summary and "dose_response.nrows" in summary
     assert config["seed"] == 0 and config["cfg"]["module"]["template"] == "m.{N}.k"
     assert run["group"] == "2026-11-24_10-31-02" and run["name"] == "pca_diff|k_proj|nll|organism"
@@ -252,9 +360,18 @@ def test_null_columns_holm_duplicates_and_footer(tmp_path: Path) -> None:
     for num, (method, slope, p, vec) in enumerate(rows):
         job = write_job(sweep, num, method, "hs", slope, 0.5, "ok")
         metrics = json.loads((job / "metrics.json").read_text())
-        metrics.update(p_random=p, vs_random=slope / 0.8, null_key="n1", null_k=16, null_abs_median=0.8,
-                       null_abs_p95=2.5, prompt_shift=3.9, fitted_shift=slope * 1.4,
-                       slope_ci_low=slope - 1, slope_ci_high=slope + 1)
+        metrics.update(
+            p_random=p,
+            vs_random=slope / 0.8,
+            null_key="n1",
+            null_k=16,
+            null_abs_median=0.8,
+            null_abs_p95=2.5,
+            prompt_shift=3.9,
+            fitted_shift=slope * 1.4,
+            slope_ci_low=slope - 1,
+            slope_ci_high=slope + 1,
+        )
         (job / "metrics.json").write_text(json.dumps(metrics))
         save_file({"model.layers.2": vec.contiguous()}, str(job / "directions.safetensors"))
     df = report.build_report(sweep, reports_root=None)
@@ -269,4 +386,6 @@ def test_null_columns_holm_duplicates_and_footer(tmp_path: Path) -> None:
         assert col in header, col
     null_col = [r[header.index("null")] for r in table[1:]]
     assert null_col == ["", "", "ns"]
-    assert "median |slope| 0.80, 95th percentile |slope| 2.50" in md and "log-ratio shift 3.90" in md
+    assert (
+        "median |slope| 0.80, 95th percentile |slope| 2.50" in md and "log-ratio shift 3.90" in md
+    )

@@ -207,15 +207,19 @@ def test_sweep_whose_ranking_cannot_be_written_exits_nonzero(tmp_path: Path) -> 
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")
     out = subprocess.run(
-        tiny_sweep_cmd(tmp_path, "method=pca_diff", f"hydra.callbacks.ranking.reports_root={blocker}"),
+        tiny_sweep_cmd(
+            tmp_path, "method=pca_diff", f"hydra.callbacks.ranking.reports_root={blocker}"
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        "steerexp: error: the sweep's ranking could not be written:"
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("steerexp: error: the sweep's ranking could not be written:")
     )
 
 
@@ -245,4 +249,6 @@ def test_ctrl_c_writes_the_partial_ranking_and_exits_130(tmp_path: Path) -> None
     ranking = pd.read_csv(tmp_path / "sweep" / "ranking.csv")
     assert len(ranking) == 4
     assert (ranking["status"] == "ok").sum() >= 1
-    assert set(ranking["status"]) <= {"ok", "interrupted"} and "interrupted" in set(ranking["status"])
+    assert set(ranking["status"]) <= {"ok", "interrupted"} and "interrupted" in set(
+        ranking["status"]
+    )

@@ -20,10 +20,10 @@ def _records(path: Path) -> list[bytes]:
         if block - pos % block < 7:
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if pos + 7 + length > len(data):
             break
-        parts.append(data[pos + 7:pos + 7 + length])
+        parts.append(data[pos + 7 : pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):
             out.append(b"".join(parts))
@@ -60,13 +60,21 @@ def read_offline_run(run_dir: Path, wait_s: float = 15.0) -> dict[str, Any]:
         if finished or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    out: dict[str, Any] = {"summary": {}, "config": {}, "group": None, "name": None, "id": None,
-                           "finished": finished}
+    out: dict[str, Any] = {
+        "summary": {},
+        "config": {},
+        "group": None,
+        "name": None,
+        "id": None,
+        "finished": finished,
+    }
     for rec in records:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out.update(group=rec.run.run_group, name=rec.run.display_name, id=rec.run.run_id)
-            items = [("config", i) for i in rec.run.config.update] + [("summary", i) for i in rec.run.summary.update]
+            items = [("config", i) for i in rec.run.config.update] + [
+                ("summary", i) for i in rec.run.summary.update
+            ]
         elif kind in ("config", "summary"):
             items = [(kind, i) for i in getattr(rec, kind).update]
         else:

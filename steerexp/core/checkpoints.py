@@ -79,7 +79,16 @@ def checkpoint_path(cfg: Mapping[str, Any]) -> str:
 
 
 #: Files of a local checkpoint dir that ``from_pretrained`` may read (what the fingerprint hashes).
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".jinja", ".txt", ".py", ".tiktoken")
+CHECKPOINT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".json",
+    ".model",
+    ".jinja",
+    ".txt",
+    ".py",
+    ".tiktoken",
+)
 
 
 #: Files above this size are fingerprinted by their size and 64 spread 1 MiB samples, not in full.
@@ -117,7 +126,8 @@ def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict
         local = Path(loaded.path)
         if local.is_dir():
             files = sorted(
-                f for f in local.iterdir()
+                f
+                for f in local.iterdir()
                 if f.is_file() and not f.name.startswith(".") and f.suffix in CHECKPOINT_SUFFIXES
             )
             loaded.fingerprint = {"files": {f.name: _file_digest(f) for f in files}}

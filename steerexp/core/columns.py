@@ -26,15 +26,38 @@ DOSE_COLUMNS = [
 JOURNAL_COLUMNS = ["slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]
 #: The other statistics a run's metrics.json holds (the ranking CSV keeps them all).
 EXTRA_STAT_COLUMNS = [
-    "signed_score", "slope_ci_low", "slope_ci_high", "vs_random", "p_random", "p_random_holm",
-    "p_random_rank", "anti_frac", "fitted_shift", "prompt_shift", "prompt_y_positive",
-    "prompt_y_negative", "spearman", "n_valid", "n_rows", "pair_vote_frac", "null_k",
-    "null_slope_mean", "null_slope_sd", "null_abs_median", "null_abs_p95", "null_build_s",
-    "kl_at_max", "coherent_max",
+    "signed_score",
+    "slope_ci_low",
+    "slope_ci_high",
+    "vs_random",
+    "p_random",
+    "p_random_holm",
+    "p_random_rank",
+    "anti_frac",
+    "fitted_shift",
+    "prompt_shift",
+    "prompt_y_positive",
+    "prompt_y_negative",
+    "spearman",
+    "n_valid",
+    "n_rows",
+    "pair_vote_frac",
+    "null_k",
+    "null_slope_mean",
+    "null_slope_sd",
+    "null_abs_median",
+    "null_abs_p95",
+    "null_build_s",
+    "kl_at_max",
+    "coherent_max",
 ]
 #: Split-half and bootstrap rank reliability of a ranking (``steerexp.sweep.reliability``).
 RELIABILITY_COLUMNS = [
-    "split_half_spearman", "rank_median", "rank_low", "rank_high", "reliability_questions"
+    "split_half_spearman",
+    "rank_median",
+    "rank_low",
+    "rank_high",
+    "reliability_questions",
 ]
 #: The config groups whose option names label a run: its identity in rankings and trackers.
 IDENTITY_GROUPS = ("model", "module", "method", "loss", "dataset", "eval", "judge")
@@ -44,12 +67,25 @@ TIMED_STAGES = ("load", "extract", "fit", "generate", "judge", "regress", "null"
 TIME_COLUMNS = [f"time_{s}_s" for s in (*TIMED_STAGES, "total")]
 #: How a run was produced (reuse, cache keys) rather than what it measured.
 RUN_COLUMNS = [
-    "dup_of", "sign_flipped", "grad_rule_agrees", "model_reused", "extraction_cached",
-    "generations_reused", "null_cached", "cache_key", "acts_key", "generation_key", "null_key",
+    "dup_of",
+    "sign_flipped",
+    "grad_rule_agrees",
+    "model_reused",
+    "extraction_cached",
+    "generations_reused",
+    "null_cached",
+    "cache_key",
+    "acts_key",
+    "generation_key",
+    "null_key",
 ]
 METRIC_COLUMNS = [
-    *JOURNAL_COLUMNS, *EXTRA_STAT_COLUMNS, *RELIABILITY_COLUMNS, *IDENTITY_COLUMNS,
-    *TIME_COLUMNS, *RUN_COLUMNS,
+    *JOURNAL_COLUMNS,
+    *EXTRA_STAT_COLUMNS,
+    *RELIABILITY_COLUMNS,
+    *IDENTITY_COLUMNS,
+    *TIME_COLUMNS,
+    *RUN_COLUMNS,
 ]
 
 

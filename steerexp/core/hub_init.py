@@ -39,7 +39,9 @@ VERSION = "v1"
 
 def shipped() -> list[str]:
     """Hub ids whose ``config.json`` ships with steerexp."""
-    return sorted(p.name.replace("--", "/", 1) for p in HUB_CONFIGS.iterdir() if (p / "config.json").exists())
+    return sorted(
+        p.name.replace("--", "/", 1) for p in HUB_CONFIGS.iterdir() if (p / "config.json").exists()
+    )
 
 
 def hub_config_path(hub_id: str) -> Path:
@@ -76,12 +78,18 @@ def source(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     return json.loads(hub_config_path(str(cfg["path"])).read_text()), ORGANISM_TOKENIZER
 
 
-def shaped_config(cfg: Mapping[str, Any], base: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
+def shaped_config(
+    cfg: Mapping[str, Any], base: Mapping[str, Any], tokenizer: Any
+) -> dict[str, Any]:
     """``base`` with ``num_layers``, ``config_overrides`` and the tokenizer's special ids applied."""
     out = dict(base)
     n = cfg.get("num_layers")
     if n is not None:
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= int(base["num_hidden_layers"]):
+        if (
+            not isinstance(n, int)
+            or isinstance(n, bool)
+            or not 1 <= n <= int(base["num_hidden_layers"])
+        ):
             raise SteerexpError(
                 f"model.num_layers={n!r} must be an integer in 1..{base['num_hidden_layers']} "
                 "(the architecture's depth) or null"
@@ -94,8 +102,11 @@ def shaped_config(cfg: Mapping[str, Any], base: Mapping[str, Any], tokenizer: An
             f"vocab_size={out['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} ids; "
             "raise model.config_overrides.vocab_size"
         )
-    out.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-               bos_token_id=tokenizer.bos_token_id)
+    out.update(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
     return out
 
 
@@ -109,9 +120,19 @@ def build(cfg: Mapping[str, Any]) -> Path:
     base, tok_dir = source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     config = shaped_config(cfg, base, tokenizer)
-    tok_blob = b"".join((tok_dir / f).read_bytes() for f in TOKENIZER_FILES if (tok_dir / f).exists())
-    key = json.dumps({"config": config, "dtype": cfg.get("dtype"), "seed": SEED, "version": VERSION,
-                      "tokenizer": hashlib.sha256(tok_blob).hexdigest()}, sort_keys=True)
+    tok_blob = b"".join(
+        (tok_dir / f).read_bytes() for f in TOKENIZER_FILES if (tok_dir / f).exists()
+    )
+    key = json.dumps(
+        {
+            "config": config,
+            "dtype": cfg.get("dtype"),
+            "seed": SEED,
+            "version": VERSION,
+            "tokenizer": hashlib.sha256(tok_blob).hexdigest(),
+        },
+        sort_keys=True,
+    )
     name = f"{cfg.get('name')}-L{config['num_hidden_layers']}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
     def make(out: Path) -> None:

@@ -227,5 +227,3 @@ def _check_architecture(cfg: Mapping[str, Any], path: str, got: list[str]) -> No
             f"model {cfg.get('name')!r} at {path!r} is a {', '.join(got)} checkpoint, but its config says "
             f"architecture={expected!r}; fix model.architecture or model.path"
         )
-
-

@@ -45,11 +45,19 @@ def resolve_modules(loaded: LoadedModel, module_cfg: Mapping[str, Any]) -> list[
     if missing:
         layer0 = template.replace("{N}", str(layers[0]))
         pool = sorted(n for n in names if re.fullmatch(r"model\.layers\.\d+(\..+)?", n))
-        pool0 = [n.replace(f".{layers[0]}.", ".{N}.", 1) for n in pool if n.startswith(f"model.layers.{layers[0]}.")]
+        pool0 = [
+            n.replace(f".{layers[0]}.", ".{N}.", 1)
+            for n in pool
+            if n.startswith(f"model.layers.{layers[0]}.")
+        ]
         close = difflib.get_close_matches(template, pool0, n=4, cutoff=0.3)
         hint = ", ".join(close) if close else ", ".join(pool0[:8])
         fused = _fused_siblings(template, pool0)
-        note = f"this model fuses it into {', '.join(map(repr, fused))} (steer that module instead); " if fused else ""
+        note = (
+            f"this model fuses it into {', '.join(map(repr, fused))} (steer that module instead); "
+            if fused
+            else ""
+        )
         raise SteerexpError(
             f"module.template={template!r} matches no module of {loaded.name} ({layer0!r} missing); "
             f"{note}closest: {hint}"
@@ -70,6 +78,8 @@ def _fused_siblings(template: str, pool: list[str]) -> list[str]:
         if head != parent or other == leaf or not o_sep or o_suffix != suffix:
             continue
         parts = o_stem.split("_")
-        if (stem in parts and len(parts) > 1) or (len(stem) == 1 and o_stem.isalpha() and stem in o_stem and len(o_stem) > 1):
+        if (stem in parts and len(parts) > 1) or (
+            len(stem) == 1 and o_stem.isalpha() and stem in o_stem and len(o_stem) > 1
+        ):
             found.append(name)
     return found

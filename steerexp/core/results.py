@@ -53,7 +53,9 @@ class GenRow:
     completion_ids: list[int]  # generated ids: no prompt, no padding, eos trimmed
     completion: str  # tokenizer.decode(completion_ids, skip_special_tokens=True)
     answer_logps: torch.Tensor  # [len(completion_ids), n_answers] float32, from raw logits
-    stop_reason: str = "length"  # stop_token | regex | length (steerexp.stages.generate.rows.RowStop)
+    stop_reason: str = (
+        "length"  # stop_token | regex | length (steerexp.stages.generate.rows.RowStop)
+    )
 
 
 @dataclass

@@ -202,5 +202,7 @@ def answer_letter(table: Table, row: Row, field: str, value: Any) -> str:
     """``"(A)"`` / ``" (A)"`` -> ``"A"``."""
     letter = str(value).strip().strip("()").strip()
     if not letter or isinstance(value, list | dict):
-        raise row_error(table, row, f"field {field!r} must be one answer such as '(A)', got {value!r}")
+        raise row_error(
+            table, row, f"field {field!r} must be one answer such as '(A)', got {value!r}"
+        )
     return letter

@@ -101,7 +101,9 @@ def execute(
         fit = steps.regress(cfg, model, inputs, steering, judged)
         metrics.update(fit.stats)
         artifacts.write_coherence(run_dir / "coherence.csv", fit.cost)
-        title = f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
+        title = (
+            f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
+        )
         artifacts.plot_dose_response(
             run_dir / "dose_response.png", judged.dose, title, x=str(cfg.regress_x), cost=fit.cost
         )

@@ -98,9 +98,7 @@ def generate_reference(
         rescore = make_rescore(loaded, eval_cfg, questions, steerings[k], spec)
         gen = [r for _, r in part]
         frames.append(
-            dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(
-                direction=k, persona=""
-            )
+            dose_frame(gen, judge_rows(judge, gen, spec, rescore)).assign(direction=k, persona="")
         )
     for text, name in by_text.items():
         gen = [r for s, r in zip(specs, rows, strict=True) if s.system == text]

@@ -216,7 +216,11 @@ def regress(
     """Stage 6: the dose-response fit, and the coherence cost of each coefficient."""
     dose = judged.dose
     stats = fit_line(
-        dose["coeff"], dose["log_ratio"], dose["valid"], x=str(cfg.regress_x), groups=dose["question_id"]
+        dose["coeff"],
+        dose["log_ratio"],
+        dose["valid"],
+        x=str(cfg.regress_x),
+        groups=dose["question_id"],
     )
     kl = coherence.mean_token_kl(model.loaded, kl_prompts(cfg, model), steering, inputs.coeffs)
     lengths = coherence.completion_lengths(model.loaded, list(dose["completion"]))

@@ -113,13 +113,23 @@ def load_job(job_dir: Path) -> dict[str, Any]:
             return row
         row.update(data)
         if "status" not in data and status_path.is_file():
-            row.update({k: v for k, v in (_read_json(status_path)[0] or {}).items() if k in ("status", "error")})
+            row.update(
+                {
+                    k: v
+                    for k, v in (_read_json(status_path)[0] or {}).items()
+                    if k in ("status", "error")
+                }
+            )
         row.setdefault("status", "ok")
     elif status_path.is_file():
         data, err = _read_json(status_path)
-        row.update(status=(data or {}).get("status", "failed"), error=(data or {}).get("error", err))
+        row.update(
+            status=(data or {}).get("status", "failed"), error=(data or {}).get("error", err)
+        )
     else:
-        row.update(status="missing", error="no metrics.json or status.json (job not finished or killed)")
+        row.update(
+            status="missing", error="no metrics.json or status.json (job not finished or killed)"
+        )
     return row
 
 
@@ -159,7 +169,9 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
     """``signed_score`` descending (positive = toward the trait), NaN last; ties broken by method
     then job name, so the order is stable."""
     score = pd.to_numeric(df["signed_score"], errors="coerce")
-    key = pd.DataFrame({"s": (-score).fillna(np.inf), "m": df["method"].astype(str), "j": df["job"]})
+    key = pd.DataFrame(
+        {"s": (-score).fillna(np.inf), "m": df["method"].astype(str), "j": df["job"]}
+    )
     order = key.sort_values(["s", "m", "j"], kind="mergesort").index
     return df.loc[order].reset_index(drop=True)
 
@@ -172,7 +184,9 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise SteerexpError(f"not a sweep dir: {str(sweep_dir)!r} does not exist or is not a directory")
+        raise SteerexpError(
+            f"not a sweep dir: {str(sweep_dir)!r} does not exist or is not a directory"
+        )
     jobs = find_job_dirs(sweep_dir)
     if not jobs:
         raise SteerexpError(
@@ -188,8 +202,10 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
     started = {_job_number(n) for n in names}
     for num, ov in enumerate(planned_jobs(sweep_dir)):
         if num not in started:
-            why = "the sweep was interrupted before this job started" if interrupted else (
-                "never started (sweep interrupted, or still running)"
+            why = (
+                "the sweep was interrupted before this job started"
+                if interrupted
+                else ("never started (sweep interrupted, or still running)")
             )
             status = "interrupted" if interrupted else "missing"
             loaded.append({"job": f"{num}_(not started)", "status": status, "error": why})
@@ -201,7 +217,9 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
         for k in keys:
             if row.get(k) is None:
                 row[k] = ov.get(k, "default")
-        row["_group"] = ", ".join(f"{k}={ov.get(k, row.get(k, 'default'))}" for k in keys if k != "method")
+        row["_group"] = ", ".join(
+            f"{k}={ov.get(k, row.get(k, 'default'))}" for k in keys if k != "method"
+        )
         rows.append(row)
     df = pd.DataFrame(rows)
     known = list(dict.fromkeys(["job", "status", *keys, *METRIC_COLUMNS]))
@@ -222,7 +240,10 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
         df.loc[rows, "p_random_holm"] = holm(df.loc[rows, "p_random"])
         df.loc[rows, "dup_of"] = duplicates(df.loc[rows], sweep_dir)
         ok = df.loc[rows, "status"] == "ok"
-        dirs = [sweep_dir / str(j) if good else None for j, good in zip(df.loc[rows, "job"], ok, strict=True)]
+        dirs = [
+            sweep_dir / str(j) if good else None
+            for j, good in zip(df.loc[rows, "job"], ok, strict=True)
+        ]
         df.loc[rows, RELIABILITY_COLUMNS] = reliability.reliability(dirs).to_numpy()
     return df, keys
 
@@ -243,7 +264,10 @@ def holm(p: pd.Series) -> pd.Series:
 
 def _directions(job_dir: Path) -> dict[str, np.ndarray] | None:
     try:
-        return {k: v.double().numpy() for k, v in load_file(str(job_dir / "directions.safetensors")).items()}
+        return {
+            k: v.double().numpy()
+            for k, v in load_file(str(job_dir / "directions.safetensors")).items()
+        }
     except (OSError, ValueError, RuntimeError):
         return None
 
@@ -251,7 +275,10 @@ def _directions(job_dir: Path) -> dict[str, np.ndarray] | None:
 def duplicates(rows: pd.DataFrame, sweep_dir: Path) -> list[str]:
     """Per row (in ranking order), the first better-ranked row whose directions on the same modules
     have mean |cos| >= ``DUP_COS`` with its own ("" when none)."""
-    dirs = [_directions(Path(sweep_dir) / str(j)) if s == "ok" else None for j, s in zip(rows["job"], rows["status"], strict=True)]
+    dirs = [
+        _directions(Path(sweep_dir) / str(j)) if s == "ok" else None
+        for j, s in zip(rows["job"], rows["status"], strict=True)
+    ]
     labels = list(rows["method"].astype(str))
     out = []
     for i, d in enumerate(dirs):
@@ -260,9 +287,18 @@ def duplicates(rows: pd.DataFrame, sweep_dir: Path) -> list[str]:
             other = dirs[j]
             if d is None or other is None or set(d) != set(other):
                 continue
-            cos = np.mean([abs(d[m] @ other[m]) / (np.linalg.norm(d[m]) * np.linalg.norm(other[m])) for m in d])
+            cos = np.mean(
+                [
+                    abs(d[m] @ other[m]) / (np.linalg.norm(d[m]) * np.linalg.norm(other[m]))
+                    for m in d
+                ]
+            )
             if cos >= DUP_COS:
-                match = labels[j] if labels.count(labels[j]) == 1 else f"{labels[j]} ({rows['job'].iloc[j]})"
+                match = (
+                    labels[j]
+                    if labels.count(labels[j]) == 1
+                    else f"{labels[j]} ({rows['job'].iloc[j]})"
+                )
                 break
         out.append(match)
     return out

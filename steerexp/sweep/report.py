@@ -65,13 +65,19 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
         part = df[df["_group"] == group]
         lines += [""] + ([f"## {group}", ""] if group else [])
         with_status = bool((part["status"] != "ok").any())
-        lines.append(journal_table(part, label_col="method", extra_cols=("status",) if with_status else ()))
+        lines.append(
+            journal_table(part, label_col="method", extra_cols=("status",) if with_status else ())
+        )
         lines += footer(part)
     bad = df[df["status"] != "ok"].sort_values("_index", kind="mergesort")
     if len(bad):
         lines += ["", "## Not ok", ""]
         for _, r in bad.iterrows():
-            err = " ".join(str(r["error"]).split()) if isinstance(r["error"], str) else "no error text"
+            err = (
+                " ".join(str(r["error"]).split())
+                if isinstance(r["error"], str)
+                else "no error text"
+            )
             lines.append(f"- `{r['job']}`: {r['status']}: {err[:300]}")
     return "\n".join(lines) + "\n"
 
@@ -80,10 +86,22 @@ def footer(part: pd.DataFrame) -> list[str]:
     """Under a table: the order's reliability, the random null's spread and the prompting reference
     (one line per null)."""
     lines = ["", reliability.footer_line(part)] if (part["status"] == "ok").any() else []
-    cols = ["null_k", "null_abs_median", "null_abs_p95", "prompt_shift", "null_cached", "null_build_s"]
+    cols = [
+        "null_k",
+        "null_abs_median",
+        "null_abs_p95",
+        "prompt_shift",
+        "null_cached",
+        "null_build_s",
+    ]
     if "null_key" not in part or part["null_key"].isna().all():
         return lines
-    for _, r in part.dropna(subset=["null_key"]).drop_duplicates("null_key").reindex(columns=cols).iterrows():
+    for _, r in (
+        part.dropna(subset=["null_key"])
+        .drop_duplicates("null_key")
+        .reindex(columns=cols)
+        .iterrows()
+    ):
         k, med, p95, shift = (pd.to_numeric(r[c], errors="coerce") for c in cols[:4])
         lines += [
             "",
@@ -105,7 +123,11 @@ def _curve(job_dir: Path) -> pd.DataFrame | None:
     y = pd.to_numeric(dose["log_ratio"], errors="coerce")
     if "valid" in dose:
         y = y.where(dose["valid"].astype(str).str.lower().isin(["true", "1", "1.0"]))
-    g = pd.DataFrame({"c": pd.to_numeric(dose["coeff"], errors="coerce"), "y": y}).dropna().groupby("c")["y"]
+    g = (
+        pd.DataFrame({"c": pd.to_numeric(dose["coeff"], errors="coerce"), "y": y})
+        .dropna()
+        .groupby("c")["y"]
+    )
     out = pd.DataFrame({"mean": g.mean(), "sem": g.sem().fillna(0.0), "n": g.count()}).reset_index()
     return out if len(out) else None
 
@@ -123,10 +145,22 @@ def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
             curve = _curve(Path(sweep_dir) / r["job"])
             if curve is None:
                 continue
-            label = f"{r['method']} (score {r['score']:.2f})" if pd.notna(r["score"]) else str(r["method"])
+            label = (
+                f"{r['method']} (score {r['score']:.2f})"
+                if pd.notna(r["score"])
+                else str(r["method"])
+            )
             style = {"color": colors[drawn % 20], "ls": ("-", "--", ":")[drawn // 20 % 3]}
-            ax.errorbar(curve["c"], curve["mean"], yerr=curve["sem"], marker="o", ms=3, capsize=2, label=label,
-                        **style)
+            ax.errorbar(
+                curve["c"],
+                curve["mean"],
+                yerr=curve["sem"],
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=label,
+                **style,
+            )
             coeffs.extend(curve["c"].tolist())
             drawn += 1
         nonzero = [abs(c) for c in coeffs if c]
@@ -139,8 +173,10 @@ def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
         if drawn:
             ax.legend(fontsize=7, loc="best")
         else:
-            ax.text(0.5, 0.5, "no dose-response data", ha="center", va="center", transform=ax.transAxes)
-    for ax in list(axes.flat)[len(groups):]:
+            ax.text(
+                0.5, 0.5, "no dose-response data", ha="center", va="center", transform=ax.transAxes
+            )
+    for ax in list(axes.flat)[len(groups) :]:
         ax.set_visible(False)
     fig.suptitle(f"dose response: {sweep_name(sweep_dir)}", fontsize=11)
     fig.tight_layout()
@@ -214,10 +250,16 @@ def build_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: rebuild a sweep's ranking and print ``ranking.md``; one-line error and exit 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m steerexp.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m steerexp.report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("sweep_dir", type=Path, help="multirun/<date>/<time>")
-    parser.add_argument("--reports-root", type=Path, default=DEFAULT_REPORTS_ROOT, help="copy destination root")
-    parser.add_argument("--name", default=None, help="folder name under --reports-root (default <date>_<time>)")
+    parser.add_argument(
+        "--reports-root", type=Path, default=DEFAULT_REPORTS_ROOT, help="copy destination root"
+    )
+    parser.add_argument(
+        "--name", default=None, help="folder name under --reports-root (default <date>_<time>)"
+    )
     parser.add_argument("--no-copy", action="store_true", help="write into the sweep dir only")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace another sweep's report of the same --name"

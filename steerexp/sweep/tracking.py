@@ -46,7 +46,11 @@ LOGGERS: Registry[type] = Registry("logger")
 
 def make_logger(logger_cfg: DictConfig | None) -> RunLogger:
     """The logger named by ``logger_cfg.name`` (``none`` when the config has no logger)."""
-    name = str(OmegaConf.select(logger_cfg, "name", default="none")) if logger_cfg is not None else "none"
+    name = (
+        str(OmegaConf.select(logger_cfg, "name", default="none"))
+        if logger_cfg is not None
+        else "none"
+    )
     return LOGGERS.get(name)(logger_cfg)
 
 
@@ -95,7 +99,9 @@ def wandb_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         node = full.get(group)
         if isinstance(node, dict) and node.get("name") is not None:
             flat[group] = str(node["name"])
-    flat.update(sweep=run_group(run_dir), job=Path(run_dir).name, overrides=_overrides(run_dir), cfg=full)
+    flat.update(
+        sweep=run_group(run_dir), job=Path(run_dir).name, overrides=_overrides(run_dir), cfg=full
+    )
     return flat
 
 
@@ -119,15 +125,29 @@ class WandbLogger:
         name = "|".join(str(config.get(k, "?")) for k in ("method", "module", "loss", "model"))
         try:
             self.run = wandb.init(
-                project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
-                group=config["sweep"], name=name, job_type="steer", config=config,
+                project=self.project,
+                entity=self.entity,
+                mode=self.mode,
+                dir=str(run_dir),
+                group=config["sweep"],
+                name=name,
+                job_type="steer",
+                config=config,
                 reinit="finish_previous",
                 settings=wandb.Settings(console="off", x_disable_stats=True, save_code=False),
             )
         except Exception as e:  # noqa: BLE001 -- W&B raises many types; report one line
-            raise SteerexpError(f"wandb.init failed (mode={self.mode}): {type(e).__name__}: {e}") from e
-        info = {"id": self.run.id, "name": name, "group": config["sweep"], "project": self.project,
-                "mode": self.mode, "dir": str(getattr(self.run.settings, "sync_dir", "") or "")}
+            raise SteerexpError(
+                f"wandb.init failed (mode={self.mode}): {type(e).__name__}: {e}"
+            ) from e
+        info = {
+            "id": self.run.id,
+            "name": name,
+            "group": config["sweep"],
+            "project": self.project,
+            "mode": self.mode,
+            "dir": str(getattr(self.run.settings, "sync_dir", "") or ""),
+        }
         (Path(run_dir) / "wandb_run.json").write_text(json.dumps(info, indent=1) + "\n")
 
     def log(self, metrics: dict[str, Any], dose: pd.DataFrame, plot: Path | None) -> None:
@@ -139,11 +159,16 @@ class WandbLogger:
 
             self.run.summary.update(jsonable(dict(metrics)))
             if len(dose):
-                self.run.log({"dose_response": wandb.Table(dataframe=dose.reset_index(drop=True))}, commit=False)
+                self.run.log(
+                    {"dose_response": wandb.Table(dataframe=dose.reset_index(drop=True))},
+                    commit=False,
+                )
                 if {"coeff", "log_ratio"} <= set(dose.columns):
                     valid = dose[dose["valid"].astype(bool)] if "valid" in dose else dose
                     self.run.define_metric("curve/coeff", summary="none")
-                    self.run.define_metric("curve/mean_log_ratio", step_metric="curve/coeff", summary="none")
+                    self.run.define_metric(
+                        "curve/mean_log_ratio", step_metric="curve/coeff", summary="none"
+                    )
                     for c, y in valid.groupby("coeff")["log_ratio"].mean().items():
                         self.run.log({"curve/coeff": float(c), "curve/mean_log_ratio": float(y)})
             if plot is not None and Path(plot).is_file():
@@ -161,5 +186,3 @@ class WandbLogger:
         except Exception as e:  # noqa: BLE001 -- see log()
             log.warning("wandb finish failed: %s: %s", type(e).__name__, e)
         self.run = None
-
-

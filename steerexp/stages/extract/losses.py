@@ -65,6 +65,11 @@ def reprpo_margin(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
 #: Losses with more than one term: the unweighted terms and the config key weighting each
 #: (None = weight 1). The loss is ``Σ weight · term``; extraction logs each term's value and
 #: share of the gradient norm, and ``<key>: auto`` solves for the weight (``steerexp.stages.extract.balance``).
-LOSS_TERMS: dict[str, dict[str, tuple[Callable[[LossInputs, Mapping[str, Any]], Tensor], str | None]]] = {
-    "reprpo_margin": {"hs_diff": (lambda x, cfg: _hs_term(x), None), "margin": (_margin_term, "beta")},
+LOSS_TERMS: dict[
+    str, dict[str, tuple[Callable[[LossInputs, Mapping[str, Any]], Tensor], str | None]]
+] = {
+    "reprpo_margin": {
+        "hs_diff": (lambda x, cfg: _hs_term(x), None),
+        "margin": (_margin_term, "beta"),
+    },
 }

@@ -48,9 +48,7 @@ class Method:
 METHODS: Registry[Method] = Registry("method kind")
 
 
-def register(
-    kind: str, uses_grads: bool
-) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
+def register(kind: str, uses_grads: bool) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
     """Decorator: ``@register("my_method", uses_grads=False)`` makes ``kind: my_method`` a method
     (``fn(cfg, inputs) -> (raw direction, info)``); see README "Add a method"."""
 

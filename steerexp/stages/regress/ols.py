@@ -121,5 +121,3 @@ def regress(
     out["signed_score"] = fit["slope"] * weight
     out["effect_size"] = _effect_size(fit["slope"], yv[c[ok] == 0])
     return out
-
-
