@@ -19,6 +19,7 @@ torch thread (also in the child processes; see :func:`single_thread`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from omegaconf import OmegaConf
@@ -42,6 +44,7 @@ from steerexp.core.models import LoadedModel, load_model
 from steerexp.core.modules import resolve_modules
 from steerexp.core.steering import Steering
 from steerexp.core.tokens import left_pad
+from steerexp.stages.generate import rows as gen_rows
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,8 +257,12 @@ def bench_steered(
     pad = loaded.tokenizer.pad_token_id
     lengths: dict[str, int] = {}
 
+    # HF runs with eos off to a fixed length; steerexp's rows would stop at their answer or an
+    # end-of-turn token, so both stops are switched off here (no regex, no stop ids).
+    free = dataclasses.replace(spec, regex=None)
+
     def steered() -> None:
-        generate_rows(loaded, greedy, rows, steering, spec, seed=0, progress=False)
+        generate_rows(loaded, greedy, rows, steering, free, seed=0, progress=False)
 
     def counted_steered() -> None:
         steps = [0]
@@ -269,7 +276,7 @@ def bench_steered(
         lengths["steered"] = steps[0]
 
     def nnsight_plain() -> None:
-        generate_rows(loaded, greedy, rows, None, spec, seed=0, progress=False)
+        generate_rows(loaded, greedy, rows, None, free, seed=0, progress=False)
 
     def hf_plain() -> None:
         with torch.no_grad():
@@ -286,11 +293,12 @@ def bench_steered(
     saved_eos = gen_cfg.eos_token_id
     gen_cfg.eos_token_id = None
     try:
-        t = interleaved(
-            {"steered": steered, "hf": hf_plain, "nnsight": nnsight_plain},
-            lambda: (hf_plain(), counted_steered()),
-            STEER_REPEATS,
-        )
+        with mock.patch.object(gen_rows, "stop_ids", lambda _loaded: set()):
+            t = interleaved(
+                {"steered": steered, "hf": hf_plain, "nnsight": nnsight_plain},
+                lambda: (hf_plain(), counted_steered()),
+                STEER_REPEATS,
+            )
     finally:
         gen_cfg.eos_token_id = saved_eos
     n_tok = len(rows) * STEER_NEW_TOKENS
