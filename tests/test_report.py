@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import JOURNAL_HEADER
 from omegaconf import OmegaConf
 from wandb_offline import read_offline_run
 
@@ -18,17 +19,6 @@ from steerexp.core.errors import SteerexpError
 from steerexp.sweep import callbacks, report
 
 REPO = Path(__file__).resolve().parent.parent
-JOURNAL_HEADER = [
-    "method",
-    "slope",
-    "r2",
-    "valid_frac",
-    "effect_size",
-    "p_value",
-    "score",
-    "min",
-    "max",
-]
 COEFFS = [-1.0, -0.5, 0.0, 0.5, 1.0]
 
 # (method, module, slope, r2, status); score = |slope| * r2 * valid_frac^2 with valid_frac = 1.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_sweep, sweep_cmd
+from helpers import JOURNAL_HEADER, run_sweep, sweep_cmd
 from wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,17 +61,7 @@ def test_sweep_writes_ranking_with_shared_work(main_sweep) -> None:
         if line.startswith("| method"):
             cols = [c.strip() for c in line.strip("|").split("|")]
             # the journal's columns first, then the random null's (SPEC 4.8)
-            assert cols[:9] == [
-                "method",
-                "slope",
-                "r2",
-                "valid_frac",
-                "effect_size",
-                "p_value",
-                "score",
-                "min",
-                "max",
-            ]
+            assert cols[:9] == JOURNAL_HEADER
             assert {"slope 95% CI", "vs_random", "p_random"} <= set(cols[9:]), cols
     metrics = job_metrics(tmp / "sweep")
     assert len(metrics) == 4 and all(m["status"] == "ok" for m in metrics)
