@@ -188,7 +188,7 @@ def test_planted_direction_recovered(model, pairs) -> None:
             * (2.0 + torch.arange(h.shape[0], dtype=h.dtype) // 2 % 5)
             * (torch.arange(h.shape[0]) % 2 == 0)
         )
-        h = h + alpha[:, None, None] * v * float(h.norm(dim=-1).mean())
+        h = h + alpha[:, None, None] * v * float(h.detach().norm(dim=-1).mean())
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
     handle = model.hf.model.layers[1].mlp.register_forward_hook(plant)
