@@ -15,8 +15,8 @@ from helpers import compose_cfg, group
 
 from steerexp.core import cache
 from steerexp.core.data import Pair, load_pairs
-from steerexp.core.datafiles import default_regex, record_split
 from steerexp.core.errors import SteerexpError
+from steerexp.core.questionfiles import default_regex, record_split
 from steerexp.organism import corpus
 from steerexp.pipeline import check_config
 

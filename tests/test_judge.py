@@ -205,7 +205,7 @@ def test_organism_tokenizer_variants() -> None:
 
 def test_any_answer_set_with_the_derived_regex(tok: PreTrainedTokenizerFast) -> None:
     """Letters A/B/C with eval=file's default regex: the trait option against all the others."""
-    from steerexp.core.datafiles import default_regex
+    from steerexp.core.questionfiles import default_regex
 
     spec = make_answer_spec(
         tok, default_regex("Answer:", ["A", "B", "C"]), ["A", "B", "C"], "Answer:"

@@ -16,9 +16,9 @@ from steerexp.core.data import (
     load_pairs,
     load_questions,
 )
-from steerexp.core.datafiles import prepare_eval
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.models import validate_model_cfg
+from steerexp.core.questionfiles import prepare_eval
 from steerexp.core.transforms import X_TRANSFORMS
 from steerexp.stages.extract.activations import GRAD_TOKENS
 from steerexp.stages.extract.losses import LOSSES

@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 
 from steerexp.core import artifacts
 from steerexp.core.columns import journal_table
-from steerexp.core.datafiles import record_split
 from steerexp.core.errors import SteerexpError, error_text
+from steerexp.core.questionfiles import record_split
 from steerexp.pipeline import steps
 from steerexp.pipeline.checks import check_config, identity, plain
 from steerexp.pipeline.reference import null_reference
