@@ -27,3 +27,16 @@ def test_map_ordered_keeps_order_and_runs_in_other_processes() -> None:
     assert os.getpid() not in {pid for _, pid in out}
     assert [v for v, _ in map_ordered(where, list(range(3)), workers=1)] == [0, 1, 4]
     assert usable_cpus() >= 1
+
+
+def test_a_dead_worker_never_hangs_the_map() -> None:
+    parent = os.getpid()
+
+    def dies_in_a_worker(i: int) -> int:
+        if i == 2 and os.getpid() != parent:
+            os._exit(1)
+        return i * i
+
+    with pytest.warns(UserWarning, match="worker process died"):
+        out = list(map_ordered(dies_in_a_worker, list(range(6)), workers=2))
+    assert out == [i * i for i in range(6)]

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -52,13 +55,28 @@ def _call(i: int) -> Any:
 
 def map_ordered(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
     """``fn`` over ``items`` in order: serially for one worker, else in forked processes
-    (``fn`` and ``items`` are inherited by the fork, only results are pickled back)."""
+    (``fn`` and ``items`` are inherited by the fork, only results are pickled back).
+
+    A worker that dies (killed, e.g. by a scheduler's memory limit) breaks the pool instead of
+    leaving its chunk waiting forever; the chunks not yet returned then run in this process."""
     if workers <= 1:
         yield from (fn(x) for x in items)
         return
     _JOB.update(fn=fn, items=items)
+    done = 0
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init)
     try:
-        with mp.get_context("fork").Pool(workers, initializer=_init) as pool:
-            yield from pool.imap(_call, range(len(items)))
+        try:
+            for out in pool.map(_call, range(len(items))):
+                done += 1
+                yield out
+        except BrokenProcessPool:
+            warnings.warn(
+                f"steerexp: a generation worker process died; generating the remaining "
+                f"{len(items) - done} of {len(items)} chunks in this process",
+                stacklevel=2,
+            )
+            yield from (fn(x) for x in items[done:])
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _JOB.clear()
