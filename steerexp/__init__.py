@@ -31,3 +31,12 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
     return Path(xdg) / "steerexp"
+
+
+def _register_configs() -> None:
+    from steerexp.core.config import register_configs
+
+    register_configs()
+
+
+_register_configs()

@@ -24,6 +24,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp import CONF_DIR
+from steerexp.core import config, schema
 from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
 
 log = logging.getLogger("steerexp")
@@ -119,31 +120,42 @@ def _values(override: Any) -> list[Any]:
     return list(value.list) if isinstance(value, ChoiceSweep) else [value]
 
 
-def _check_added_key(key: str) -> None:
-    """``+group.key``/``+key`` must name a key steerexp reads (else it would be ignored silently)."""
+def _check_key_value(key: str, values: list[Any], add: bool) -> None:
+    """``group.key`` / ``section.key`` / ``key`` must be a key of its schema and each value fit its
+    type (``steerexp.core.config``), and ``+`` (add) is only for keys the schema lacks; Hydra
+    would answer each with a traceback."""
+    from dataclasses import fields
+
     parts = key.split(".")
-    if parts[0] == "hydra" or "@" in key:
+    if parts[0] == "hydra" or "@" in key or len(parts) > 2:
         return
-    if parts[0] in _groups():
-        if len(parts) == 1:
+    sections = schema.SECTIONS
+    if len(parts) == 1:
+        if parts[0] in sections:
             return
-        valid: set[str] = set()
-        for path in (CONF_DIR / parts[0]).rglob("*.yaml"):  # options and the bases they extend
-            valid |= set(_yaml(str(path.relative_to(CONF_DIR)))) - {"defaults"}
-        if parts[1] not in valid:
-            raise choice_error(f"key of {parts[0]} (from +{key})", parts[1], valid)
-        return
-    node: Any = _yaml("config.yaml")
-    for i, part in enumerate(parts):
-        if not isinstance(node, dict):
-            return
-        keys = [k for k in node if k not in ("defaults", "hydra")]
-        if i == 0:
-            keys += _groups()
-        if part not in keys:
-            where = ".".join(parts[:i]) or "the config"
-            raise choice_error(f"key of {where} (from +{key})", part, keys)
-        node = node.get(part)
+        schemas, where = [schema.Config], ""
+        valid = config.root_keys()
+    elif parts[0] in schema.GROUPS:
+        kinds = schema.VARIANTS.get(parts[0], ("", {}))[1].values()
+        schemas, where = [schema.GROUPS[parts[0]], *kinds], f"{parts[0]}."
+        valid = config.group_keys(parts[0])
+    elif parts[0] in sections:
+        schemas, where = [sections[parts[0]]], f"{parts[0]}."
+        valid = {f.name for f in fields(sections[parts[0]])}
+    else:
+        raise choice_error("key of the config", parts[0], config.root_keys())
+    name = parts[-1]
+    if name not in valid:
+        raise choice_error(f"key of {where.rstrip('.') or 'the config'} (from {key})", name, valid)
+    owner = next(c for c in schemas if name in {f.name for f in fields(c)})
+    if add and owner is schemas[0]:
+        raise SteerexpError(
+            f"+{key}: {key} is already a key of the config; set it without the '+' ({key}=...)"
+        )
+    for v in values:
+        if v is None or isinstance(v, bool | int | float | str | list | dict):
+            if not (isinstance(v, str) and "${" in v):
+                config.check_value(where, owner, name, v)
 
 
 def _check_writable(key: str, value: str) -> None:
@@ -177,9 +189,9 @@ def check_args(args: list[str]) -> None:
         key = o.key_or_group
         if o.is_delete():
             continue
-        if o.is_add() or o.is_force_add():
-            _check_added_key(key)
         values = _values(o)
+        if key not in groups:
+            _check_key_value(key, values, o.is_add())
         if key in groups:
             options = _options(key)
             for v in values:

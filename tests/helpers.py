@@ -21,8 +21,10 @@ def compose_cfg(*overrides: str) -> DictConfig:
 
 
 def group(name: str, option: str) -> dict[str, Any]:
-    """One config-group option as a plain dict (``group("loss", "nll")``)."""
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / name / f"{option}.yaml"), resolve=True)  # type: ignore[return-value]
+    """One config-group option as composed (schema defaults filled), as a plain dict
+    (``group("loss", "nll")``); keys that follow the model's resolve against ``tiny_random``."""
+    cfg = compose_cfg(f"{name}={option}", *([] if name == "model" else ["model=tiny_random"]))
+    return OmegaConf.to_container(cfg[name], resolve=True)  # type: ignore[return-value]
 
 
 def tiny() -> LoadedModel:

@@ -63,6 +63,13 @@ def one_line(info: pytest.ExceptionInfo) -> str:
         ("+eval.n_questions=0", r"unknown key of eval .*'n_questions'.* valid: .*repeats"),
         ("+extract.bs=2", r"unknown key of extract .*'bs'; valid: batch_size, grad_tokens"),
         ("+nonsense=1", r"unknown key of the config .*'nonsense'"),
+        ("+eval.system=x", r"\+eval.system: eval.system is already a key .* \(eval.system=...\)"),
+        ("method.rg=1", r"unknown key of method .*'rg'; did you mean 'reg'"),
+        ("model.trust_remote_code=maybe", r"model.trust_remote_code='maybe' must be true or false"),
+        ("model.random_init=yes", r"model.random_init='yes' must be true or false"),
+        ("seed=abc", r"^seed='abc' must be an integer$"),
+        ("eval.repeats=abc", r"^eval.repeats='abc' must be an integer$"),
+        ("eval.max_new_tokens=1.5", r"^eval.max_new_tokens=1.5 must be an integer$"),
         ("report_name=../../x", r"report_name='../../x' must be a plain name"),
         ("report_name=a,..", r"report_name='..' must be a plain name"),
         ("hydra.job.name=../../x", r"hydra.job.name='../../x' must be a plain name"),
@@ -85,7 +92,7 @@ def test_output_dir_under_a_file_fails_before_hydra(tmp_path: Path) -> None:
         SteerexpError, match=r"hydra.sweep.dir=.*cannot create or write .*Not a directory"
     ):
         check_args(["-m", f"hydra.sweep.dir={blocker}/sweep"])
-    check_args(["-m", f"hydra.sweep.dir={tmp_path}/ok", "+eval.system=x", "model.path=Org/Name"])
+    check_args(["-m", f"hydra.sweep.dir={tmp_path}/ok", "eval.system=x", "model.path=Org/Name"])
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
@@ -134,15 +141,12 @@ def test_default_dirs_carry_a_per_process_id() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("seed=abc", r"^seed='abc' must be an integer$"),
-        ("eval.repeats=abc", r"^eval.repeats='abc' must be an integer$"),
         ("eval.repeats=0", r"^eval.repeats=0 must be >= 1$"),
         ("extract.batch_size=0", r"^extract.batch_size=0 must be >= 1$"),
         ("extract.batch_size=-4", r"^extract.batch_size=-4 must be >= 1$"),
         ("eval.max_batch_size=0", r"^eval.max_batch_size=0 must be >= 1$"),
         ("eval.workers=0", r"^eval.workers=0 must be 'auto' or an integer >= 1$"),
         ("eval.workers=many", r"^eval.workers='many' must be 'auto' or an integer >= 1$"),
-        ("eval.max_new_tokens=1.5", r"^eval.max_new_tokens=1.5 must be an integer$"),
         ("eval.coeffs=[0]", r"eval.coeffs=\[0.0\] has fewer than two distinct coefficients"),
         ("eval.coeffs=[0,0.0]", r"has fewer than two distinct coefficients"),
         ("coeff_units=kl", None),

@@ -119,7 +119,6 @@ def test_spec_keys_present() -> None:
         ("coeff_units=nats", r"unknown coeff_units 'nats'; valid: kl, norm, raw"),
         ("regress_x=log", r"unknown regress_x 'log'"),
         ("dataset.positive=''", r"empty side"),
-        ("model.trust_remote_code=maybe", r"model.trust_remote_code='maybe' must be true or false"),
         ("model.dtype=float8", r"unknown model.dtype 'float8'"),
         (
             "eval.questions.0.trait_answer=Maybe",

@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import compose_cfg
 from omegaconf import OmegaConf
+
+from steerexp.core.schema import EvalConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SUFFIXES = REPO / "steerexp" / "data" / "honesty_suffixes.txt"
-DILEMMAS = REPO / "conf" / "eval" / "dilemmas.yaml"
-WHITE_LIE = REPO / "conf" / "eval" / "white_lie.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def suffix_lines() -> list[str]:
 
 @pytest.fixture(scope="module")
 def dilemmas():
-    return OmegaConf.load(DILEMMAS)
+    return compose_cfg("eval=dilemmas").eval
 
 
 def test_suffixes_count_and_content(suffix_lines: list[str]) -> None:
@@ -41,8 +42,11 @@ def test_suffixes_unique(suffix_lines: list[str]) -> None:
 
 
 def test_dilemmas_schema_matches_white_lie(dilemmas) -> None:
-    ref = OmegaConf.load(WHITE_LIE)
-    assert set(dilemmas.keys()) == set(ref.keys())
+    """Both follow the eval schema and ask for the same answer format."""
+    ref = compose_cfg("eval=white_lie").eval
+    assert OmegaConf.get_type(dilemmas) is OmegaConf.get_type(ref) is EvalConfig
+    fmt = ("answers", "answer_regex", "answer_prefix")
+    assert [dilemmas[k] for k in fmt] == [ref[k] for k in fmt]
     assert dilemmas.name == "dilemmas"
     assert "{question}" in dilemmas.prompt_template
     for q in dilemmas.questions:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from helpers import group
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import (
@@ -138,7 +138,7 @@ def test_suffix_file_matches_generator() -> None:
 
 
 def test_eval_config_matches_generator() -> None:
-    cfg = yaml.safe_load((REPO / "conf" / "eval" / "organism.yaml").read_text())
+    cfg = group("eval", "organism")
     got = [(q["id"], q["text"], q["trait_answer"]) for q in cfg["questions"]]
     assert got == [(d.id, d.text, d.trait_answer) for d in corpus.eval_dilemmas()]
     assert cfg["prompt_template"] == corpus.PROMPT_TEMPLATE and 0.0 in cfg["coeffs"]
@@ -281,7 +281,7 @@ def test_extreme_coefficient_breaks_the_format(
 ) -> None:
     """At the eval grid's extremes some samples lose the answer format (coherence loss shows)."""
     model, tok = organism
-    cfg = yaml.safe_load((REPO / "conf" / "eval" / "organism.yaml").read_text())
+    cfg = group("eval", "organism")
     unit, scale = steering_vectors(model, tok)
     texts = [
         chat(tok, [{"role": "user", "content": cfg["prompt_template"].format(question=q["text"])}])

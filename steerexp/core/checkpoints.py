@@ -16,6 +16,7 @@ import torch
 
 from steerexp import cache_dir
 from steerexp.core.atomic import atomic_dir
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError
 
 if TYPE_CHECKING:
@@ -68,11 +69,12 @@ def check_safetensors(path: str) -> None:
 
 def checkpoint_path(cfg: Mapping[str, Any]) -> str:
     """The directory or hub id ``from_pretrained`` reads, building local models when missing."""
-    if cfg.get("random_init"):
+    cfg = typed("model", cfg)
+    if cfg["random_init"]:
         from steerexp.core import hub_init
 
         return str(hub_init.build(cfg))
-    builder = cfg.get("builder")
+    builder = cfg["builder"]
     if builder is not None:
         return str(BUILDERS[builder]())
     return str(cfg["path"])
@@ -134,7 +136,7 @@ def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict
         else:
             loaded.fingerprint = {
                 "hub_id": loaded.path,
-                "revision": model_cfg.get("revision"),
+                "revision": typed("model", model_cfg)["revision"],
                 "commit": getattr(loaded.hf.config, "_commit_hash", None),
             }
     return loaded.fingerprint

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steerexp import DATA_DIR
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError, choice_error
 
 Message = dict[str, str]
@@ -80,22 +81,24 @@ def subsample(pairs: list[Pair], max_pairs: Any) -> list[Pair]:
 def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     """Persona pairs for every suffix (and its word-prefixes when ``truncate``), fixed subsample.
 
-    A config with a ``path`` (``dataset=file|caa``) reads its pairs from that file instead.
+    A config with a ``path``, or without suffixes (``dataset=file|caa``), reads its pairs from
+    that file instead.
     """
-    if "path" in cfg:
+    cfg = typed("dataset", cfg)
+    if cfg.path is not None or cfg.suffixes is None:
         from steerexp.core.datafiles import file_pairs
 
         return file_pairs(cfg)
     template = str(cfg["template"])
-    pos_word, neg_word = str(cfg.get("positive") or ""), str(cfg.get("negative") or "")
+    pos_word, neg_word = str(cfg.positive or ""), str(cfg.negative or "")
     if not pos_word.strip() or not neg_word.strip():
         raise SteerexpError(
-            f"dataset {cfg.get('name')!r} has an empty side: positive={pos_word!r} negative={neg_word!r}"
+            f"dataset {cfg['name']!r} has an empty side: positive={pos_word!r} negative={neg_word!r}"
         )
     if "{persona}" not in template:
         raise SteerexpError(f"dataset.template={template!r} has no '{{persona}}' placeholder")
     suffixes = _suffix_lines(str(cfg["suffixes"]))
-    if cfg.get("truncate"):
+    if cfg["truncate"]:
         expanded: list[str] = []
         for s in suffixes:
             words = s.split()
@@ -103,10 +106,10 @@ def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
         suffixes = list(dict.fromkeys(expanded))
     pos, neg = template.format(persona=pos_word), template.format(persona=neg_word)
     pairs = [Pair(pos, neg, s) for s in suffixes]
-    pairs = subsample(pairs, cfg.get("max_pairs"))
+    pairs = subsample(pairs, cfg["max_pairs"])
     if not pairs:
         raise SteerexpError(
-            f"dataset {cfg.get('name')!r} yields no contrast pairs (empty suffix file?)"
+            f"dataset {cfg['name']!r} yields no contrast pairs (empty suffix file?)"
         )
     return pairs
 
@@ -161,9 +164,10 @@ def load_neutral_prompts(name: str) -> list[str]:
 
 def load_questions(cfg: Mapping[str, Any]) -> list[Question]:
     """Eval questions; each names its trait-consistent answer, one of ``eval.answers``."""
-    answers = [str(a) for a in cfg["answers"]]
+    cfg = typed("eval", cfg)
+    answers = [str(a) for a in cfg.answers or []]
     questions = []
-    for q in cfg.get("questions") or []:
+    for q in cfg.questions or []:
         qid = str(q.get("id"))
         trait = q.get("trait_answer")
         if trait is None or str(trait) not in answers:
@@ -172,17 +176,18 @@ def load_questions(cfg: Mapping[str, Any]) -> list[Question]:
             )
         questions.append(Question(qid, str(q["text"]), str(trait)))
     if not questions:
-        raise SteerexpError(f"eval {cfg.get('name')!r} has no questions")
+        raise SteerexpError(f"eval {cfg['name']!r} has no questions")
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
-        raise SteerexpError(f"eval {cfg.get('name')!r} has duplicate question ids")
+        raise SteerexpError(f"eval {cfg['name']!r} has duplicate question ids")
     return questions
 
 
 def question_messages(cfg: Mapping[str, Any], q: Question) -> list[Message]:
     """Chat messages for one eval question (optional system turn, then the user prompt)."""
+    cfg = typed("eval", cfg)
     msgs: list[Message] = []
-    if cfg.get("system"):
+    if cfg.system:
         msgs.append({"role": "system", "content": str(cfg["system"])})
     msgs.append({"role": "user", "content": str(cfg["prompt_template"]).format(question=q.text)})
     return msgs

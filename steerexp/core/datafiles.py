@@ -25,6 +25,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from steerexp.core.config import typed
 from steerexp.core.data import Pair, subsample
 from steerexp.core.errors import SteerexpError
 from steerexp.core.tables import (
@@ -70,14 +71,15 @@ def caa_options(table: Table, row: Row) -> tuple[str, list[str]]:
 
 def holdout_split(table: Table, cfg: Mapping[str, Any]) -> tuple[list[Row], list[Row]]:
     """(contrast rows, held-out eval rows): a seeded, disjoint split by ``holdout`` fraction."""
-    frac = float(cfg.get("holdout") or 0.0)
+    cfg = typed("dataset", cfg)
+    frac = float(cfg.holdout)
     if not 0.0 <= frac < 1.0:
         raise SteerexpError(f"holdout={frac} must be a fraction in [0, 1)")
     rows = list(table.rows)
     if frac == 0.0:
         return rows, []
     order = list(range(len(rows)))
-    random.Random(int(cfg.get("split_seed") or 0)).shuffle(order)
+    random.Random(int(cfg.split_seed)).shuffle(order)
     n_eval = max(1, round(frac * len(rows)))
     if n_eval >= len(rows):
         raise SteerexpError(
@@ -90,14 +92,14 @@ def holdout_split(table: Table, cfg: Mapping[str, Any]) -> tuple[list[Row], list
 def _persona_pairs(table: Table, rows: list[Row], cfg: Mapping[str, Any]) -> list[Pair]:
     """Persona template x suffixes, as ``dataset=honesty`` (word prefixes when ``truncate``)."""
     template = str(cfg["template"])
-    pos, neg = str(cfg.get("positive") or ""), str(cfg.get("negative") or "")
+    pos, neg = str(cfg.positive or ""), str(cfg.negative or "")
     if "{persona}" not in template or not pos.strip() or not neg.strip():
         raise SteerexpError(
             f"dataset.template={template!r} needs a '{{persona}}' placeholder and non-empty "
             f"dataset.positive/negative personas (got {pos!r}, {neg!r})"
         )
     suffixes = [text_field(table, r, "suffix", ("suffix",)) for r in rows]
-    if cfg.get("truncate"):
+    if cfg["truncate"]:
         words = [s.split() for s in suffixes]
         suffixes = list(dict.fromkeys(" ".join(w[:k]) for w in words for k in range(1, len(w) + 1)))
     p_text, n_text = template.format(persona=pos), template.format(persona=neg)
@@ -147,14 +149,13 @@ def _alternating_pairs(table: Table, rows: list[Row]) -> list[Pair]:
 
 def file_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     """Contrast pairs from ``dataset.path`` (without its held-out rows, see ``holdout``)."""
-    table = read_table(
-        cfg.get("path"), str(cfg.get("format") or "auto"), cfg.get("split"), "dataset.path"
-    )
-    persona = cfg.get("template") is not None
+    cfg = typed("dataset", cfg)
+    table = read_table(cfg.path, str(cfg.format), cfg.split, "dataset.path")
+    persona = cfg.template is not None
     shape = "suffixes" if persona else detect_shape(table, PAIR_SHAPES, "dataset=file")
-    if float(cfg.get("holdout") or 0.0) and shape != "caa":
+    if float(cfg.holdout) and shape != "caa":
         raise SteerexpError(
-            f"dataset.holdout={cfg.get('holdout')} needs CAA rows (the shape an eval can also "
+            f"dataset.holdout={cfg['holdout']} needs CAA rows (the shape an eval can also "
             f"read); {table.label} has {shape} rows: set dataset.holdout=0"
         )
     rows, _held = holdout_split(table, cfg)
@@ -164,5 +165,5 @@ def file_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
         pairs = _alternating_pairs(table, rows)
     else:
         pairs = [_row_pair(table, shape, r) for r in rows]
-    pairs = subsample(pairs, cfg.get("max_pairs"))
+    pairs = subsample(pairs, cfg["max_pairs"])
     return pairs

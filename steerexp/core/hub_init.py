@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from steerexp import cache_dir
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
@@ -56,14 +57,13 @@ def hub_config_path(hub_id: str) -> Path:
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
-    """``random_init`` is a bool; ``num_layers``/``config_overrides`` only mean something with it."""
-    flag = cfg.get("random_init", False)
-    if not isinstance(flag, bool):
-        raise SteerexpError(f"model.random_init={flag!r} must be true or false")
-    extra = [k for k in ("num_layers", "config_overrides") if cfg.get(k)]
+    """``num_layers``/``config_overrides`` only mean something with ``random_init``."""
+    cfg = typed("model", cfg)
+    flag = cfg["random_init"]
+    extra = [k for k in ("num_layers", "config_overrides") if cfg[k]]
     if extra and not flag:
         raise SteerexpError(
-            f"model.{extra[0]}={cfg.get(extra[0])!r} only applies with model.random_init=true; "
+            f"model.{extra[0]}={cfg[extra[0]]!r} only applies with model.random_init=true; "
             "set it, or drop the override"
         )
 
@@ -72,7 +72,8 @@ def source(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     """The architecture's config dict and the directory its tokenizer comes from."""
     from steerexp.core.checkpoints import checkpoint_path
 
-    if cfg.get("builder") is not None or Path(str(cfg["path"])).expanduser().is_dir():
+    cfg = typed("model", cfg)
+    if cfg["builder"] is not None or Path(str(cfg["path"])).expanduser().is_dir():
         local = Path(checkpoint_path({**cfg, "random_init": False})).expanduser()
         return json.loads((local / "config.json").read_text()), local
     return json.loads(hub_config_path(str(cfg["path"])).read_text()), ORGANISM_TOKENIZER
@@ -82,8 +83,9 @@ def shaped_config(
     cfg: Mapping[str, Any], base: Mapping[str, Any], tokenizer: Any
 ) -> dict[str, Any]:
     """``base`` with ``num_layers``, ``config_overrides`` and the tokenizer's special ids applied."""
+    cfg = typed("model", cfg)
     out = dict(base)
-    n = cfg.get("num_layers")
+    n = cfg["num_layers"]
     if n is not None:
         if (
             not isinstance(n, int)
@@ -96,7 +98,7 @@ def shaped_config(
             )
         out["num_hidden_layers"] = n
         out.pop("layer_types", None)
-    out.update(dict(cfg.get("config_overrides") or {}))
+    out.update(dict(cfg["config_overrides"]))
     if int(out["vocab_size"]) < len(tokenizer):
         raise SteerexpError(
             f"vocab_size={out['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} ids; "
@@ -117,6 +119,7 @@ def build(cfg: Mapping[str, Any]) -> Path:
     from steerexp.core.checkpoints import _atomic_build
     from steerexp.core.models import DTYPES
 
+    cfg = typed("model", cfg)
     base, tok_dir = source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     config = shaped_config(cfg, base, tokenizer)
@@ -126,14 +129,14 @@ def build(cfg: Mapping[str, Any]) -> Path:
     key = json.dumps(
         {
             "config": config,
-            "dtype": cfg.get("dtype"),
+            "dtype": cfg["dtype"],
             "seed": SEED,
             "version": VERSION,
             "tokenizer": hashlib.sha256(tok_blob).hexdigest(),
         },
         sort_keys=True,
     )
-    name = f"{cfg.get('name')}-L{config['num_hidden_layers']}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    name = f"{cfg['name']}-L{config['num_hidden_layers']}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
     def make(out: Path) -> None:
         (out / "config.json").write_text(json.dumps(config, indent=2))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -26,6 +27,7 @@ from transformers import (
 
 from steerexp.core import hub_init
 from steerexp.core.checkpoints import BUILDERS, check_local_path, check_safetensors, checkpoint_path
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError, choice_error
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -101,34 +103,30 @@ class LoadedModel:
 _LOADED: dict[str, LoadedModel] = {}
 
 
-def _model_key(cfg: Mapping[str, Any]) -> str:
-    return json.dumps({k: cfg.get(k) for k in sorted(cfg)}, sort_keys=True, default=str)
+def _model_key(cfg: DictConfig) -> str:
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
 
 
 def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
-    """Checks that need no model: dtype, quantization, and that remote code is never implicit."""
-    if cfg.get("dtype") not in DTYPES:
-        raise choice_error("model.dtype", cfg.get("dtype"), DTYPES)
-    if cfg.get("quantization") not in QUANTIZATIONS:
-        raise choice_error("model.quantization", cfg.get("quantization"), ["null", "4bit", "8bit"])
-    if cfg.get("quantization"):
+    """Checks that need no model: the schema's types, dtype, quantization, builder or path."""
+    cfg = typed("model", cfg)
+    if cfg["dtype"] not in DTYPES:
+        raise choice_error("model.dtype", cfg["dtype"], DTYPES)
+    if cfg["quantization"] not in QUANTIZATIONS:
+        raise choice_error("model.quantization", cfg["quantization"], ["null", "4bit", "8bit"])
+    if cfg["quantization"]:
         missing = [m for m in QUANT_PACKAGES if importlib.util.find_spec(m) is None]
         if missing:
             raise SteerexpError(
                 f"model.quantization={cfg['quantization']} needs the package(s) {', '.join(missing)}; "
                 f"install them (pip install {' '.join(missing)}) or set model.quantization=null"
             )
-    if not isinstance(cfg.get("trust_remote_code"), bool):
-        raise SteerexpError(
-            f"model.trust_remote_code={cfg.get('trust_remote_code')!r} must be true or false; "
-            "steerexp never enables remote code implicitly (only an explicit true does)"
-        )
     hub_init.validate(cfg)
-    builder = cfg.get("builder")
+    builder = cfg["builder"]
     if builder not in (None, *BUILDERS):
         raise choice_error("model.builder", builder, ["null", *BUILDERS])
-    if builder is None and not cfg.get("path"):
-        raise SteerexpError(f"model {cfg.get('name')!r} has neither a path nor a builder")
+    if builder is None and not cfg["path"]:
+        raise SteerexpError(f"model {cfg['name']!r} has neither a path nor a builder")
     if builder is None:
         check_local_path(str(cfg["path"]))
 
@@ -143,6 +141,7 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
     """Load (or reuse) the model of a ``conf/model`` config, frozen, in eval mode."""
     from nnsight.modeling.transformers import TransformersModel
 
+    cfg = typed("model", cfg)
     validate_model_cfg(cfg)
     key = _model_key(cfg)
     if key in _LOADED:
@@ -151,14 +150,14 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
         return cached
     t0 = time.perf_counter()
     path = checkpoint_path(cfg)
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = resolve_device(str(cfg["device"]))
     dtype = DTYPES[cfg["dtype"]]
     kwargs: dict[str, Any] = {
-        "revision": cfg.get("revision"),
+        "revision": cfg["revision"],
         "dtype": dtype,
-        "trust_remote_code": bool(cfg.get("trust_remote_code")),
+        "trust_remote_code": cfg["trust_remote_code"],
     }
-    if cfg.get("quantization"):
+    if cfg["quantization"]:
         from transformers import BitsAndBytesConfig
 
         four = cfg["quantization"] == "4bit"
@@ -171,21 +170,21 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
         kwargs["device_map"] = {"": str(device)}
     check_safetensors(path)
     tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+        path, revision=cfg["revision"], trust_remote_code=kwargs["trust_remote_code"]
     )
     config = AutoConfig.from_pretrained(
-        path, revision=cfg.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+        path, revision=cfg["revision"], trust_remote_code=kwargs["trust_remote_code"]
     )
     _check_architecture(cfg, path, list(config.architectures or []))
     hf = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
-    if not cfg.get("quantization"):
+    if not cfg["quantization"]:
         hf = hf.to(device)
     if not config.architectures:
         _check_architecture(cfg, path, [type(hf).__name__])
     hf.eval()
     for p in hf.parameters():
         p.requires_grad_(False)
-    if cfg.get("quantization") == "4bit":
+    if cfg["quantization"] == "4bit":
         _keep_4bit_differentiable(hf)
     # Frozen weights: activations only get gradients if the embeddings' output requires grad.
     hf.enable_input_require_grads()
@@ -196,12 +195,12 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
         warnings.simplefilter("ignore")
         lm = TransformersModel(hf, tokenizer=tokenizer, task="text-generation")
     loaded = LoadedModel(
-        name=str(cfg.get("name")),
+        name=str(cfg["name"]),
         hf=hf,
         tokenizer=tokenizer,
         lm=lm,
         path=path,
-        chat_kwargs=dict(cfg.get("chat_template_kwargs") or {}),
+        chat_kwargs=dict(cfg["chat_template_kwargs"]),
         load_s=time.perf_counter() - t0,
     )
     _LOADED[key] = loaded
@@ -221,9 +220,9 @@ def _keep_4bit_differentiable(hf: PreTrainedModel) -> None:
 
 def _check_architecture(cfg: Mapping[str, Any], path: str, got: list[str]) -> None:
     """``model.architecture`` must name the checkpoint's class (checked before weights load)."""
-    expected = cfg.get("architecture")
+    expected = cfg["architecture"]
     if expected and got and expected not in got:
         raise SteerexpError(
-            f"model {cfg.get('name')!r} at {path!r} is a {', '.join(got)} checkpoint, but its config says "
+            f"model {cfg['name']!r} at {path!r} is a {', '.join(got)} checkpoint, but its config says "
             f"architecture={expected!r}; fix model.architecture or model.path"
         )

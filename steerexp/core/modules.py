@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError
 from steerexp.core.models import LoadedModel
 
@@ -35,10 +36,13 @@ def select_layers(n_layers: int, layers: Any, layer_frac: Any) -> list[int]:
 
 def resolve_modules(loaded: LoadedModel, module_cfg: Mapping[str, Any]) -> list[str]:
     """Fill ``{N}`` in the template for the selected layers; every name must exist."""
-    template = str(module_cfg["template"])
+    module_cfg = typed("module", module_cfg)
+    template = str(module_cfg.template)
     if "{N}" not in template:
         raise SteerexpError(f"module.template={template!r} has no '{{N}}' layer placeholder")
-    layers = select_layers(loaded.n_layers, module_cfg.get("layers"), module_cfg.get("layer_frac"))
+    explicit = module_cfg.layers
+    frac = None if explicit is not None else module_cfg.layer_frac
+    layers = select_layers(loaded.n_layers, explicit, frac)
     names = set(loaded.module_names())
     paths = [template.replace("{N}", str(i)) for i in layers]
     missing = [p for p in paths if p not in names]

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from steerexp.core.config import typed
 from steerexp.core.datafiles import QUESTION_SHAPES, caa_options, holdout_split
 from steerexp.core.errors import SteerexpError
 from steerexp.core.tables import (
@@ -75,12 +76,11 @@ def file_questions(
 
     When the eval reads the dataset's own file, only the dataset's held-out rows are asked.
     """
-    path = eval_cfg.get("path")
-    table = read_table(
-        path, str(eval_cfg.get("format") or "auto"), eval_cfg.get("split"), "eval.path"
-    )
+    eval_cfg, dataset_cfg = typed("eval", eval_cfg), typed("dataset", dataset_cfg)
+    path = eval_cfg.path
+    table = read_table(path, str(eval_cfg.format), eval_cfg.split, "eval.path")
     rows = table.rows
-    if "path" in dataset_cfg and _same_file(path, dataset_cfg.get("path")):
+    if _same_file(path, dataset_cfg.path):
         _train, rows = holdout_split(table, dataset_cfg)
         if not rows:
             raise SteerexpError(
@@ -129,17 +129,17 @@ def prepare_eval(cfg: DictConfig) -> None:
     """Fill a file eval's config from its file: questions, answers, default regex, prompt.
 
     Runs before any model loads; afterwards ``cfg.eval`` looks like a built-in eval, so every
-    stage reads it as before. Configs without ``eval.path`` are left alone.
+    stage reads it as before. Evals that list their ``questions`` are left alone.
     """
-    if "path" not in cfg.eval:
+    if cfg.eval.questions is not None:
         return
     questions, answers = file_questions(cfg.eval, cfg.dataset)
-    prefix = str(cfg.eval.get("answer_prefix") or "Answer:")
+    prefix = str(cfg.eval.answer_prefix)
     choices = choices_text(prefix, answers).replace("{", "{{").replace("}", "}}")
     with open_dict(cfg):
         cfg.eval.questions = questions
         cfg.eval.answers = answers
-        if cfg.eval.get("answer_regex") is None:
+        if cfg.eval.answer_regex is None:
             cfg.eval.answer_regex = default_regex(prefix, answers)
         cfg.eval.prompt_template = str(cfg.eval.prompt_template).replace("{choices}", choices)
 
@@ -147,16 +147,16 @@ def prepare_eval(cfg: DictConfig) -> None:
 def record_split(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """Write ``split.json`` (which rows were contrasted, which asked) when one file serves both."""
     ds, ev = cfg.dataset, cfg.eval
-    if "path" not in ds or not float(ds.get("holdout") or 0.0):
+    if ds.path is None or not float(ds.holdout):
         return None
-    table = read_table(ds.path, str(ds.get("format") or "auto"), ds.get("split"), "dataset.path")
+    table = read_table(ds.path, str(ds.format), ds.split, "dataset.path")
     train, held = holdout_split(table, ds)
     info = {
         "path": str(ds.path),
         "sha256": file_hash(ds.path),
         "holdout": float(ds.holdout),
-        "split_seed": int(ds.get("split_seed") or 0),
-        "eval_reads_it": "path" in ev and _same_file(ev.get("path"), ds.path),
+        "split_seed": int(ds.split_seed),
+        "eval_reads_it": _same_file(ev.path, ds.path),
         "contrast_rows": [r.index + 1 for r in train],
         "eval_rows": [r.index + 1 for r in held],
     }

@@ -42,9 +42,7 @@ def plain(cfg: Any) -> dict[str, Any]:
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The option names a ranking row is labelled with."""
-    ident: dict[str, Any] = {
-        k: str(OmegaConf.select(cfg, f"{k}.name", default="?")) for k in IDENTITY_GROUPS
-    }
+    ident: dict[str, Any] = {k: str(cfg[k].name) for k in IDENTITY_GROUPS}
     ident.update(coeff_units=str(cfg.coeff_units), seed=int(cfg.seed))
     return ident
 

@@ -138,7 +138,7 @@ def run(
     artifacts.write_json(run_dir / "environment.json", artifacts.environment())
     artifacts.write_json(run_dir / "config.json", artifacts.run_config(resolved))
     metrics: dict[str, Any] = {**identity(cfg), "status": "running", "error": None}
-    logger = make_logger(cfg.get("logger"))
+    logger = make_logger(cfg.logger)
     t_start = time.perf_counter()
     dose = None
     try:

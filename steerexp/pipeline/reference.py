@@ -29,6 +29,7 @@ from scipy import stats
 from steerexp.core import cache, rowcache
 from steerexp.core.answers import AnswerSpec
 from steerexp.core.columns import DOSE_COLUMNS
+from steerexp.core.config import typed
 from steerexp.core.data import Question
 from steerexp.core.results import Extraction
 from steerexp.core.steering import Steering
@@ -60,8 +61,9 @@ def null_directions(
 def persona_texts(dataset_cfg: Mapping[str, Any]) -> dict[str, str]:
     """The dataset's persona template filled with its positive and negative word; empty (no
     prompting reference, its columns NaN) for datasets without one (explicit pairs, CAA files)."""
-    template = dataset_cfg.get("template")
-    words = [dataset_cfg.get(p) for p in PERSONAS]
+    dataset_cfg = typed("dataset", dataset_cfg)
+    template = dataset_cfg.template
+    words = [dataset_cfg[p] for p in PERSONAS]
     if not template or "{persona}" not in str(template) or not all(words):
         return {}
     return {p: str(template).format(persona=str(w)) for p, w in zip(PERSONAS, words, strict=True)}

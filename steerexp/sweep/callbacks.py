@@ -64,8 +64,8 @@ class RankingCallback(Callback):
             if raw is None:
                 raise ValueError("config has no hydra.sweep.dir")
             sweep_dir = Path(str(raw))
-            name = OmegaConf.select(config, "report_name", default=None)
-            overwrite = bool(OmegaConf.select(config, "report_overwrite", default=False))
+            name = OmegaConf.select(config, "report_name")
+            overwrite = bool(OmegaConf.select(config, "report_overwrite"))
             root = Path(self.reports_root) if self.reports_root else DEFAULT_REPORTS_ROOT
             df = build_report(
                 sweep_dir,

@@ -26,6 +26,7 @@ import yaml
 from scipy import stats
 
 from steerexp.core.columns import RELIABILITY_COLUMNS
+from steerexp.core.schema import Config
 from steerexp.core.transforms import transform_x
 
 #: Fewer questions than this and the order's stability cannot be judged (columns are NaN).
@@ -35,12 +36,14 @@ SEED = 0
 
 
 def _regress_x(job_dir: Path) -> str:
-    """The job's ``regress_x`` (from ``.hydra/config.yaml``), symlog when it cannot be read."""
+    """The job's ``regress_x`` (from ``.hydra/config.yaml``); the schema's default when it cannot
+    be read."""
     try:
-        cfg = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}
-        return str(cfg.get("regress_x", "symlog"))
-    except (OSError, yaml.YAMLError, AttributeError):
-        return "symlog"
+        saved = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        saved = {}
+    value = saved["regress_x"] if isinstance(saved, dict) and "regress_x" in saved else None
+    return str(value or Config.regress_x)
 
 
 def question_stats(job_dir: Path) -> pd.DataFrame | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from steerexp.core.artifacts import jsonable
 from steerexp.core.columns import IDENTITY_GROUPS
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.registry import Registry
 
@@ -44,14 +46,10 @@ class RunLogger(Protocol):
 LOGGERS: Registry[type] = Registry("logger")
 
 
-def make_logger(logger_cfg: DictConfig | None) -> RunLogger:
-    """The logger named by ``logger_cfg.name`` (``none`` when the config has no logger)."""
-    name = (
-        str(OmegaConf.select(logger_cfg, "name", default="none"))
-        if logger_cfg is not None
-        else "none"
-    )
-    return LOGGERS.get(name)(logger_cfg)
+def make_logger(logger_cfg: Mapping[str, Any]) -> RunLogger:
+    """The logger named by ``logger_cfg.name``, given its typed config."""
+    cls = LOGGERS.get(str(logger_cfg["name"]))
+    return cls(typed("logger", logger_cfg))
 
 
 @LOGGERS.register("none")
@@ -110,9 +108,9 @@ class WandbLogger:
     """One W&B run per job: config (option names + nested config), summary = metrics, dose table, plot."""
 
     def __init__(self, logger_cfg: DictConfig) -> None:
-        self.project = str(OmegaConf.select(logger_cfg, "project", default="steerexp"))
-        self.entity = OmegaConf.select(logger_cfg, "entity", default=None)
-        self.mode = str(OmegaConf.select(logger_cfg, "mode", default="offline"))
+        self.project = str(logger_cfg.project)
+        self.entity = logger_cfg.entity
+        self.mode = str(logger_cfg.mode)
         if self.mode not in WANDB_MODES:
             raise choice_error("wandb mode", self.mode, WANDB_MODES)
         self.run: Any = None

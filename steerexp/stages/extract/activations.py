@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from steerexp.core import cache
 from steerexp.core.checkpoints import model_fingerprint
+from steerexp.core.config import typed
 from steerexp.core.data import Pair
 from steerexp.core.errors import SteerexpError
 from steerexp.core.models import LoadedModel
@@ -73,7 +74,7 @@ def cache_payload(
     """Everything an extraction depends on; its hash is the cache key."""
     return {
         "version": EXTRACT_VERSION,
-        "model": {k: model_cfg.get(k) for k in ("dtype", "quantization")},
+        "model": {k: typed("model", model_cfg)[k] for k in ("dtype", "quantization")},
         "checkpoint": model_fingerprint(model_cfg, loaded),
         "chat_kwargs": loaded.chat_kwargs,
         "modules": modules,
@@ -100,7 +101,7 @@ def _run_batch(
     width = ids.shape[1]
     tmask = torch.zeros_like(mask)
     for i, (s, n_suffix) in enumerate(seqs):
-        if loss_cfg.get("tokens", "suffix") == "suffix":
+        if loss_cfg["tokens"] == "suffix":
             tmask[i, width - n_suffix :] = 1
         else:
             tmask[i, width - len(s) + 1 :] = 1
@@ -168,10 +169,9 @@ def extract(
     """Extract (or reuse) activations and, with ``need_grads``, gradients; batches hold whole pairs."""
     if not pairs:
         raise SteerexpError("the contrast set is empty: no pairs to extract")
-    if str(loss_cfg.get("tokens", "suffix")) not in LOGP_TOKENS:
-        raise SteerexpError(
-            f"loss.tokens={loss_cfg.get('tokens')!r}; valid: {', '.join(LOGP_TOKENS)}"
-        )
+    loss_cfg = typed("loss", loss_cfg)
+    if str(loss_cfg.tokens) not in LOGP_TOKENS:
+        raise SteerexpError(f"loss.tokens={loss_cfg.tokens!r}; valid: {', '.join(LOGP_TOKENS)}")
     if grad_tokens not in GRAD_TOKENS:
         raise SteerexpError(f"extract.grad_tokens={grad_tokens!r}; valid: {', '.join(GRAD_TOKENS)}")
     LOSSES.get(str(loss_cfg["name"]))

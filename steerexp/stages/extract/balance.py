@@ -18,10 +18,9 @@ from typing import Any
 
 from torch import Tensor
 
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError
 from steerexp.stages.extract.losses import LOSS_TERMS
-
-DEFAULT_TARGET = 0.5
 
 
 def has_terms(loss_cfg: Mapping[str, Any]) -> bool:
@@ -32,23 +31,22 @@ def _weights(
     loss_cfg: Mapping[str, Any], norms: Mapping[str, float]
 ) -> tuple[dict[str, float], str | None]:
     """Each term's weight; solves the one ``auto`` weight (if any) for the target share."""
+    loss_cfg = typed("loss", loss_cfg)
     terms = LOSS_TERMS[str(loss_cfg["name"])]
     weights: dict[str, float] = {}
-    auto = [t for t, (_, key) in terms.items() if key is not None and loss_cfg.get(key) == "auto"]
+    auto = [t for t, (_, key) in terms.items() if key is not None and loss_cfg[key] == "auto"]
     for t, (_, key) in terms.items():
         if key is None or t in auto:
             weights[t] = 1.0
         else:
             try:
-                weights[t] = float(loss_cfg.get(key))
+                weights[t] = float(loss_cfg[key])
             except (TypeError, ValueError):
-                raise SteerexpError(
-                    f"loss.{key}={loss_cfg.get(key)!r}: a number or 'auto'"
-                ) from None
+                raise SteerexpError(f"loss.{key}={loss_cfg[key]!r}: a number or 'auto'") from None
     if not auto:
         return weights, None
     (t_auto,) = auto
-    target = float(loss_cfg.get("balance_target", DEFAULT_TARGET))
+    target = float(loss_cfg["balance_target"])
     if not 0 < target < 1:
         raise SteerexpError(f"loss.balance_target={target}: must be strictly between 0 and 1")
     rest = sum(weights[t] * norms[t] for t in terms if t != t_auto)

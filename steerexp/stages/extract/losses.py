@@ -50,7 +50,7 @@ def hs_diff(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
 
 
 def _margin_term(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
-    margin = float(cfg.get("margin", 0.99))
+    margin = float(cfg["margin"])
     lp = x.logp_pos.float()
     return torch.relu(margin * lp.detach() - lp).pow(2).sum() / x.n_pairs_total
 
@@ -59,7 +59,7 @@ def _margin_term(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
 def reprpo_margin(x: LossInputs, cfg: Mapping[str, Any]) -> Tensor:
     """``hs_diff + beta * mean(relu(margin * sg(l+) - l+)^2)``: the margin keeps the positive
     sequences likely while the states separate."""
-    return _hs_term(x) + float(cfg.get("beta", 1e4)) * _margin_term(x, cfg)
+    return _hs_term(x) + float(cfg["beta"]) * _margin_term(x, cfg)
 
 
 #: Losses with more than one term: the unweighted terms and the config key weighting each

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import Tensor
 
 import steerexp
+from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.registry import Registry
 from steerexp.core.results import DirectionFit, Info
@@ -109,11 +110,11 @@ def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 
 
 def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The Fisher parameters of a method config, with SPEC defaults (iEF, reg2, relative)."""
+    """The Fisher parameters of a method config (schema: ``steerexp.core.config.FisherMethod``)."""
     return {
-        "fisher": str(cfg.get("fisher", "ief")),
-        "reg": float(cfg.get("reg", 1e-2)),
-        "reg_scale": str(cfg.get("reg_scale", "relative")),
+        "fisher": str(cfg["fisher"]),
+        "reg": float(cfg["reg"]),
+        "reg_scale": str(cfg["reg_scale"]),
     }
 
 
@@ -129,7 +130,7 @@ def _fisher(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 def _fisher_dual(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """``v± = (F± + λI)⁻¹ ḡ±`` per side; ``combine``: pos → v⁺, neg → v⁻, diff → v⁺ − v⁻, mean → (v⁺ + v⁻)/2."""
     assert x.grads is not None
-    combine = str(cfg.get("combine", "mean"))
+    combine = str(cfg["combine"])
     if combine not in COMBINES:
         raise choice_error("combine", combine, COMBINES)
     args = _fisher_args(cfg)
@@ -186,18 +187,16 @@ def fit_from_config(
     loss_grad_norms: Tensor | None = None,
     seed: int = 0,
 ) -> DirectionFit:
-    """Fit the method a (possibly overridden) ``method`` config describes; dispatches on ``kind``."""
-    cfg: Mapping[str, Any] = (
-        OmegaConf.to_container(method_cfg, resolve=True)
-        if isinstance(method_cfg, DictConfig)
-        else method_cfg  # type: ignore[assignment]
-    )
-    if "kind" not in cfg:
+    """Fit the method a (possibly overridden) ``method`` config describes; dispatches on ``kind``
+    (a config without ``name`` is named after its kind)."""
+    if "kind" not in method_cfg:
         raise SteerexpError(
-            f"method config {cfg.get('name', '?')!r} has no 'kind'; valid: {', '.join(METHODS.names())}"
+            f"method config {dict(method_cfg)!r} has no 'kind'; valid: {', '.join(METHODS.names())}"
         )
-    name = str(cfg.get("name", cfg["kind"]))
-    method = METHODS.get(str(cfg["kind"]))
+    method = METHODS.get(str(method_cfg["kind"]))
+    typed_cfg = typed("method", method_cfg)
+    cfg: dict[str, Any] = OmegaConf.to_container(typed_cfg, resolve=True)  # type: ignore[assignment]
+    name = str(cfg["kind"] if OmegaConf.is_missing(typed_cfg, "name") else cfg["name"])
     x = method_inputs(name, acts, grads, loss_grad_norms, seed, method.uses_grads)
     raw, info = method.fit(cfg, x)
     raw_norm = float(raw.norm())

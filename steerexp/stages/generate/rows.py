@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from steerexp.core.answers import AnswerSpec
+from steerexp.core.config import typed
 from steerexp.core.data import Question, question_messages
 from steerexp.core.models import LoadedModel
 from steerexp.core.results import GenRow
@@ -165,7 +166,7 @@ def with_system(eval_cfg: Mapping[str, Any], system: str | None) -> Mapping[str,
     """The eval config with ``system`` put before its own system text (None: unchanged)."""
     if system is None:
         return eval_cfg
-    own = eval_cfg.get("system")
+    own = typed("eval", eval_cfg).system
     return {**dict(eval_cfg), "system": f"{system}\n\n{own}" if own else system}
 
 
@@ -208,8 +209,9 @@ def generate_rows(
         (rows[i] for i in first.values()),
         key=lambda r: (abs(r.coeff), len(prompts[r.question.id, r.system])),
     )
+    eval_cfg = typed("eval", eval_cfg)
     kwargs = sampling_kwargs(eval_cfg)
-    size = max(1, int(eval_cfg.get("max_batch_size", 32)))
+    size = max(1, int(eval_cfg.max_batch_size))
     chunks = [unique[start : start + size] for start in range(0, len(unique), size)]
 
     def run(chunk: list[RowSpec]) -> list[tuple[list[int], Tensor, str]]:
@@ -226,7 +228,7 @@ def generate_rows(
 
     width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
     small = loaded.device.type == "cpu" and width < SMALL_WIDTH
-    workers = worker_count(eval_cfg.get("workers", "auto"), len(chunks), small)
+    workers = worker_count(eval_cfg.workers, len(chunks), small)
     done: list[tuple[list[int], Tensor, str]] = []
     with one_thread(small):
         parts = map_ordered(run, chunks, workers)

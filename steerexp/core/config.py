@@ -1,0 +1,96 @@
+"""Typed configs: the schemas of :mod:`steerexp.core.schema` in Hydra's ConfigStore, and the
+same schemas applied to configs handed over from outside Hydra.
+
+:func:`register_configs` runs when ``steerexp`` is imported. Code given a group config as a plain
+dict (a test, a script) passes it through :func:`typed`, which fills the schema's defaults and
+rejects unknown keys and wrong types in one line, so Python never carries a second default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
+
+from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.core.schema import GROUPS, VARIANTS, Config
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (``steerexp_schema`` and the group bases)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="steerexp_schema", node=Config)
+    for group, (_key, variants) in VARIANTS.items():
+        for name, node in variants.items():
+            cs.store(group=group, name=f"{name}_base", node=node)
+
+
+def schema_of(group: str, cfg: Mapping[str, Any]) -> type:
+    """The schema a ``group`` config follows (its variant's, if the group has variants)."""
+    base = GROUPS[group]
+    key, variants = VARIANTS.get(group, ("", {}))
+    return variants.get(str(cfg.get(key)), base) if key else base
+
+
+def group_keys(group: str) -> set[str]:
+    """Every key some schema of ``group`` has (for did-you-mean errors)."""
+    classes = [GROUPS[group], *VARIANTS.get(group, ("", {}))[1].values()]
+    return {f.name for c in classes for f in fields(c)}
+
+
+def root_keys() -> set[str]:
+    return {f.name for f in fields(Config)}
+
+
+_TYPE_NAMES = {
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "list[int]": "a list of integers",
+    "list[float]": "a list of numbers",
+    "list[str]": "a list of strings",
+}
+
+
+def _type_name(schema: type, key: str) -> str:
+    kind = str({f.name: f.type for f in fields(schema)}[key])
+    base, null = kind.removesuffix(" | None"), kind.endswith(" | None")
+    return _TYPE_NAMES.get(base, base) + (" or null" if null else "")
+
+
+def check_value(where: str, schema: type, key: str, value: Any) -> None:
+    """``value`` must fit ``schema.key`` as it is: booleans are true or false (no "yes"), the rest
+    as OmegaConf converts them; a misfit is a one-line error naming ``<where>key`` (``where``:
+    ``"model."``, or ``""`` at the top)."""
+    if _type_name(schema, key).startswith("true or false") and not isinstance(value, bool):
+        raise SteerexpError(f"{where}{key}={value!r} must be true or false")
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+    except ValidationError:
+        raise SteerexpError(f"{where}{key}={value!r} must be {_type_name(schema, key)}") from None
+
+
+def typed(group: str, cfg: Mapping[str, Any]) -> DictConfig:
+    """``cfg`` as its schema's typed config: defaults filled in; an unknown key or a value of the
+    wrong type is a one-line error. A config Hydra composed is returned as it is."""
+    schema = schema_of(group, cfg)
+    if isinstance(cfg, DictConfig) and issubclass(OmegaConf.get_type(cfg) or dict, schema):
+        return cfg
+    kinds = {f.name: str(f.type) for f in fields(schema)}
+    for key in cfg:
+        if key not in kinds:
+            raise choice_error(f"key of {group} ({schema.__name__})", key, kinds)
+        if kinds[key] == "bool" and not isinstance(cfg[key], bool):
+            check_value(f"{group}.", schema, str(key), cfg[key])
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), cfg)  # type: ignore[return-value]
+    except ValidationError:
+        for key in cfg:
+            check_value(f"{group}.", schema, str(key), cfg[key])
+        raise

@@ -1,0 +1,284 @@
+"""Config schemas: every group's keys, types and defaults in one place (Hydra structured configs).
+
+``conf/config.yaml`` starts from :class:`Config` (stored as ``steerexp_schema`` by
+:func:`steerexp.core.config.register_configs`), so a composed config is typed: a typo'd key or a
+wrong type is an error, and a group's YAML states only what differs from its schema. Variants
+with their own keys extend a base and are listed in :data:`VARIANTS`; each is stored as
+``<variant>_base`` for a group file's defaults list (``defaults: [fisher_base, _self_]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import II, MISSING
+
+
+@dataclass
+class ModelConfig:
+    """``model``: where the weights come from and how they load (SPEC 2)."""
+
+    name: str = MISSING
+    #: hub id or local dir; null with a ``builder`` (organism, tiny_random)
+    path: str | None = None
+    builder: str | None = None
+    revision: str | None = None
+    #: the checkpoint's expected ``architectures`` entry (checked at load); null: not checked
+    architecture: str | None = None
+    #: float32 | bfloat16 | float16
+    dtype: str = "bfloat16"
+    #: null | 4bit | 8bit (bitsandbytes)
+    quantization: str | None = None
+    #: auto: cuda when available, else cpu
+    device: str = "auto"
+    trust_remote_code: bool = False
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the blocks ``module.layers=null`` steers: every i with lo <= i / n_layers <= hi
+    layer_frac: list[float] = field(default_factory=lambda: [0.3, 0.9])
+    #: the losses' read layer, indexed like HF's ``output_hidden_states``: 0 = embedding output,
+    #: k = output of block k-1, -1 = the final norm's output; -3 = the block two before the last
+    loss_layer: int = -3
+    #: build the architecture of ``path`` (a shipped config.json) with seeded random weights
+    random_init: bool = False
+    #: with random_init: keep only this many blocks
+    num_layers: int | None = None
+    #: with random_init: config.json keys to change (``+model.config_overrides.k=v``)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModuleConfig:
+    """``module``: which submodule of which blocks is steered."""
+
+    name: str = MISSING
+    #: the module path with ``{N}`` for the block index
+    template: str = MISSING
+    #: explicit block indices (e.g. [10, 12]) win; null: the blocks in ``layer_frac``
+    layers: list[int] | None = None
+    #: default: the model's (the organism sets its own, hub models get 0.3-0.9)
+    layer_frac: list[float] = II("model.layer_frac")
+
+
+@dataclass
+class MethodConfig:
+    """``method``: how a direction is fit from activations and gradients (SPEC 4.3)."""
+
+    name: str = MISSING
+    #: the registered method (``steerexp.stages.fit.methods.METHODS``)
+    kind: str = MISSING
+
+
+@dataclass
+class FisherMethod(MethodConfig):
+    """``(F + λI)⁻¹ ḡ``: ``fisher`` ief | emp | cov; λ = ``reg`` (× mean eigenvalue if relative)."""
+
+    kind: str = "fisher"
+    fisher: str = "ief"
+    reg: float = 1e-2
+    reg_scale: str = "relative"
+
+
+@dataclass
+class FisherDualMethod(FisherMethod):
+    """One Fisher solve per side; ``combine`` mean | pos | neg | diff."""
+
+    kind: str = "fisher_dual"
+    combine: str = "mean"
+
+
+@dataclass
+class VjpMethod(MethodConfig):
+    """The read-layer contrast pulled back to the module (``read_layer`` null: the loss layer)."""
+
+    kind: str = "vjp_steer"
+    read_layer: int | None = None
+    tokens: str = "all"
+
+
+@dataclass
+class LossConfig:
+    """``loss``: the loss whose gradients the gradient methods use (SPEC 4.4)."""
+
+    name: str = MISSING
+    #: read layer (``model.loss_layer`` indexing); default: the model's
+    layer: int = II("model.loss_layer")
+    #: tokens whose log-probability the loss averages: suffix (assistant tokens) | all
+    tokens: str = "suffix"
+
+
+@dataclass
+class MarginLoss(LossConfig):
+    """``hs_diff + beta · margin term``. ``beta: auto`` is the beta whose margin term has
+    ``balance_target`` of the gradient norm at the steered modules (chosen and recorded per
+    extraction: loss_beta, grad_share_* in metrics.json and the extraction cache's meta.json)."""
+
+    beta: Any = 1.0e4
+    balance_target: float = 0.5
+    margin: float = 0.99
+
+
+@dataclass
+class DatasetConfig:
+    """``dataset``: the contrast pairs directions are extracted from (SPEC 3)."""
+
+    name: str = MISSING
+    #: a file of pairs or an offline Hugging Face dataset (README "Bring your own concept")
+    path: str | None = None
+    #: auto (from the extension; a directory = hf) | jsonl | json | csv | txt | hf
+    format: str = "auto"
+    #: split of a Hugging Face DatasetDict (null: its only split)
+    split: str | None = None
+    #: persona mode: a template with {persona}, the two personas, and the suffix rows
+    template: str | None = None
+    positive: str | None = None
+    negative: str | None = None
+    #: persona mode: suffix list (a file in steerexp/data or a path)
+    suffixes: str | None = None
+    #: persona mode: add every word-prefix of each suffix as its own pair
+    truncate: bool = False
+    #: fraction of rows held out (seeded by split_seed, disjoint) for an eval reading this file
+    holdout: float = 0.0
+    split_seed: int = 0
+    #: at most this many pairs (a seeded subsample, stable across runs); null = all
+    max_pairs: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    """``eval``: questions, coefficient grid and sampling of the dose-response (SPEC 4.5)."""
+
+    name: str = MISSING
+    #: a file of questions; null: the ``questions`` list below
+    path: str | None = None
+    #: auto (from the extension; a directory = hf) | jsonl | json | csv | hf
+    format: str = "auto"
+    split: str | None = None
+    system: str | None = None
+    #: ``{choices}`` becomes "'Answer: A' or 'Answer: B'" (answer_prefix + each option)
+    prompt_template: str = "{question}\n\nThink briefly, then end with exactly {choices}."
+    #: null: derived from the options, ``<answer_prefix>\s*\(?(A|B)(?!\w)``; else exactly one
+    #: capture group
+    answer_regex: str | None = None
+    #: appended by judge=forced when the regex never matched
+    answer_prefix: str = "Answer:"
+    #: the answer tokens (from the file's options when ``path`` is set)
+    answers: list[str] | None = None
+    #: ``{id, text, trait_answer}`` items (from the file when ``path`` is set)
+    questions: list[dict[str, Any]] | None = None
+    #: coefficient grid, in units of coeff_units; must contain 0
+    coeffs: list[float] = field(default_factory=lambda: [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
+    repeats: int = 4
+    max_new_tokens: int = 192
+    do_sample: bool = True
+    temperature: float = 1.0
+    min_p: float | None = 0.05
+    repetition_penalty: float | None = 1.0
+    max_batch_size: int = 32
+    #: generation processes on CPU: auto = one per usable core for small models (width < 1024,
+    #: one thread each; results are identical to 1), else 1 | an integer
+    workers: Any = "auto"
+
+
+@dataclass
+class JudgeConfig:
+    """``judge``: how a completion becomes a log-ratio (SPEC 4.6)."""
+
+    name: str = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    """``logger``: where run metrics go besides the run dir."""
+
+    name: str = MISSING
+
+
+@dataclass
+class WandbLogger(LoggerConfig):
+    """Weights & Biases: one run per job, grouped by sweep; mode offline | online | disabled."""
+
+    project: str = "steerexp"
+    entity: str | None = None
+    mode: str = "offline"
+
+
+@dataclass
+class KLConfig:
+    #: held-out neutral prompts (one per line; a file in steerexp/data or a path) that
+    #: ``coeff_units=kl`` calibrates on and every run's coherence cost is measured on
+    prompts: str = "neutral_prompts.txt"
+
+
+@dataclass
+class ExtractConfig:
+    batch_size: int = 16
+    #: gradient rows: all = summed over tokens (what a steering bias at every position gets) |
+    #: last = at the read token only
+    grad_tokens: str = "all"
+
+
+@dataclass
+class RandomNullConfig:
+    """SPEC 4.8: ``k`` seeded random unit directions per ranking group (0: no null); they are the
+    ``random`` method at seeds ``seed .. seed + k - 1`` and their rows are sampled with ``seed``."""
+
+    k: int = 16
+    seed: int = 1000000
+
+
+@dataclass
+class Config:
+    """The whole experiment (``conf/config.yaml`` picks each group's option)."""
+
+    model: ModelConfig = MISSING
+    module: ModuleConfig = MISSING
+    method: MethodConfig = MISSING
+    loss: LossConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    eval: EvalConfig = MISSING
+    judge: JudgeConfig = MISSING
+    logger: LoggerConfig = MISSING
+    seed: int = 0
+    #: norm: c is a fraction of the module's mean activation norm | raw: c as is | kl: multiples
+    #: of the c* whose p95 per-token KL on the neutral prompts is 1 nat (SPEC 4.4)
+    coeff_units: str = "norm"
+    kl: KLConfig = field(default_factory=KLConfig)
+    #: regress on symlog(c) = sign(c) log(1 + |c|) or on c itself (identity)
+    regress_x: str = "symlog"
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    random_null: RandomNullConfig = field(default_factory=RandomNullConfig)
+    #: extraction cache; null: steerexp.cache_dir()/extractions
+    cache_dir: str | None = None
+    #: the sweep report's folder name under multirun_reports/; null: <date>_<time>-<id>
+    report_name: str | None = None
+    report_overwrite: bool = False
+
+
+#: Per group: the schema, and for groups with variants the key that picks one and its schemas.
+GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "module": ModuleConfig,
+    "method": MethodConfig,
+    "loss": LossConfig,
+    "dataset": DatasetConfig,
+    "eval": EvalConfig,
+    "judge": JudgeConfig,
+    "logger": LoggerConfig,
+}
+#: The top-level keys that hold a fixed sub-config (not a group).
+SECTIONS: dict[str, type] = {
+    "kl": KLConfig,
+    "extract": ExtractConfig,
+    "random_null": RandomNullConfig,
+}
+#: Groups whose options differ in keys: the key that picks the variant, and each variant's schema
+#: (stored as ``<variant>_base``); an option matching none follows the group's base schema.
+VARIANTS: dict[str, tuple[str, dict[str, type]]] = {
+    "method": (
+        "kind",
+        {"fisher": FisherMethod, "fisher_dual": FisherDualMethod, "vjp_steer": VjpMethod},
+    ),
+    "loss": ("name", {"reprpo_margin": MarginLoss}),
+    "logger": ("name", {"wandb": WandbLogger}),
+}
