@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import nnsight.intervention.interleaver as interleaver
 import pytest
 import torch
 from helpers import group
@@ -13,7 +16,8 @@ from steerexp.core.models import load_model
 from steerexp.core.steering import Steering
 from steerexp.core.tokens import left_pad
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
-from steerexp.stages.generate.stopping import stop_ids
+from steerexp.stages.generate.sampling import sampling_kwargs
+from steerexp.stages.generate.stopping import RowStop, stop_ids
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,37 @@ def test_rows_stop_at_end_of_turn_and_record_why(organism, ev) -> None:
         organism, {**greedy, "max_new_tokens": 3}, grid(questions, [0.0], 1), None, spec, 0, False
     )
     assert [(r.stop_reason, len(r.completion_ids)) for r in short] == [("length", 3)] * len(rows)
+
+
+def test_generation_reads_the_runs_own_ids_and_leaves_no_step_waiting(
+    organism, ev, monkeypatch
+) -> None:
+    """Every row stops early (answer regex), so the run ends before the cap: the step loop must
+    end with it (no nnsight worker left parked, no warning) and the ids are the run's output."""
+    parked: list[str] = []
+    unwind = interleaver.dangling_unwind
+    monkeypatch.setattr(
+        interleaver, "dangling_unwind", lambda m: parked.append(str(m.pending)) or unwind(m)
+    )
+    prompts = [prompt_ids(organism, ev, q) for q in load_questions(ev)[:3]]
+    spec = make_answer_spec(organism.tokenizer, ev["answer_regex"], ev["answers"], "Final:")
+    kwargs = sampling_kwargs({**ev, "do_sample": False, "max_new_tokens": 48})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = gen.generate_chunk(organism, prompts, [0.0] * 3, None, spec, kwargs)
+    assert parked == []
+    assert [reason for _, _, reason in out] == ["regex"] * 3
+    assert all(len(lps) == len(toks) < 48 for toks, lps, _ in out)
+    # the same greedy generation by transformers alone, stopped by the same criterion
+    pad = organism.tokenizer.pad_token_id
+    ids, mask = left_pad(prompts, pad)
+    stop = RowStop(organism.tokenizer, stop_ids(organism), spec.regex, ids.shape[1])
+    full = organism.hf.generate(
+        ids, attention_mask=mask, stopping_criteria=[stop], pad_token_id=pad, **kwargs
+    )[:, ids.shape[1] :]
+    for i, (toks, _, reason) in enumerate(out):
+        end, why = stop.cut(i, full.shape[1])
+        assert (toks, reason) == (full[i, :end].tolist(), why)
 
 
 def test_zero_coefficient_rows_are_generated_once_and_shared(monkeypatch) -> None:

@@ -14,6 +14,7 @@ from helpers import JOURNAL_HEADER
 from omegaconf import OmegaConf
 from wandb_offline import read_offline_run
 
+from steerexp.core.artifacts import dose_curve
 from steerexp.core.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.core.errors import SteerexpError
 from steerexp.sweep import callbacks, report
@@ -178,6 +179,24 @@ def test_ranking_csv_png_and_copy(sweep: Path, tmp_path: Path) -> None:
     dest = tmp_path / "reports" / "2026-11-24_10-31-02"
     for name in report.OUTPUTS:
         assert (dest / name).read_bytes() == (sweep / name).read_bytes()
+
+
+def test_dose_curve_means_sems_and_counts_of_valid_finite_rows(tmp_path: Path) -> None:
+    """The one curve both figures draw (a run's and the sweep's), from a frame or its CSV."""
+    dose = pd.DataFrame(
+        {
+            "coeff": [-1.0, -1.0, 0.0, 0.0, 0.0, 1.0],
+            "log_ratio": [1.0, 3.0, 2.0, math.inf, 5.0, -4.0],
+            "valid": [True, True, True, True, False, True],
+        }
+    )
+    want = pd.DataFrame(
+        {"c": [-1.0, 0.0, 1.0], "mean": [2.0, 2.0, -4.0], "sem": [1.0, 0.0, 0.0], "n": [2, 1, 1]}
+    )
+    pd.testing.assert_frame_equal(dose_curve(dose), want)
+    dose.to_csv(tmp_path / "dose.csv", index=False)
+    text = pd.read_csv(tmp_path / "dose.csv", dtype={"valid": str})
+    pd.testing.assert_frame_equal(dose_curve(text), want)
 
 
 def test_cli_reproduces_byte_for_byte(sweep: Path, tmp_path: Path) -> None:

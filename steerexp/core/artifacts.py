@@ -160,11 +160,31 @@ def write_coherence(path: Path, table: pd.DataFrame) -> Path:
     return write_frame(path, table)
 
 
+def dose_curve(dose: pd.DataFrame) -> pd.DataFrame:
+    """Per coefficient (``c``): ``mean``, standard error (``sem``, 0 for one row) and count ``n``
+    of the valid, finite log-ratios; ``valid`` may be bools or their text as read from a CSV."""
+    y = pd.to_numeric(dose["log_ratio"], errors="coerce")
+    if "valid" in dose:
+        y = y.where(dose["valid"].astype(str).str.lower().isin(["true", "1", "1.0"]))
+    c = pd.to_numeric(dose["coeff"], errors="coerce")
+    g = pd.DataFrame({"c": c, "y": y.where(np.isfinite(y))}).dropna().groupby("c")["y"]
+    return pd.DataFrame(
+        {"mean": g.mean(), "sem": g.sem().fillna(0.0), "n": g.count()}
+    ).reset_index()
+
+
+def draw_dose_curve(ax: Any, curve: pd.DataFrame, **style: Any) -> None:
+    """A :func:`dose_curve` on ``ax``: the means, error bars one s.e.m. (``style`` overrides)."""
+    style = {"marker": "o", "ms": 3, "capsize": 2, **style}
+    ax.errorbar(curve["c"], curve["mean"], yerr=curve["sem"], **style)
+
+
 def plot_dose_response(
     path: Path, df: pd.DataFrame, title: str, x: str = "symlog", cost: pd.DataFrame | None = None
 ) -> Path:
-    """Valid log-ratios by coefficient, the per-coefficient means, and the OLS fit; with ``cost``
-    (a ``coherence.cost_table``), a second panel beside it: KL on neutral prompts and valid fraction."""
+    """Valid log-ratios by coefficient, the per-coefficient means (± s.e.m.), and the OLS fit; with
+    ``cost`` (a ``coherence.cost_table``), a second panel beside it: KL on neutral prompts and
+    valid fraction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,8 +197,7 @@ def plot_dose_response(
     ok = df[df["valid"] & np.isfinite(df["log_ratio"])]
     ax.scatter(ok["coeff"], ok["log_ratio"], s=12, alpha=0.4, label="rows")
     if len(ok):
-        means = ok.groupby("coeff")["log_ratio"].mean()
-        ax.plot(means.index, means.values, "o-", color="C1", label="mean")
+        draw_dose_curve(ax, dose_curve(df), ms=6, color="C1", label="mean ± s.e.m.")
     if ok["coeff"].nunique() >= 2:
         b, a = np.polyfit(transform_x(ok["coeff"].to_numpy(), x), ok["log_ratio"].to_numpy(), 1)
         grid = np.linspace(df["coeff"].min(), df["coeff"].max(), 100)

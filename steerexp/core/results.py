@@ -54,7 +54,7 @@ class GenRow:
     completion: str  # tokenizer.decode(completion_ids, skip_special_tokens=True)
     answer_logps: torch.Tensor  # [len(completion_ids), n_answers] float32, from raw logits
     stop_reason: str = (
-        "length"  # stop_token | regex | length (steerexp.stages.generate.rows.RowStop)
+        "length"  # stop_token | regex | length (steerexp.stages.generate.stopping.RowStop)
     )
 
 

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from steerexp.core.artifacts import dose_curve, draw_dose_curve
 from steerexp.core.columns import (
     journal_table,
 )
@@ -113,26 +114,18 @@ def footer(part: pd.DataFrame) -> list[str]:
 
 
 def _curve(job_dir: Path) -> pd.DataFrame | None:
-    """Mean, standard error and count of valid ``log_ratio`` per coefficient, or None without data."""
+    """A job's :func:`~steerexp.core.artifacts.dose_curve`, or None without data."""
     try:
         dose = pd.read_csv(job_dir / "dose_response.csv")
     except (OSError, ValueError):
         return None
     if not {"coeff", "log_ratio"} <= set(dose.columns):
         return None
-    y = pd.to_numeric(dose["log_ratio"], errors="coerce")
-    if "valid" in dose:
-        y = y.where(dose["valid"].astype(str).str.lower().isin(["true", "1", "1.0"]))
-    g = (
-        pd.DataFrame({"c": pd.to_numeric(dose["coeff"], errors="coerce"), "y": y})
-        .dropna()
-        .groupby("c")["y"]
-    )
-    out = pd.DataFrame({"mean": g.mean(), "sem": g.sem().fillna(0.0), "n": g.count()}).reset_index()
-    return out if len(out) else None
+    curve = dose_curve(dose)
+    return curve if len(curve) else None
 
 
-def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
+def plot_sweep(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
     """All jobs' mean log-ratio vs coefficient (error bar = s.e.m.), one panel per table, one line per job."""
     groups = _groups(df)
     ncol = min(3, len(groups))
@@ -151,16 +144,7 @@ def plot_dose_response(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
                 else str(r["method"])
             )
             style = {"color": colors[drawn % 20], "ls": ("-", "--", ":")[drawn // 20 % 3]}
-            ax.errorbar(
-                curve["c"],
-                curve["mean"],
-                yerr=curve["sem"],
-                marker="o",
-                ms=3,
-                capsize=2,
-                label=label,
-                **style,
-            )
+            draw_dose_curve(ax, curve, label=label, **style)
             coeffs.extend(curve["c"].tolist())
             drawn += 1
         nonzero = [abs(c) for c in coeffs if c]
@@ -235,7 +219,7 @@ def build_report(
     public = df.drop(columns=["_group", "_index"])
     public.to_csv(sweep_dir / "ranking.csv", index=False)
     (sweep_dir / "ranking.md").write_text(render_markdown(df, keys, sweep_dir))
-    plot_dose_response(df, sweep_dir, sweep_dir / "dose_response.png")
+    plot_sweep(df, sweep_dir, sweep_dir / "dose_response.png")
     public.attrs["report_dir"] = None
     if reports_root is not None:
         dest = report_dir(Path(reports_root), name or sweep_name(sweep_dir), sweep_dir, overwrite)

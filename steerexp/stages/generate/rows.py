@@ -12,7 +12,6 @@ so chunking never changes a sample and different directions share common random 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +105,8 @@ def generate_chunk(
     directions: Sequence[int] | None = None,
 ) -> list[tuple[list[int], Tensor, str]]:
     """Generate one batch with per-row coefficients, directions and sampling seeds; returns
-    (completion ids, answer logps, stop reason) per row (:class:`RowStop`)."""
+    (completion ids, answer logps, stop reason) per row, the ids read from the run's own output
+    and cut where :class:`RowStop` stopped the row."""
     ids, mask = left_pad(prompts, loaded.tokenizer.pad_token_id)
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
     steerings = [steering] if isinstance(steering, Steering) else list(steering or [])
@@ -135,25 +135,26 @@ def generate_chunk(
         row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
     steps: list[Tensor] = []
-    with (
-        warnings.catch_warnings(),
-        loaded.lm.generate(
-            {"input_ids": ids, "attention_mask": mask},
-            stopping_criteria=StoppingCriteriaList([last]),
-            logits_processor=processors,
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            **prefix,
-            **gen_kwargs,
-        ) as tracer,
-    ):
-        # A chunk whose rows all stop early ends the bounded step loop before n steps; nnsight
-        # warns about the unreached step, which is expected here (ids come from ``last``).
-        warnings.filterwarnings("ignore", message=".*was never reached.*")
-        for _ in tracer.iter[:n]:
+    with loaded.lm.generate(
+        {"input_ids": ids, "attention_mask": mask},
+        stopping_criteria=StoppingCriteriaList([last]),
+        logits_processor=processors,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        **prefix,
+        **gen_kwargs,
+    ) as tracer:
+        for step in tracer.iter[:n]:
             steer(loaded, deltas)
             steps.append(answer_logps(loaded.lm.lm_head.output[:, -1], spec))
-    assert last.ids is not None
-    new = last.ids[:, ids.shape[1] :].cpu()
+            # HF streams a step's tokens right after its stopping criteria (the streamer's
+            # occurrence 0 is the prompt): once they arrive, ``last`` knows whether every row has
+            # stopped, and the loop ends with the run rather than waiting on a step never made.
+            for _ in tracer.iter[step + 1]:
+                loaded.lm.generator.streamer.output  # noqa: B018
+            if last.all_stopped(len(prompts)):
+                break
+        result = tracer.result.save()
+    new = result[:, ids.shape[1] :].cpu()
     lps = torch.stack(steps, 1) if steps else torch.zeros(len(prompts), 0, len(spec.answers))
     out = []
     for i in range(len(prompts)):

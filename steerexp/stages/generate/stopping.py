@@ -16,17 +16,15 @@ STOP_REASONS = ("stop_token", "regex", "length")
 
 class RowStop(StoppingCriteria):
     """Per-row early stop: at an end-of-turn token (not kept) or once the answer regex matches
-    the decoded completion (answer kept). Records where each row ends and why, and keeps the
-    latest ``input_ids`` so the sequences survive the loop; unstopped rows end at ``length``."""
+    the decoded completion (answer kept). Records where each row ends and why; unstopped rows
+    end at ``length``."""
 
     def __init__(self, tokenizer: Any, stop: set[int], regex: re.Pattern[str] | None, width: int):
         self.tokenizer, self.stop, self.regex, self.width = tokenizer, stop, regex, width
-        self.ids: Tensor | None = None
         self.end: dict[int, int] = {}
         self.reason: dict[int, str] = {}
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
-        self.ids = input_ids
         new = input_ids[:, self.width :].cpu()
         n = new.shape[1]
         live = [i for i in range(new.shape[0]) if i not in self.end]
@@ -42,6 +40,10 @@ class RowStop(StoppingCriteria):
         done = torch.zeros(new.shape[0], dtype=torch.bool)
         done[list(self.end)] = True
         return done.to(input_ids.device)
+
+    def all_stopped(self, rows: int) -> bool:
+        """Whether every one of ``rows`` rows has stopped (the generation then ends)."""
+        return len(self.end) == rows
 
     def cut(self, i: int, n: int) -> tuple[int, str]:
         """Row ``i``'s kept length and stop reason after ``n`` generated steps."""
