@@ -127,7 +127,7 @@ def _check_key_value(key: str, values: list[Any], add: bool) -> None:
     from dataclasses import fields
 
     parts = key.split(".")
-    if parts[0] == "hydra" or "@" in key or len(parts) > 2:
+    if parts[0].split("/")[0] == "hydra" or "@" in key or "/" in key or len(parts) > 2:
         return
     sections = schema.SECTIONS
     if len(parts) == 1:

@@ -93,6 +93,7 @@ def test_output_dir_under_a_file_fails_before_hydra(tmp_path: Path) -> None:
     ):
         check_args(["-m", f"hydra.sweep.dir={blocker}/sweep"])
     check_args(["-m", f"hydra.sweep.dir={tmp_path}/ok", "eval.system=x", "model.path=Org/Name"])
+    check_args(["-m", f"hydra.sweep.dir={tmp_path}/ok", "hydra/launcher=joblib", "seed=0,1"])
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:

@@ -119,16 +119,23 @@ class MarginLoss(LossConfig):
 
 
 @dataclass
-class DatasetConfig:
-    """``dataset``: the contrast pairs directions are extracted from (SPEC 3)."""
+class FileSource:
+    """A group whose rows may come from a file (README "Bring your own concept")."""
 
     name: str = MISSING
-    #: a file of pairs or an offline Hugging Face dataset (README "Bring your own concept")
+    #: a file (jsonl, json, csv, txt) or an offline Hugging Face dataset; null: none
     path: str | None = None
     #: auto (from the extension; a directory = hf) | jsonl | json | csv | txt | hf
     format: str = "auto"
     #: split of a Hugging Face DatasetDict (null: its only split)
     split: str | None = None
+
+
+@dataclass
+class DatasetConfig(FileSource):
+    """``dataset``: the contrast pairs directions are extracted from (SPEC 3); with ``path``,
+    from that file."""
+
     #: persona mode: a template with {persona}, the two personas, and the suffix rows
     template: str | None = None
     positive: str | None = None
@@ -145,15 +152,10 @@ class DatasetConfig:
 
 
 @dataclass
-class EvalConfig:
-    """``eval``: questions, coefficient grid and sampling of the dose-response (SPEC 4.5)."""
+class EvalConfig(FileSource):
+    """``eval``: questions, coefficient grid and sampling of the dose-response (SPEC 4.5); with
+    ``path``, the questions come from that file instead of ``questions``."""
 
-    name: str = MISSING
-    #: a file of questions; null: the ``questions`` list below
-    path: str | None = None
-    #: auto (from the extension; a directory = hf) | jsonl | json | csv | hf
-    format: str = "auto"
-    split: str | None = None
     system: str | None = None
     #: ``{choices}`` becomes "'Answer: A' or 'Answer: B'" (answer_prefix + each option)
     prompt_template: str = "{question}\n\nThink briefly, then end with exactly {choices}."
