@@ -15,6 +15,7 @@ instead.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,8 +61,12 @@ SWEEPS = ("journal_hs", "journal_o_proj", "losses", "concept")
 
 
 def run_section(name: str, cache: Path) -> str:
-    """Run one section with ``cache`` as its STEEREXP_CACHE; return its Markdown block."""
+    """Run one section with ``cache`` as its STEEREXP_CACHE (a sweep also into an empty sweep
+    dir, so no job of an earlier pass joins its report); return its Markdown block."""
     cmd = SECTIONS[name]
+    sweep_dir = next((a.split("=", 1)[1] for a in cmd if a.startswith("hydra.sweep.dir=")), None)
+    if sweep_dir is not None:
+        shutil.rmtree(REPO / sweep_dir, ignore_errors=True)
     env = {**os.environ, "STEEREXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
