@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from bench.generate import single_thread
-from steerexp import CONF_DIR
+from steerexp.core.config import group_config
 from steerexp.core.data import Pair, load_pairs
 from steerexp.core.models import LoadedModel, load_model
 from steerexp.core.modules import resolve_modules
@@ -42,8 +41,9 @@ TARGET_MEMO = 100.0
 
 
 def group(name: str, option: str) -> dict[str, Any]:
-    """One config-group option as a plain dict."""
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / name / f"{option}.yaml"), resolve=True)  # type: ignore[return-value]
+    """One config-group option as composed; keys that follow the model's resolve against
+    ``tiny_random`` (layer_frac 0.3-0.9, loss layer -3), as the benchmarks always measured."""
+    return group_config(name, option, *([] if name == "model" else ["model=tiny_random"]))
 
 
 def line(label: str, a: str, b: str, ratio: float, target: str, ok: bool) -> None:

@@ -34,11 +34,11 @@ from typing import Any
 from unittest import mock
 
 import torch
-from omegaconf import OmegaConf
 
 from steerexp import CONF_DIR, cache_dir
 from steerexp.core.answers import make_answer_spec
 from steerexp.core.checkpoints import checkpoint_path
+from steerexp.core.config import group_config
 from steerexp.core.data import Question, load_questions
 from steerexp.core.models import LoadedModel, load_model
 from steerexp.core.modules import resolve_modules
@@ -74,8 +74,9 @@ def single_thread() -> Iterator[None]:
 
 
 def group(name: str, option: str) -> dict[str, Any]:
-    """One config-group option as a plain dict."""
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / name / f"{option}.yaml"), resolve=True)  # type: ignore[return-value]
+    """One config-group option as composed; keys that follow the model's resolve against
+    ``tiny_random`` (layer_frac 0.3-0.9, loss layer -3), as the benchmarks always measured."""
+    return group_config(name, option, *([] if name == "model" else ["model=tiny_random"]))
 
 
 def organism_ready(groups: tuple[str, ...] = ("eval", "dataset")) -> bool:

@@ -108,10 +108,6 @@ def _groups() -> list[str]:
     return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 
 
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
 def _values(override: Any) -> list[Any]:
     """The value(s) of one override: a sweep list's elements, else the single value."""
     from hydra.core.override_parser.types import ChoiceSweep
@@ -193,7 +189,7 @@ def check_args(args: list[str]) -> None:
         if key not in groups:
             _check_key_value(key, values, o.is_add())
         if key in groups:
-            options = _options(key)
+            options = config.options(key)
             for v in values:
                 if isinstance(v, str) and v not in options:
                     raise choice_error(f"{key} option", v, options)

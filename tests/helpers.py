@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from steerexp import CONF_DIR
+from steerexp.core.config import group_config
 from steerexp.core.models import LoadedModel, load_model
 
 
@@ -23,8 +24,7 @@ def compose_cfg(*overrides: str) -> DictConfig:
 def group(name: str, option: str) -> dict[str, Any]:
     """One config-group option as composed (schema defaults filled), as a plain dict
     (``group("loss", "nll")``); keys that follow the model's resolve against ``tiny_random``."""
-    cfg = compose_cfg(f"{name}={option}", *([] if name == "model" else ["model=tiny_random"]))
-    return OmegaConf.to_container(cfg[name], resolve=True)  # type: ignore[return-value]
+    return group_config(name, option, *([] if name == "model" else ["model=tiny_random"]))
 
 
 def tiny() -> LoadedModel:

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
+from steerexp import CONF_DIR
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.schema import GROUPS, VARIANTS, Config
 
@@ -94,3 +95,27 @@ def typed(group: str, cfg: Mapping[str, Any]) -> DictConfig:
         for key in cfg:
             check_value(f"{group}.", schema, str(key), cfg[key])
         raise
+
+
+def options(group: str) -> list[str]:
+    """The option names of a config group (``conf/<group>/*.yaml``)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def group_config(group: str, option: str, *overrides: str) -> dict[str, Any]:
+    """The ``group`` option ``option`` as Hydra composes it (schema defaults and bases merged;
+    interpolations resolved against the other groups' defaults or ``overrides``), as a plain
+    dict; an unknown option gives a did-you-mean error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    valid = options(group)
+    if option not in valid:
+        raise choice_error(group, option, valid)
+    args = [f"{group}={option}", *overrides]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=args)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=args)
+    return OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[return-value]

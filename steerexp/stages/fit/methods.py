@@ -27,8 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-import steerexp
-from steerexp.core.config import typed
+from steerexp.core.config import group_config, options, typed
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.registry import Registry
 from steerexp.core.results import DirectionFit, Info
@@ -110,7 +109,7 @@ def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 
 
 def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The Fisher parameters of a method config (schema: ``steerexp.core.config.FisherMethod``)."""
+    """The Fisher parameters of a method config (schema: ``steerexp.core.schema.FisherMethod``)."""
     return {
         "fisher": str(cfg["fisher"]),
         "reg": float(cfg["reg"]),
@@ -232,25 +231,13 @@ def fit_summary(fits: Mapping[str, DirectionFit]) -> dict[str, Any]:
 
 def method_names() -> list[str]:
     """The option names of the ``method`` config group (``conf/method/*.yaml``)."""
-    return sorted(p.stem for p in (steerexp.CONF_DIR / "method").glob("*.yaml"))
+    return options("method")
 
 
 def load_method_config(name: str) -> dict[str, Any]:
-    """The ``method`` option ``name`` as Hydra composes it (bases merged); unknown names give a
-    did-you-mean error."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    names = method_names()
-    if name not in names:
-        raise choice_error("method", name, names)
-    overrides = [f"method={name}"]
-    if GlobalHydra.instance().is_initialized():
-        cfg = compose(config_name="config", overrides=overrides)
-    else:
-        with initialize_config_dir(config_dir=str(steerexp.CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg.method, resolve=True)  # type: ignore[return-value]
+    """The ``method`` option ``name`` as Hydra composes it (its base merged); unknown names give
+    a did-you-mean error."""
+    return group_config("method", name)
 
 
 def fit_direction(
