@@ -19,12 +19,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from bench.generate import single_thread
-from steerexp.core.config import group_config
+from bench.generate import group, single_thread
 from steerexp.core.data import Pair, load_pairs
 from steerexp.core.models import LoadedModel, load_model
 from steerexp.core.modules import resolve_modules
@@ -38,12 +36,6 @@ BATCH_SIZE = 16
 TARGET_VS_NLL = 0.5
 TARGET_DISK = 10.0
 TARGET_MEMO = 100.0
-
-
-def group(name: str, option: str) -> dict[str, Any]:
-    """One config-group option as composed; keys that follow the model's resolve against
-    ``tiny_random`` (layer_frac 0.3-0.9, loss layer -3), as the benchmarks always measured."""
-    return group_config(name, option, *([] if name == "model" else ["model=tiny_random"]))
 
 
 def line(label: str, a: str, b: str, ratio: float, target: str, ok: bool) -> None:

@@ -72,9 +72,10 @@ def cache_payload(
     batch_size: int,
 ) -> dict[str, Any]:
     """Everything an extraction depends on; its hash is the cache key."""
+    model = typed("model", model_cfg)
     return {
         "version": EXTRACT_VERSION,
-        "model": {k: typed("model", model_cfg)[k] for k in ("dtype", "quantization")},
+        "model": {k: model[k] for k in ("dtype", "quantization")},
         "checkpoint": model_fingerprint(model_cfg, loaded),
         "chat_kwargs": loaded.chat_kwargs,
         "modules": modules,
