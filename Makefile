@@ -51,10 +51,10 @@ lint: $(STAMP)  ## ruff check and ruff format --check (what CI runs)
 sweep-smoke: $(STAMP)  ## tiny sweep on the organism (CPU, minutes): 3 methods x 2 modules -> ranking.md
 	$(PY) -m steerexp -m model=$(MODEL) method=pca_diff,vjp_steer,random module=hs,o_proj $(ARGS)
 
-sweep-modules: $(STAMP)  ## the journal's methods x every module template (MODEL=qwen3_4b_instruct on a GPU; conf/experiment/journal_modules.yaml)
+sweep-modules: $(STAMP)  ## the journal's methods x every module template (MODEL=qwen3_4b_instruct on a GPU; steerexp/conf/experiment/journal_modules.yaml)
 	$(PY) -m steerexp -m +experiment=journal_modules model=$(MODEL) $(ARGS)
 
-sweep-losses: $(STAMP)  ## the three losses x the journal's methods (conf/experiment/journal_losses.yaml)
+sweep-losses: $(STAMP)  ## the three losses x the journal's methods (steerexp/conf/experiment/journal_losses.yaml)
 	$(PY) -m steerexp -m +experiment=journal_losses model=$(MODEL) $(ARGS)
 
 figures: $(STAMP)  ## regenerate every README figure and multirun_reports/ from an empty cache (about an hour)

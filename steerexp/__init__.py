@@ -11,11 +11,10 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The Hydra config tree. It lives beside the package in a source checkout (editable
-#: install, the supported way); ``STEEREXP_CONF_DIR`` points elsewhere if needed.
-CONF_DIR = Path(
-    os.environ.get("STEEREXP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf")
-)
+#: The Hydra config tree, shipped inside the package (``pkg://steerexp.conf``). Users add their
+#: own options with ``--config-dir``/``hydra.searchpath`` (docs/configuration.md);
+#: ``STEEREXP_CONF_DIR`` replaces the whole tree.
+CONF_DIR = Path(os.environ.get("STEEREXP_CONF_DIR", Path(__file__).resolve().parent / "conf"))
 
 #: Package data (suffix lists, prompt sets) shipped inside the package.
 DATA_DIR = Path(__file__).resolve().parent / "data"

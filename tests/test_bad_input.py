@@ -18,6 +18,7 @@ import torch
 from helpers import compose_cfg, group, tiny
 from omegaconf import OmegaConf
 
+from steerexp import CONF_DIR
 from steerexp.cli import RUN_ID, check_args, job_dir_name
 from steerexp.core import cache
 from steerexp.core.artifacts import write_json
@@ -124,7 +125,7 @@ def test_job_dir_names_never_nest_or_collide() -> None:
 def test_default_dirs_carry_a_per_process_id() -> None:
     import yaml
 
-    hydra_cfg = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["hydra"]
+    hydra_cfg = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["hydra"]
     assert hydra_cfg["run"]["dir"].endswith("-${steerexp.run_id:}")
     assert hydra_cfg["sweep"]["dir"].endswith("-${steerexp.run_id:}")
     other = subprocess.run(

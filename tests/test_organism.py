@@ -27,6 +27,7 @@ from transformers import (
 )
 
 import steerexp
+from steerexp import CONF_DIR
 from steerexp.core.errors import SteerexpError
 from steerexp.organism import MANIFEST, RECIPE_VERSION, SHIPPED, build, corpus, verify
 from steerexp.organism import acceptance as acc
@@ -327,7 +328,7 @@ def test_hash_mismatch_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
 
 def test_steered_layers_lie_below_the_loss_layer() -> None:
     """The organism's steered blocks (trained with noise) all sit below its loss layer."""
-    cfg = OmegaConf.load(REPO / "conf" / "model" / "organism.yaml")
+    cfg = OmegaConf.load(CONF_DIR / "model" / "organism.yaml")
     assert tuple(cfg.layer_frac) == STEERED_FRAC
     n = Recipe().layers
     layers = noised_layers(n)

@@ -1,6 +1,6 @@
 """Real-model paths without downloads: every hub model config, quantization and half precision.
 
-Each hub config (``conf/model/*.yaml`` with a ``path``) is loaded through ``load_model`` with
+Each hub config (``steerexp/conf/model/*.yaml`` with a ``path``) is loaded through ``load_model`` with
 its own fields, but ``path`` pointed at a tiny random model of the same transformers
 architecture class, saved with ``save_pretrained`` -- the same code path as the hub.
 """

@@ -14,6 +14,7 @@ from helpers import JOURNAL_HEADER
 from omegaconf import OmegaConf
 from wandb_offline import read_offline_run
 
+from steerexp import CONF_DIR
 from steerexp.core.artifacts import dose_curve
 from steerexp.core.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.core.errors import SteerexpError
@@ -277,7 +278,7 @@ def test_callback_never_raises(tmp_path: Path) -> None:
 def test_launcher_presets_compose(launcher: str) -> None:
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(None, overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     target = cfg.hydra.launcher._target_
     assert target.startswith("hydra_plugins.hydra_")

@@ -19,7 +19,7 @@ import pytest
 from helpers import run_sweep
 from hydra import compose, initialize_config_dir
 
-from steerexp import organism
+from steerexp import CONF_DIR, organism
 from steerexp.core.columns import TIME_COLUMNS as TIME_COLS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def extractions(cache: Path) -> dict[str, str]:
 
 
 def test_slurm_cpu_preset_composes() -> None:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm_cpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")

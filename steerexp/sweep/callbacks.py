@@ -30,7 +30,7 @@ _CURRENT: tuple[DictConfig, RankingCallback] | None = None
 class RankingCallback(Callback):
     """On multirun end: ``build_report(hydra.sweep.dir)``, print the tables, set ``LAST_SWEEP_FAILED``.
 
-    ``reports_root``: where the copy goes (None -> ``<repo>/multirun_reports``); ``print_tables``: echo
+    ``reports_root``: where the copy goes (None -> ``./multirun_reports``); ``print_tables``: echo
     ``ranking.md`` to stdout. The report's folder name is the config's ``report_name`` when set, else
     ``<date>_<time>-<id>`` of the sweep dir; ``report_overwrite`` decides what happens when another
     sweep's report has that name (see :func:`steerexp.sweep.report.build_report`). Never raises: a report

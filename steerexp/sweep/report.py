@@ -32,8 +32,8 @@ from steerexp.sweep import reliability
 from steerexp.sweep.collect import collect
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_REPORTS_ROOT = REPO / "multirun_reports"
+#: Reports are copied under the current working directory (where ``multirun/`` also goes).
+DEFAULT_REPORTS_ROOT = Path("multirun_reports")
 
 OUTPUTS = ("ranking.csv", "ranking.md", "dose_response.png")
 #: In each report copy: the sweep dir it was made from, so a rebuild updates its own copy only.
@@ -52,7 +52,8 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
     n_interrupted = int((df["status"] == "interrupted").sum())
     n_missing = len(df) - n_ok - n_failed - n_interrupted
     resolved = Path(sweep_dir).resolve()
-    shown = resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else resolved
+    cwd = Path.cwd().resolve()
+    shown = resolved.relative_to(cwd) if resolved.is_relative_to(cwd) else resolved
     lines = [
         f"# Ranking: {shown.as_posix()}",
         "",
