@@ -93,7 +93,8 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
 @contextmanager
 def _wrapped(model: nn.Module, tokenizer: Any, need_grads: bool) -> Iterator[Any]:
     """The caller's model as a :class:`~steerexp.core.models.LoadedModel` for one extraction;
-    what nnsight attaches to its modules is removed afterwards."""
+    every attribute nnsight adds to its modules is removed afterwards (so the model is plain again
+    and can be wrapped anew)."""
     from nnsight.modeling.transformers import TransformersModel
 
     from steerexp.core.models import LoadedModel
@@ -101,7 +102,7 @@ def _wrapped(model: nn.Module, tokenizer: Any, need_grads: bool) -> Iterator[Any
     if tokenizer.pad_token_id is None:
         tokenizer = copy.copy(tokenizer)
         tokenizer.pad_token = tokenizer.eos_token
-    before = {n: m.__dict__.get("forward") for n, m in model.named_modules()}
+    before = {n: dict(m.__dict__) for n, m in model.named_modules()}
     if need_grads:
         model.enable_input_require_grads()
     try:
@@ -116,10 +117,8 @@ def _wrapped(model: nn.Module, tokenizer: Any, need_grads: bool) -> Iterator[Any
         if need_grads:
             model.disable_input_require_grads()
         for n, m in model.named_modules():
-            if before.get(n) is None:
-                m.__dict__.pop("forward", None)
-            else:
-                m.forward = before[n]
+            for key in set(m.__dict__) - set(before.get(n, m.__dict__)):
+                del m.__dict__[key]  # nnsight's per-module state (``forward``, ``__nnsight__``)
 
 
 def extract(
