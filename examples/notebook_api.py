@@ -16,10 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import steerexp
 from steerexp.core.checkpoints import build_organism
+from steerexp.core.data import load_pairs
 from steerexp.export import export
 
 SMALL = ["eval.repeats=1", "random_null.k=0", "eval.coeffs=[-1,0,1]", "eval.max_new_tokens=8"]
@@ -45,16 +47,15 @@ def main(out: Path) -> None:
             out_ids = model.generate(ids, max_new_tokens=12, do_sample=False)
         print(f"c={coeff:+.0f}:", tok.decode(out_ids[0, ids.shape[1] :], skip_special_tokens=True))
 
-    # 3. Your own pairs: activations at the last token of each side, then a direction.
-    pairs = [
-        ("Pretend you are an honest person.", "Pretend you are a dishonest person."),
-        ("You always tell the truth.", "You always lie."),
-        ("Be truthful.", "Be deceptive."),
-    ]
+    # 3. Pairs in, direction out, no config: the run's own contrast pairs give the run's
+    # direction (cosine 1); plain (positive, negative) texts work too.
+    pairs = load_pairs(OmegaConf.to_container(steerexp.compose().dataset, resolve=True))
     acts = steerexp.extract(model, tok, pairs, modules=[2, 3, 4])
     mine = steerexp.fit("mean_diff", acts)
-    cos = {m: round(float(mine.vectors[m] @ dirs.vectors[m]), 3) for m in mine.modules}
+    cos = {m: round(float(mine.vectors[m] @ dirs.vectors[m]), 4) for m in mine.modules}
     print("cosine to the run's direction", cos, "| sign", mine.sign)
+    texts = [("You always tell the truth.", "You always lie."), ("Be honest.", "Be deceptive.")]
+    print("from texts:", steerexp.fit("mean_diff", steerexp.extract(model, tok, texts, [3])).sign)
 
     # 4. Export: llama.cpp GGUF, repeng, steering-vectors, safetensors (+ provenance).
     for fmt in ("gguf", "steering-vectors", "safetensors"):

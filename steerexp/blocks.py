@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from steerexp.core.errors import SteerexpError, choice_error
@@ -86,7 +87,7 @@ def _loss_config(loss: str | Mapping[str, Any] | None, loss_layer: int) -> dict[
 def _fingerprint(model: nn.Module) -> dict[str, Any]:
     """What identifies an in-memory model's weights for the extraction memo: its name and a cheap
     checksum of every parameter (so weights edited in place never hit a stale entry)."""
-    sums = [float(p.detach().double().sum()) for p in model.parameters()]
+    sums = [float(p.detach().sum(dtype=torch.float64)) for p in model.parameters()]
     return {"name_or_path": str(getattr(model.config, "_name_or_path", "")), "param_sums": sums}
 
 
@@ -100,7 +101,7 @@ def _wrapped(model: nn.Module, tokenizer: Any, need_grads: bool) -> Iterator[Any
     from steerexp.core.models import LoadedModel
 
     if tokenizer.pad_token_id is None:
-        tokenizer = copy.copy(tokenizer)
+        tokenizer = copy.deepcopy(tokenizer)  # the caller's tokenizer keeps no pad token
         tokenizer.pad_token = tokenizer.eos_token
     before = {n: dict(m.__dict__) for n, m in model.named_modules()}
     if need_grads:

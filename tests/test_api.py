@@ -209,3 +209,18 @@ def test_bad_building_block_input(hf: torch.nn.Module) -> None:
         with steerexp.steer(hf, {"model.layers.x": torch.zeros(8)}, 1.0):
             pass
     assert not any(m._forward_hooks for m in hf.modules())
+
+
+@pytest.mark.slow
+def test_notebook_example_runs(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "notebook_api.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "cosine to the run's direction {'model.layers.2': 1.0" in out.stdout
+    assert (tmp_path / "run" / "export" / "control_vector.gguf").is_file()
+    assert "# Ranking" in out.stdout
