@@ -100,11 +100,21 @@ def _compose(args: list[str]) -> DictConfig:
         return hydra_compose(config_name="config", overrides=args)
 
 
-def compose(overrides: Iterable[str] = ()) -> DictConfig:
+def _with_dir(overrides: Iterable[str], config_dir: str | Path | None) -> list[str]:
+    """``config_dir`` (your own options, as ``--config-dir``) as Hydra's ``hydra.searchpath``."""
+    args = [str(o) for o in overrides]
+    if config_dir is not None:
+        args.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    return args
+
+
+def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None) -> DictConfig:
     """The typed config of ``steerexp <overrides>``: ``conf/config.yaml`` with the overrides, after
     the CLI's checks (unknown keys and options, wrong types and unparsable values are one-line
-    :class:`~steerexp.core.errors.SteerexpError`s). ``compose(["method=random"]).method.kind``."""
-    return _compose(_check(list(overrides), "hydra.run.dir", tempfile.gettempdir()))
+    :class:`~steerexp.core.errors.SteerexpError`s). ``compose(["method=random"]).method.kind``.
+    ``config_dir``: a dir of your own options (``<dir>/model/my_llama.yaml``), as ``--config-dir``."""
+    args = _with_dir(overrides, config_dir)
+    return _compose(_check(args, "hydra.run.dir", tempfile.gettempdir()))
 
 
 def _stamp() -> str:
@@ -121,21 +131,26 @@ def _write_hydra_dir(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> No
 
 
 def run(
-    overrides: Iterable[str] = (), run_dir: str | Path | None = None, progress: bool = True
+    overrides: Iterable[str] = (),
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    config_dir: str | Path | None = None,
 ) -> RunResult:
     """Run one experiment in this process: ``steerexp.run(["method=mean_diff"])`` does what
     ``steerexp method=mean_diff`` does (same config, cache, artifacts and numbers), into
     ``run_dir`` (default ``outputs/<date>/<time>-<id>`` under the working directory). A run dir
-    that already holds this finished config is reused, as on the command line; errors raise."""
+    that already holds this finished config is reused, as on the command line; errors raise.
+    ``config_dir``: a dir of your own options, as ``--config-dir``."""
     from steerexp.pipeline import run as run_pipeline
 
-    args = list(overrides)
+    args = _with_dir(overrides, config_dir)
     given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
     target = Path(run_dir) if run_dir is not None else Path(given[-1] if given else "outputs")
     if run_dir is None and not given:
         target = target / _stamp()
-    task = [a for a in _check(args, "hydra.run.dir", str(target)) if not a.startswith("hydra.")]
-    cfg = _compose(task)
+    checked = _check(args, "hydra.run.dir", str(target))
+    cfg = _compose([a for a in checked if not a.startswith("hydra.run.")])
+    task = [a for a in checked if not a.startswith("hydra")]
     _write_hydra_dir(target, cfg, task)
     run_pipeline(cfg, target, progress=progress)
     result = RunResult.load(target)
@@ -158,19 +173,21 @@ def sweep(
     sweep_dir: str | Path | None = None,
     reports_root: str | Path | None = None,
     print_tables: bool = False,
+    config_dir: str | Path | None = None,
 ) -> Ranking:
     """Run a sweep in this process, as ``steerexp -m key=a,b ... <overrides>`` does: one job per
     combination of ``params`` (``{"method": ["pca_diff", "random"], "module": ["hs"]}``), each into
     ``<sweep_dir>/<n>_<overrides>`` (default ``multirun/<date>/<time>-<id>``), then the ranking
     (ranking.md/csv/png in the sweep dir and a copy under ``reports_root``, default
-    ``./multirun_reports``). A failed job is a row saying why, not an exception."""
+    ``./multirun_reports``). A failed job is a row saying why, not an exception. ``config_dir``:
+    a dir of your own options, as ``--config-dir``."""
     from steerexp import cli
     from steerexp.sweep import callbacks
     from steerexp.sweep.report import DEFAULT_REPORTS_ROOT, SOURCE_FILE
 
     target = Path(sweep_dir) if sweep_dir is not None else Path("multirun") / _stamp()
     axes = [_param(k, v) for k, v in params.items()]
-    args = _check([*axes, *overrides], "hydra.sweep.dir", str(target))
+    args = _check(_with_dir([*axes, *overrides], config_dir), "hydra.sweep.dir", str(target))
     extra = [f"hydra.sweep.dir={target}", f"hydra.callbacks.ranking.print_tables={print_tables}"]
     if reports_root is not None:
         extra.append(f"hydra.callbacks.ranking.reports_root={reports_root}")
