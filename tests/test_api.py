@@ -224,3 +224,19 @@ def test_notebook_example_runs(tmp_path: Path) -> None:
     assert "cosine to the run's direction {'model.layers.2': 1.0" in out.stdout
     assert (tmp_path / "run" / "export" / "control_vector.gguf").is_file()
     assert "# Ranking" in out.stdout
+
+
+def test_own_config_dir(tmp_path: Path) -> None:
+    """An option of the user's own config dir composes, checked like the built-in ones."""
+    from steerexp.core import config
+
+    if not hasattr(config, "user_dirs"):
+        pytest.skip("own config dirs arrive with the pkg branch")
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "my_fisher.yaml").write_text(
+        "defaults:\n  - fisher_base\n  - _self_\nname: my_fisher\nreg: 0.5\n"
+    )
+    cfg = steerexp.compose(["method=my_fisher"], config_dir=tmp_path)
+    assert cfg.method.kind == "fisher" and cfg.method.reg == 0.5
+    with pytest.raises(SteerexpError, match="my_fisher"):
+        steerexp.compose(["method=my_fishr"], config_dir=tmp_path)
