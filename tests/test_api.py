@@ -177,15 +177,20 @@ def test_extract_and_fit_equal_the_pipeline(
     pairs = load_pairs(OmegaConf.to_container(cfg.dataset, resolve=True))
     loaded = load_model(group("model", "organism"))
     modules = result.directions.modules
-    loss = group("loss", "nll") | {"layer": -1}
-    ref = extract_rows(loaded, group("model", "organism"), modules, loss, pairs, 16, None, False)
-    acts = steerexp.extract(
-        hf, loaded.tokenizer, pairs, modules=[2, 3, 4], loss="nll", loss_layer=-1
-    )
+    model_cfg, nll = group("model", "organism"), group("loss", "nll")
+    ref = extract_rows(loaded, model_cfg, modules, nll, pairs, 16, None, False, need_grads=False)
+    acts = steerexp.extract(hf, loaded.tokenizer, pairs, modules=[2, 3, 4])
     assert acts.modules == modules and acts.meta["dataset_hash"] == ref.meta["pairs"]
     for m in modules:
         torch.testing.assert_close(acts.acts[m], ref.acts[m], rtol=0, atol=1e-4)
-        torch.testing.assert_close(acts.grads[m], ref.grads[m], rtol=1e-4, atol=1e-6)
+    # gradients (a backward pass per batch): on a few pairs
+    loss = group("loss", "nll") | {"layer": -1}
+    few = pairs[:8]
+    ref_g = extract_rows(loaded, model_cfg, modules, loss, few, 16, None, False)
+    grads = steerexp.extract(hf, loaded.tokenizer, few, [2, 3, 4], loss="nll", loss_layer=-1)
+    for m in modules:
+        torch.testing.assert_close(grads.grads[m], ref_g.grads[m], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads.loss_grad_norms, ref_g.loss_grad_norms, rtol=1e-4, atol=1e-6)
     assert not any(m._forward_hooks or "__nnsight__" in m.__dict__ for m in hf.modules())
     direction = steerexp.fit("mean_diff", acts)
     for m in modules:
@@ -193,7 +198,7 @@ def test_extract_and_fit_equal_the_pipeline(
         assert cos == pytest.approx(1.0, abs=1e-6)
     assert direction.sign == result.directions.sign
     assert direction.scales == dict.fromkeys(modules, 1.0) and direction.method == "mean_diff"
-    grad_dir = steerexp.fit("fisher_steer_reg2", acts)
+    grad_dir = steerexp.fit("fisher_steer_reg2", grads)
     assert set(grad_dir.sign[modules[0]]) >= {"flipped", "pair_vote_frac", "grad_rule"}
     text = steerexp.extract(hf, loaded.tokenizer, [("I am honest.", "I am a liar.")], modules=[3])
     assert text.acts["model.layers.3"].shape == (2, hf.config.hidden_size) and not text.grads
