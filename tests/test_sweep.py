@@ -60,9 +60,9 @@ def test_sweep_writes_ranking_with_shared_work(main_sweep) -> None:
     for line in md.splitlines():
         if line.startswith("| method"):
             cols = [c.strip() for c in line.strip("|").split("|")]
-            # the journal's columns first, then the random null's (SPEC 4.8)
+            # the journal's columns first, then the random null's (SPEC 4.8, issue 21)
             assert cols[:9] == JOURNAL_HEADER
-            assert {"slope 95% CI", "vs_random", "p_random"} <= set(cols[9:]), cols
+            assert {"slope 95% CI", "vs_random", "p_null", "p_null_adj"} <= set(cols[9:]), cols
     metrics = job_metrics(tmp / "sweep")
     assert len(metrics) == 4 and all(m["status"] == "ok" for m in metrics)
     assert sum(not m["extraction_cached"] for m in metrics) == 2, "one extraction per module"
