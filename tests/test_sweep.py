@@ -154,6 +154,30 @@ def test_interrupted_sweep_resumes_to_the_same_ranking(main_sweep, tmp_path: Pat
     pd.testing.assert_frame_equal(a[key + STATS], b[key + STATS])
 
 
+@pytest.mark.slow
+def test_random_directions_as_rows_are_not_separable_and_mean_diff_is(tmp_path: Path) -> None:
+    """Issue 21: ``method=random method.seed=0..7`` is one table of 8 random directions; at most
+    one adjacent pair is separable (referenced to the null directions' pair gaps), and after the
+    family correction (random is the family when it is all that was swept) none beats the null.
+    mean_diff is separable from random. (Organism, ~4 min on 2 loaded cores.)"""
+    out = run_small(tmp_path / "r", "method=random", "method.seed=range(0,8)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "r" / "sweep" / "ranking.csv")
+    assert sorted(df["label"]) == [f"random[seed={k}]" for k in range(8)]
+    assert df["slope"].nunique() == 8, "eight different directions"
+    assert (df["sep_ref"] == "null_pairs").sum() == 7 and df["sep_p"].notna().sum() == 7
+    assert int(df["sep_next"].fillna(False).astype(bool).sum()) <= 1
+    assert (df["p_null_adj"] >= 0.05).all()
+    md = (tmp_path / "r" / "sweep" / "ranking.md").read_text()
+    assert md.count("| random[seed=") == 8 and "the random rows are the family" in md
+    out = run_small(tmp_path / "m", "method=mean_diff,random")
+    assert out.returncode == 0, out.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "m" / "sweep" / "ranking.csv")
+    assert df["label"].tolist() == ["mean_diff", "random"]
+    assert bool(df["sep_next"].iloc[0]) and df["sep_ref"].iloc[0] == "null_pairs"
+    assert df["p_null_adj"].notna().tolist() == [True, False], "random is a control"
+
+
 TINY_SWEEP = [
     "model=tiny_random",
     "dataset.max_pairs=4",

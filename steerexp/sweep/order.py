@@ -13,7 +13,7 @@ random directions show between each other. That makes it conservative for two st
 
 Run dirs from before ``null_slopes.csv`` take the null directions' per-scenario slopes from the
 null's cached rows when the cache is still there. Without either, the fallback is a paired t-test of the ``D`` over
-scenarios against the rows' own scenario spread (``sep_ref = rows``), printed as such under the
+scenarios against the rows' own scenario spread (``sep_ref = row_spread``), printed as such under the
 table: it can call a gap between two random directions real.
 """
 
@@ -151,8 +151,8 @@ def null_pair_gaps(null: pd.DataFrame, scenarios: list[str]) -> np.ndarray:
 
 
 def pair_test(a: pd.Series, b: pd.Series, null: pd.DataFrame | None) -> tuple[float, str | None]:
-    """``(sep_p, reference)`` of rows ``a`` then ``b`` (per-scenario slopes); reference ``null``
-    (gaps between null directions) or ``rows`` (paired t on the rows' own spread); NaN and None
+    """``(sep_p, reference)`` of rows ``a`` then ``b`` (per-scenario slopes); reference ``null_pairs``
+    (gaps between null directions) or ``row_spread`` (paired t on the rows' own spread); NaN and None
     with fewer than :data:`MIN_SCENARIOS` shared scenarios."""
     shared = sorted(set(a.index) & set(b.index))
     if null is not None:
@@ -163,10 +163,12 @@ def pair_test(a: pd.Series, b: pd.Series, null: pd.DataFrame | None) -> tuple[fl
     if null is not None:
         gaps = null_pair_gaps(null, shared)
         if len(gaps):
-            return float((1 + (gaps >= abs(d.mean()) - 1e-12).sum()) / (len(gaps) + 1)), "null"
+            return float(
+                (1 + (gaps >= abs(d.mean()) - 1e-12).sum()) / (len(gaps) + 1)
+            ), "null_pairs"
     if np.allclose(d, d[0]):
-        return (0.0 if d[0] != 0 else 1.0), "rows"
-    return float(stats.ttest_1samp(d, 0.0).pvalue), "rows"
+        return (0.0 if d[0] != 0 else 1.0), "row_spread"
+    return float(stats.ttest_1samp(d, 0.0).pvalue), "row_spread"
 
 
 def order_tests(
@@ -187,7 +189,7 @@ def footer_line(part: pd.DataFrame, n_null: int | None) -> str | None:
     refs = set(part.get("sep_ref", pd.Series(dtype=object)).dropna())
     if not refs:
         return None
-    if refs == {"null"}:
+    if refs == {"null_pairs"}:
         pairs = f"{n_null * (n_null - 1) // 2} pairs of {n_null}" if n_null else "the pairs of"
         return (
             f"sep_next: this row's per-scenario slopes minus the next row's, mean gap against the "
