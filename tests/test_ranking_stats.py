@@ -272,3 +272,38 @@ def test_method_seed_picks_the_random_direction_not_the_run_seed() -> None:
     assert not torch.equal(by_run[0], by_run[1])
     assert torch.equal(fixed[0], fixed[1]) and torch.equal(fixed[0], by_run[0])
     assert not torch.equal(fit_from_config({**cfg, "seed": 4}, acts).vector, fixed[0])
+
+
+def test_confirm_picks_the_top_shown_rows_and_half_the_scenarios(tmp_path: Path) -> None:
+    """ranking.confirm's choice: the best shown single-run rows (no random control, no pooled row)
+    and a seeded half of the scenarios, rounded up; the report prints the verdicts it recorded."""
+    from steerexp.sweep import confirm
+
+    df = pd.DataFrame(
+        {
+            "job": ["p", "a", "r", "b", "c"],
+            "label": ["pooled", "mean_diff", "random", "pca_diff", "svd_steer"],
+            "method": ["mean_diff", "mean_diff", "random", "pca_diff", "svd_steer"],
+            "status": ["ok", "ok", "ok", "ok", "failed"],
+            "in_table": [True, True, True, True, True],
+            "pooled": [True, False, False, False, False],
+        }
+    )
+    assert confirm.candidates(df, 2)["job"].tolist() == ["a", "b"]
+    questions = [{"id": f"s{i // 2}_a{i % 2}", "scenario": f"s{i // 2}"} for i in range(12)]
+    half = confirm.half_of_scenarios(questions, 7)
+    assert len({q["scenario"] for q in half}) == 3 and len(half) == 6
+    assert half == confirm.half_of_scenarios(questions, 7)
+    no_scenario = [{"id": f"q{i}"} for i in range(5)]
+    assert len(confirm.half_of_scenarios(no_scenario, 1)) == 3, "each question its own scenario"
+    (tmp_path / "confirm").mkdir()
+    pd.DataFrame(
+        [
+            ["a", "mean_diff", 30.0, 29.0, 31.0, 9, 3, 29.5, True, ""],
+            ["b", "pca_diff", 27.0, 26.0, 28.0, 9, 3, 20.0, False, ""],
+        ],
+        columns=confirm.CONFIRM_COLUMNS,
+    ).to_csv(tmp_path / "confirm" / "confirm.csv", index=False)
+    text = "\n".join(confirm.section(tmp_path))
+    assert "- mean_diff: replicates: slope 29.50 on 3 scenarios" in text
+    assert "- pca_diff: does NOT replicate: slope 20.00" in text and "[26.00, 28.00]" in text

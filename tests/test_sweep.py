@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -215,6 +216,44 @@ def test_slash_and_absolute_override_values_keep_every_job(tmp_path: Path) -> No
     assert list(ranking["status"]) == ["ok", "ok"]
     copies = list((tmp_path / "reports").iterdir())
     assert len(copies) == 1 and (copies[0] / "ranking.md").is_file()
+
+
+@pytest.mark.slow
+def test_confirm_reruns_the_top_row_on_a_fresh_seed_and_half_the_scenarios(
+    tmp_path: Path,
+) -> None:
+    """``ranking.confirm=1``: the best non-random row is re-run in-process into confirm/<job>/ with
+    seed + 1000003 on half the questions, and ranking.md says whether it replicated."""
+    out = subprocess.run(
+        tiny_sweep_cmd(
+            tmp_path,
+            "method=pca_diff,random",
+            "ranking.confirm=1",
+            f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "sweep" / "confirm" / "confirm.csv")
+    assert table["label"].tolist() == ["pca_diff"] and table["confirm_seed"].tolist() == [1000003]
+    job = tmp_path / "sweep" / "confirm" / table["job"].iloc[0]
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["seed"] == 1000003 and metrics["status"] == "ok"
+    slope = math.nan if metrics["slope"] is None else metrics["slope"]
+    assert table["confirm_slope"].iloc[0] == pytest.approx(slope, nan_ok=True)
+    asked = pd.read_csv(job / "dose_response.csv")["question_id"].nunique()
+    full = pd.read_csv(tmp_path / "sweep" / table["job"].iloc[0] / "dose_response.csv")
+    assert asked == -(-full["question_id"].nunique() // 2)
+    md = (tmp_path / "sweep" / "ranking.md").read_text()
+    assert "## Confirmation" in md and "- pca_diff: " in md
+    # the tiny random model never answers, so there is no slope to judge
+    assert "not judged (no slope or no interval)" in md
+    assert (
+        pd.read_csv(tmp_path / "sweep" / "ranking.csv")["job"].str.startswith("confirm").sum() == 0
+    )
 
 
 def test_sweep_whose_ranking_cannot_be_written_exits_nonzero(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from steerexp.core.artifacts import dose_curve, draw_dose_curve
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, plain_name
-from steerexp.sweep import order
+from steerexp.sweep import confirm, order
 from steerexp.sweep.collect import collect
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
             journal_table(part, label_col="label", extra_cols=("status",) if with_status else ())
         )
         lines += footer(part, df.attrs.get("order_null_k", {}).get(group))
+    lines += confirm.section(sweep_dir)
     bad = df[(df["status"] != "ok") & ~df["pooled"].astype(bool)]
     bad = bad.sort_values("_index", kind="mergesort")
     if len(bad):
