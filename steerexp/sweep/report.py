@@ -168,17 +168,13 @@ def plot_sweep(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
     for ax, group in zip(axes.flat, groups, strict=False):
         drawn, coeffs = 0, []
         colors = plt.get_cmap("tab20").colors
-        for _, r in df[(df["_group"] == group) & df["in_table"].astype(bool)].iterrows():
-            if r["pooled"]:
-                continue
+        # every run is drawn (a pooled row's seeds each as its own line)
+        for _, r in df[(df["_group"] == group) & ~df["pooled"].astype(bool)].iterrows():
             curve = _curve(Path(sweep_dir) / r["job"])
             if curve is None:
                 continue
-            label = (
-                f"{r['label']} (score {r['score']:.2f})"
-                if pd.notna(r["score"])
-                else str(r["label"])
-            )
+            name = str(r["label"]) + ("" if r["in_table"] else f" seed={r['seed']}")
+            label = f"{name} (score {r['score']:.2f})" if pd.notna(r["score"]) else name
             style = {"color": colors[drawn % 20], "ls": ("-", "--", ":")[drawn // 20 % 3]}
             draw_dose_curve(ax, curve, label=label, **style)
             coeffs.extend(curve["c"].tolist())
