@@ -307,3 +307,17 @@ def test_confirm_picks_the_top_shown_rows_and_half_the_scenarios(tmp_path: Path)
     text = "\n".join(confirm.section(tmp_path))
     assert "- mean_diff: replicates: slope 29.50 on 3 scenarios" in text
     assert "- pca_diff: does NOT replicate: slope 20.00" in text and "[26.00, 28.00]" in text
+
+
+def test_order_test_falls_back_when_the_null_names_other_scenarios() -> None:
+    """A null keyed by other scenario names (e.g. question ids) cannot referee the rows: the test
+    uses the rows' own spread instead of giving up."""
+    from steerexp.sweep import order
+
+    a = pd.Series([3.0, 3.2, 2.9, 3.1], index=["s0", "s1", "s2", "s3"])
+    b = a - 1.0 + np.array([0.01, -0.02, 0.0, 0.01])
+    null = pd.DataFrame(np.arange(12.0).reshape(3, 4), columns=["q0", "q1", "q2", "q3"])
+    p, ref = order.pair_test(a, b, null)
+    assert ref == "row_spread" and p < 1e-3
+    p, ref = order.pair_test(a, b, null.set_axis(list(a.index), axis=1))
+    assert ref == "null_pairs" and p == pytest.approx(1.0), "every null gap (4, 8, 4) is wider"

@@ -152,20 +152,21 @@ def null_pair_gaps(null: pd.DataFrame, scenarios: list[str]) -> np.ndarray:
 
 def pair_test(a: pd.Series, b: pd.Series, null: pd.DataFrame | None) -> tuple[float, str | None]:
     """``(sep_p, reference)`` of rows ``a`` then ``b`` (per-scenario slopes); reference ``null_pairs``
-    (gaps between null directions) or ``row_spread`` (paired t on the rows' own spread); NaN and None
-    with fewer than :data:`MIN_SCENARIOS` shared scenarios."""
+    (gaps between null directions, when the null has at least :data:`MIN_SCENARIOS` of the rows'
+    shared scenarios) or ``row_spread`` (paired t on the rows' own spread); NaN and None with
+    fewer shared scenarios than that."""
     shared = sorted(set(a.index) & set(b.index))
-    if null is not None:
-        shared = [s for s in shared if s in null.columns]
-    if len(shared) < MIN_SCENARIOS:
-        return math.nan, None
-    d = a[shared].to_numpy() - b[shared].to_numpy()
-    if null is not None:
-        gaps = null_pair_gaps(null, shared)
+    in_null = [s for s in shared if null is not None and s in null.columns]
+    if null is not None and len(in_null) >= MIN_SCENARIOS:
+        gaps = null_pair_gaps(null, in_null)
+        d = a[in_null].to_numpy() - b[in_null].to_numpy()
         if len(gaps):
             return float(
                 (1 + (gaps >= abs(d.mean()) - 1e-12).sum()) / (len(gaps) + 1)
             ), "null_pairs"
+    if len(shared) < MIN_SCENARIOS:
+        return math.nan, None
+    d = a[shared].to_numpy() - b[shared].to_numpy()
     if np.allclose(d, d[0]):
         return (0.0 if d[0] != 0 else 1.0), "row_spread"
     return float(stats.ttest_1samp(d, 0.0).pvalue), "row_spread"
