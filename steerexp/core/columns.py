@@ -187,6 +187,8 @@ def journal_table(
     fraction at each end of the grid), ``n_seeds``, ``shift`` (fitted log-ratio change over the
     grid), ``kl_at_max``, ``coherent_max``, ``dup_of``; then ``extra_cols``. Floats, two decimals.
     """
+    if not _present(df, "p_null") and _present(df, "p_random_rank"):
+        df = df.assign(p_null=df["p_random_rank"])  # run dirs from before p_null: the same rank p
     key = _num(df, sort_key(df))
     tie = _num(df, "signed_score")
     order = pd.DataFrame({"k": -key, "t": -tie}).sort_values(
