@@ -2,7 +2,8 @@
 
 Commands are the ``steerexp``, ``python -m steerexp[.module]``, ``steerexp-report`` and
 ``make`` lines of the shell code blocks and the same commands in inline code spans (``a|b``
-there lists alternatives; ``...`` is dropped). Each is checked without loading a model:
+there lists alternatives; ``...`` and stand-ins like ``<overrides>`` or ``RUN_DIR`` are
+dropped). Each is checked without loading a model:
 
 - ``steerexp ARGS``: the CLI's own checks (:func:`steerexp.cli.check_args`), then every job of
   the sweep (the command line's axes and an experiment file's ``hydra.sweeper.params``)
@@ -56,6 +57,11 @@ NOT_VALIDATED = {
     "python -m steerexp method=my_method": "the method of docs/architecture.md's walk-through, "
     "registered in code first",
 }
+
+
+#: A usage pattern's stand-ins (``<overrides>``, ``[--out DIR]``, ``RUN_DIR``, ``key=a,b``):
+#: left out of the ``steerexp`` arguments checked.
+PLACEHOLDER = re.compile(r"<[^>]*>|^\[|\]$|^[A-Z][A-Z_]*$|^key=")
 
 
 @dataclass(frozen=True)
@@ -227,7 +233,9 @@ def check(command: Command, cwd: Path) -> None:
                 check(Command(command.page, line, ("python", *recipe[i:])), cwd)
         return
     if program == "steerexp":
-        args = argv[3:] if argv[0] == "python" else argv[1:]
+        args = [
+            a for a in (argv[3:] if argv[0] == "python" else argv[1:]) if not PLACEHOLDER.search(a)
+        ]
         if args[:1] == ["export"]:
             return check_export(args, cwd)
         if {"--help", "-h", "--cfg", "-c"} & set(args):
