@@ -174,13 +174,14 @@ def test_a_variant_key_without_its_base_names_the_base(tmp_path: Path) -> None:
     assert cfg.method.reg == 0.1 and cfg.method.fisher == "ief"
 
 
-def test_a_user_file_named_like_a_builtin_option_is_refused(tmp_path: Path) -> None:
-    """Hydra reads the package's tree first, so the user's ``model/organism.yaml`` would be
-    ignored silently; an identical copy is fine."""
-    root = user_dir(tmp_path, {"model/organism.yaml": "name: organism\ndtype: bfloat16\n"})
-    with pytest.raises(SteerexpError, match=r"model option 'organism' is built in"):
+@pytest.mark.parametrize("rel", ["model/organism.yaml", "config.yaml", "experiment/journal.yaml"])
+def test_a_user_file_named_like_a_builtin_one_is_refused(tmp_path: Path, rel: str) -> None:
+    """Hydra reads the package's tree first, so the user's ``model/organism.yaml`` (or
+    ``config.yaml``) would be ignored silently; an identical copy is fine."""
+    root = user_dir(tmp_path, {rel: "name: organism\ndtype: bfloat16\n"})
+    with pytest.raises(SteerexpError, match=rf"steerexp ships {rel} too"):
         check_args(["--config-dir", str(root)])
-    (root / "model/organism.yaml").write_bytes((CONF_DIR / "model/organism.yaml").read_bytes())
+    (root / rel).write_bytes((CONF_DIR / rel).read_bytes())
     check_args(["--config-dir", str(root)])
 
 

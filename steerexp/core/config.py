@@ -174,18 +174,19 @@ def option_file(group: str, option: str, dirs: Sequence[Path] = ()) -> Path | No
 
 
 def check_user_dirs(dirs: Sequence[Path]) -> None:
-    """A user's file named like a built-in option is never read (the package's tree comes first
-    in Hydra's search path): if its content differs, say so instead of ignoring it silently."""
+    """A user's file at a path the package also ships (``model/organism.yaml``, ``config.yaml``)
+    is never read, as the package's tree comes first in Hydra's search path: if its content
+    differs, say so instead of ignoring it silently."""
     for d in dirs:
-        for group in sorted(GROUPS):
-            for path in sorted((Path(d) / group).glob("*.yaml")):
-                builtin = CONF_DIR / group / path.name
-                if builtin.is_file() and builtin.read_bytes() != path.read_bytes():
-                    raise SteerexpError(
-                        f"{path}: {group} option {path.stem!r} is built in, and the built-in one "
-                        "wins; give yours another name (or set STEEREXP_CONF_DIR to replace the "
-                        "whole config tree)"
-                    )
+        for builtin in sorted(CONF_DIR.rglob("*.yaml")):
+            rel = builtin.relative_to(CONF_DIR)
+            path = Path(d) / rel
+            if path.is_file() and builtin.read_bytes() != path.read_bytes():
+                raise SteerexpError(
+                    f"{path}: steerexp ships {rel.as_posix()} too, and Hydra reads the package's "
+                    "first; give yours another name (or set STEEREXP_CONF_DIR to replace the "
+                    "whole config tree)"
+                )
 
 
 def check_option_file(group: str, path: Path) -> None:
