@@ -128,6 +128,17 @@ def test_wheel_runs_the_experiment_and_a_sweep_from_an_empty_dir(
     assert helped.returncode == 0, helped.stderr
     assert "steerexp export RUN_DIR" in helped.stdout and "model: glm4_9b" in helped.stdout
 
+    bad = run(fresh, cwd, "steerexp", "model=organsm")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == (
+        "steerexp: error: unknown model option 'organsm'; did you mean 'organism'? valid: "
+        + ", ".join(sorted(p.stem for p in (REPO / "steerexp/conf/model").glob("*.yaml")))
+        + "\n"
+    )
+    if (package / "export.py").is_file():
+        exported = run(fresh, cwd, "steerexp", "export", "--help")
+        assert exported.returncode == 0 and "--to" in exported.stdout, exported.stderr
+
     (cwd / "conf" / "model").mkdir(parents=True)
     (cwd / "conf" / "model" / "my_llama.yaml").write_text(
         "name: my_llama\npath: meta-llama/Llama-3.2-1B-Instruct\narchitecture: LlamaForCausalLM\n"
