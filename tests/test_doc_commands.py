@@ -280,7 +280,7 @@ def test_the_pages_hold_the_commands_they_should() -> None:
     own = [
         c for c in by_page[REPO / "docs/own-data.md"] if c.argv[:3] == ("python", "-m", "steerexp")
     ]
-    assert len(own) == 4 and sum("-m" in c.argv[3:] for c in own) == 2
+    assert len(own) >= 4 and sum("-m" in c.argv[3:] for c in own) >= 2
     assert any(c.argv[:2] == ("make", "test") for c in by_page[REPO / "README.md"])
     assert any("--config-dir" in c.argv for c in by_page[REPO / "docs/configuration.md"])
     for text_ in NOT_VALIDATED:
