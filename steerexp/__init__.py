@@ -11,7 +11,8 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The Hydra config tree, shipped inside the package (``pkg://steerexp.conf``). Users add their
+#: The Hydra config tree, shipped inside the package as package data and found by its path
+#: next to this file, so a wheel install finds it from any working directory. Users add their
 #: own options with ``--config-dir``/``hydra.searchpath`` (docs/configuration.md);
 #: ``STEEREXP_CONF_DIR`` replaces the whole tree.
 CONF_DIR = Path(os.environ.get("STEEREXP_CONF_DIR", Path(__file__).resolve().parent / "conf"))
