@@ -144,8 +144,9 @@ class DatasetConfig(FileSource):
     suffixes: str | None = None
     #: persona mode: add every word-prefix of each suffix as its own pair
     truncate: bool = False
-    #: fraction of rows held out (seeded by split_seed, disjoint) for an eval reading this file
-    holdout: float = 0.0
+    #: fraction of rows held out (seeded by split_seed, disjoint) for an eval reading this same
+    #: file and split; null: 0.25 when the eval reads it, else 0
+    holdout: float | None = None
     split_seed: int = 0
     #: at most this many pairs (a seeded subsample, stable across runs); null = all
     max_pairs: int | None = None
