@@ -26,8 +26,8 @@ class ModelConfig:
     revision: str | None = None
     #: the checkpoint's expected ``architectures`` entry (checked at load); null: not checked
     architecture: str | None = None
-    #: float32 | bfloat16 | float16
-    dtype: str = "bfloat16"
+    #: auto (bfloat16 on a GPU, float32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"
     #: null | 4bit | 8bit (bitsandbytes)
     quantization: str | None = None
     #: auto: cuda when available, else cpu

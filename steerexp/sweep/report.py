@@ -105,11 +105,16 @@ def footer(part: pd.DataFrame) -> list[str]:
         .iterrows()
     ):
         k, med, p95, shift = (pd.to_numeric(r[c], errors="coerce") for c in cols[:4])
+        prompting = (
+            "no persona given (the dataset has no persona template to prompt with)"
+            if pd.isna(shift)
+            else "positive minus negative persona, unsteered, log-ratio shift "
+            f"{shift:.2f} (compare `shift`, each row's fitted change over the grid)"
+        )
         lines += [
             "",
             f"null: {k:.0f} random directions, median |slope| {med:.2f}, 95th percentile |slope| {p95:.2f} "
-            f"(`ns` = p_holm >= 0.05 against it); prompting reference: positive minus negative persona, "
-            f"unsteered, log-ratio shift {shift:.2f} (compare `shift`, each row's fitted change over the grid)",
+            f"(`ns` = p_holm >= 0.05 against it); prompting reference: {prompting}",
         ]
     return lines
 
