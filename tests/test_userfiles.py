@@ -326,3 +326,81 @@ def test_caa_generate_and_test_files_run_end_to_end(tmp_path: Path) -> None:
     cost = pd.read_csv(tmp_path / "run" / "coherence.csv")
     per = dose.groupby("coeff")["n_tokens"].mean()
     assert cost.set_index("coeff")["mean_len"].tolist() == per.tolist()
+
+
+def test_hf_dir_hash_follows_its_content(tmp_path: Path) -> None:
+    """Item 12: a save_to_disk dir gets a sha256 (of its arrow files) that changes with its rows."""
+    datasets = pytest.importorskip("datasets")
+    from steerexp.core.tables import file_hash
+
+    datasets.Dataset.from_list(caa_rows(4, "One")).save_to_disk(str(tmp_path / "a"))
+    datasets.Dataset.from_list(caa_rows(4, "One")).save_to_disk(str(tmp_path / "b"))
+    datasets.Dataset.from_list(caa_rows(4, "Two")).save_to_disk(str(tmp_path / "c"))
+    hashes = [file_hash(tmp_path / name) for name in "abc"]
+    assert hashes[0] is not None and hashes[0] == hashes[1] != hashes[2]
+
+
+def _data_errors(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Data-file problems of issue 23, each as (overrides, the one-line message expected)."""
+    test = write_jsonl(tmp_path / "test.jsonl", caa_rows(4, "Test"))
+    copy = write_jsonl(tmp_path / "copy.jsonl", caa_rows(4, "Test"))
+    three = caa_rows(8, "Three")
+    three[0]["question"] += "\n (C) Maybe."
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(
+        (json.dumps(caa_rows(1, "Café")[0], ensure_ascii=False) + "\n").encode("latin-1")
+    )
+    return {
+        "leakage": (
+            ["dataset=caa", "eval=caa", f"dataset.path={copy}", f"eval.path={test}"],
+            "train/test leakage: 4 of 4 eval questions",
+        ),
+        "shown_c": (
+            ["dataset=caa", "eval=caa", f"dataset.path={write_jsonl(tmp_path / 'c.jsonl', three)}"],
+            "line 1: the question shows options (A), (B), (C)",
+        ),
+        "latin1": (
+            ["dataset=caa", "eval=caa", f"dataset.path={latin}"],
+            "latin.jsonl is not UTF-8 (byte 0xe9 at line 1)",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["leakage", "shown_c", "latin1"])
+def test_data_errors_fail_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Item 7 (this helper's part): each new data-file problem is a one-line SteerexpError,
+    raised and recorded before any model loads."""
+    from steerexp import pipeline
+    from steerexp.pipeline import steps
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(steps, "load_model", no_load)
+    overrides, message = _data_errors(tmp_path)[case]
+    with pytest.raises(SteerexpError) as e:
+        pipeline.run(compose_cfg(*overrides), tmp_path / "run", progress=False)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert message in (tmp_path / "run" / "status.json").read_text()
+
+
+def test_data_error_from_the_command_line_is_one_line(tmp_path: Path) -> None:
+    """Item 7: through the CLI, a data-file problem ends the process non-zero with one
+    'steerexp: error:' line and no traceback (the exit code itself, 2 for bad input, is the
+    `fail` helper's rule and tested there)."""
+    import subprocess
+    import sys
+
+    overrides, message = _data_errors(tmp_path)["leakage"]
+    out = subprocess.run(
+        [sys.executable, "-m", "steerexp", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("steerexp: error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
