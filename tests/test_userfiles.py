@@ -76,6 +76,10 @@ def test_datasetdict_train_and_test_splits_are_used_whole(
     assert info["split"] == "train" and info["eval"]["split"] == "test"
     assert info["sha256"] is not None and len(info["sha256"]) == 64
     assert info["eval"]["sha256"] == info["sha256"]  # one dir holds both splits
+    with pytest.raises(
+        SteerexpError, match=r"DatasetDict with splits test, train: pick one with eval.split=<name>"
+    ):
+        check("dataset=caa", "eval=caa", f"dataset.path={dataset_dict}", "dataset.split=train")
 
 
 def test_separate_eval_file_holds_nothing_out(tmp_path: Path) -> None:

@@ -95,6 +95,11 @@ def _hf_records(path: str, split: str | None, key: str) -> list[dict[str, Any]]:
     if isinstance(ds, datasets.DatasetDict):
         if split is None and len(ds) == 1:
             split = next(iter(ds))
+        if split is None:
+            raise SteerexpError(
+                f"{key}={path!r} is a DatasetDict with splits {', '.join(sorted(ds))}: pick one "
+                f"with {key.rsplit('.', 1)[0]}.split=<name>"
+            )
         if split not in ds:
             raise choice_error(f"split of {path!r} ({key.rsplit('.', 1)[0]}.split)", split, ds)
         ds = ds[split]
