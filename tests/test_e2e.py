@@ -131,6 +131,7 @@ def test_artifacts_follow_the_spec(runs) -> None:
         "forced",
         "completion",
         "stop_reason",
+        "n_tokens",
     ]
     assert set(dose["stop_reason"]) <= {"stop_token", "regex", "length"}
     dirs = load_file(str(d / "directions.safetensors"))

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from steerexp.core.config import typed
 from steerexp.core.data import Pair, Question, subsample
 from steerexp.core.errors import SteerexpError
@@ -101,6 +103,21 @@ def holdout_fraction(dataset_cfg: Mapping[str, Any], eval_cfg: Mapping[str, Any]
         return float(value)
     one_file = eval_cfg is not None and same_source(dataset_cfg, eval_cfg)
     return DEFAULT_HOLDOUT if one_file else 0.0
+
+
+def with_holdout(
+    dataset_cfg: Mapping[str, Any], eval_cfg: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The dataset config as a plain dict with ``holdout`` resolved (:func:`holdout_fraction`);
+    the run's own config keeps what the user wrote, so its hash stays the same."""
+    plain = (
+        OmegaConf.to_container(dataset_cfg, resolve=True)
+        if isinstance(dataset_cfg, DictConfig)
+        else dict(dataset_cfg)
+    )
+    if isinstance(eval_cfg, DictConfig):
+        eval_cfg = OmegaConf.to_container(eval_cfg, resolve=True)
+    return {**plain, "holdout": holdout_fraction(plain, eval_cfg)}
 
 
 def holdout_split(table: Table, cfg: Mapping[str, Any]) -> tuple[list[Row], list[Row]]:
@@ -235,6 +252,7 @@ def check_leakage(
     more = f" and {len(hits) - 8} more" if len(hits) > 8 else ""
     raise SteerexpError(
         f"train/test leakage: {len(hits)} of {len(questions)} eval questions are also contrast "
-        f"pairs of {dataset_key} (eval question = pair row): {shown}{more}; remove them from one "
-        "file (one file for both: dataset.holdout splits it without overlap)"
+        f"pairs of {dataset_key} (eval question = pair row): {shown}{more}; remove them from the "
+        "contrast rows or the eval rows (a file that repeats a question puts it on both sides of "
+        "its holdout split)"
     )

@@ -19,6 +19,7 @@ from steerexp.core.datafiles import (
     holdout_fraction,
     holdout_split,
     same_source,
+    with_holdout,
 )
 from steerexp.core.errors import SteerexpError
 from steerexp.core.tables import (
@@ -126,7 +127,8 @@ def eval_rows(
 ) -> tuple[Table, list[Row]]:
     """The eval file's table and the rows it asks: all of them, or the dataset's held-out rows
     when it reads the dataset's own source."""
-    eval_cfg, dataset_cfg = typed("eval", eval_cfg), typed("dataset", dataset_cfg)
+    dataset_cfg = typed("dataset", with_holdout(dataset_cfg, eval_cfg))
+    eval_cfg = typed("eval", eval_cfg)
     shared = same_source(eval_cfg, dataset_cfg)
     key = "dataset.path" if shared else "eval.path"
     table = read_table(eval_cfg.path, str(eval_cfg.format), eval_cfg.split, key)
@@ -141,21 +143,16 @@ def eval_rows(
     return table, rows
 
 
-def resolve_holdout(cfg: DictConfig) -> float:
-    """Fix ``dataset.holdout`` in the config (:func:`holdout_fraction`: unset = 0.25 in one-file
-    mode, else 0) and say when set rows are held out that nothing asks."""
+def note_holdout(cfg: DictConfig) -> None:
+    """Say when a set ``dataset.holdout`` keeps rows out of the pairs that no eval asks."""
     frac = holdout_fraction(cfg.dataset, cfg.eval)
-    asked_elsewhere = not same_source(cfg.dataset, cfg.eval)
-    if cfg.dataset.holdout is None:
-        cfg.dataset.holdout = frac
-    elif frac and cfg.dataset.path is not None and asked_elsewhere:
+    if frac and cfg.dataset.path is not None and not same_source(cfg.dataset, cfg.eval):
         print(
             f"[steerexp] dataset.holdout={frac} keeps that share of {cfg.dataset.path} out of the "
             "contrast pairs although the eval reads other questions; set dataset.holdout=0 to "
             "use every row",
             flush=True,
         )
-    return frac
 
 
 def prepare_eval(cfg: DictConfig) -> None:
@@ -164,7 +161,7 @@ def prepare_eval(cfg: DictConfig) -> None:
     Runs before any model loads; afterwards ``cfg.eval`` looks like a built-in eval, so every
     stage reads it as before. Evals that list their ``questions`` are left alone.
     """
-    resolve_holdout(cfg)
+    note_holdout(cfg)
     if cfg.eval.questions is not None:
         return
     questions, answers = file_questions(cfg.eval, cfg.dataset)
@@ -193,15 +190,16 @@ def record_split(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
 
     ``contrast_rows`` / ``eval_rows`` are 1-based row numbers, each in its own source (the same
     one when ``eval_reads_it``); the eval's rows are recorded only when it reads a file."""
-    ds, ev = cfg.dataset, cfg.eval
-    if ds.path is None:
+    ev = cfg.eval
+    if cfg.dataset.path is None:
         return None
+    ds = typed("dataset", with_holdout(cfg.dataset, ev))
     table = read_table(ds.path, str(ds.format), ds.split, "dataset.path")
     train, held = holdout_split(table, ds)
     shared = same_source(ds, ev)
     info: dict[str, Any] = {
         **{k: v for k, v in _source(ds, train).items() if k != "rows"},
-        "holdout": float(ds.holdout or 0.0),
+        "holdout": float(ds.holdout),
         "split_seed": int(ds.split_seed),
         "eval_reads_it": shared,
         "contrast_rows": [r.index + 1 for r in train],

@@ -16,9 +16,9 @@ from steerexp.core.data import (
     load_pairs,
     load_questions,
 )
-from steerexp.core.datafiles import check_leakage
+from steerexp.core.datafiles import check_leakage, with_holdout
 from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.models import resolve_dtype, validate_model_cfg
+from steerexp.core.models import validate_model_cfg
 from steerexp.core.questionfiles import prepare_eval
 from steerexp.core.transforms import X_TRANSFORMS
 from steerexp.stages.extract.activations import GRAD_TOKENS
@@ -75,7 +75,6 @@ def check_config(cfg: DictConfig) -> Inputs:
         raise SteerexpError(f"eval.workers={workers!r} must be 'auto' or an integer >= 1")
     check_int(cfg, "extract.batch_size", 1)
     validate_model_cfg(plain(cfg.model))
-    cfg.model.dtype = resolve_dtype(str(cfg.model.dtype), str(cfg.model.device))
     COEFF_UNITS.get(str(cfg.coeff_units))
     X_TRANSFORMS.get(str(cfg.regress_x))
     if cfg.extract.grad_tokens not in GRAD_TOKENS:
@@ -92,7 +91,8 @@ def check_config(cfg: DictConfig) -> Inputs:
         raise SteerexpError(
             f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"
         )
-    inputs = Inputs(load_pairs(plain(cfg.dataset)), load_questions(plain(cfg.eval)), coeffs)
+    dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
+    inputs = Inputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
     check_leakage(
         inputs.pairs, inputs.questions, str(cfg.dataset.path or f"dataset={cfg.dataset.name}")
     )
