@@ -406,3 +406,19 @@ def test_data_error_from_the_command_line_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("steerexp: error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+
+
+def test_letter_options_are_read_in_their_own_case() -> None:
+    """Item 4: the judge's variants of option A are 'A' tokens only (as the regex reads it),
+    not the article ' a'; word answers stay case-insensitive."""
+    from helpers import tiny
+
+    from steerexp.core.answers import answer_variants
+
+    tok = tiny().tokenizer
+    lower = [i for i in range(len(tok)) if tok.decode([i]).strip() == "a"]
+    assert lower, "the test needs a vocabulary with an 'a' token"
+    ids = answer_variants(tok, "A")
+    assert ids and all(tok.decode([i]).strip() == "A" for i in ids)
+    assert not set(ids) & set(lower)
+    assert answer_variants(tok, "yes") == answer_variants(tok, "Yes")
