@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	@# CPU machines: the local CPU wheel first, so no dependency range pulls a CUDA build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	@# peers (export round trips, bench peers): old pins, so without their dependencies
+	$(PY) -m pip install -q --no-deps 'repeng==0.4.0' 'steering-vectors==0.12.2' 'gguf>=0.10'
+	$(PY) -m pip install -q scikit-learn
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install steerexp with its dev tools

@@ -32,6 +32,36 @@ def cache_dir() -> Path:
     return Path(xdg) / "steerexp"
 
 
+#: The public API, imported on first use so ``import steerexp`` stays cheap (name -> module).
+_PUBLIC = {
+    "compose": "steerexp.api",
+    "run": "steerexp.api",
+    "RunResult": "steerexp.api",
+    "Ranking": "steerexp.api",
+    "extract": "steerexp.blocks",
+    "fit": "steerexp.blocks",
+    "steer": "steerexp.blocks",
+    "Activations": "steerexp.blocks",
+    "Directions": "steerexp.directions",
+    "Direction": "steerexp.directions",
+}
+__all__ = [*_PUBLIC, "sweep", "cache_dir", "CONF_DIR", "DATA_DIR", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    """``steerexp.run``, ``steerexp.steer``... from their modules on first use. ``steerexp.sweep``
+    is the :mod:`steerexp.sweep` package, which is callable (:func:`steerexp.api.sweep`)."""
+    import importlib
+
+    if name == "sweep":
+        return importlib.import_module("steerexp.sweep")
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'steerexp' has no attribute {name!r}")
+
+
 def _register_configs() -> None:
     from steerexp.core.config import register_configs
 

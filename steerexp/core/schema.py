@@ -97,6 +97,16 @@ class VjpMethod(MethodConfig):
 
 
 @dataclass
+class RandomMethod(MethodConfig):
+    """A seeded Gaussian direction (the null, as a method). ``seed`` null: the run's ``seed``; set,
+    it picks the direction alone, so ``method=random method.seed=0,1,2`` are three directions (rows
+    of one ranking table) sampled with the same run seed (common random numbers)."""
+
+    kind: str = "random"
+    seed: int | None = None
+
+
+@dataclass
 class LossConfig:
     """``loss``: the loss whose gradients the gradient methods use (SPEC 4.4)."""
 
@@ -231,6 +241,17 @@ class RandomNullConfig:
 
 
 @dataclass
+class RankingConfig:
+    """How a sweep's ranking reads across its runs (``steerexp.sweep``)."""
+
+    #: multiple-comparison correction of ``p_null`` over the whole sweep (every table; ``random``
+    #: rows excluded unless they are all that was swept): holm | bh (Benjamini-Hochberg FDR)
+    correction: str = "holm"
+    #: re-run the top k rows on a fresh seed to check they replicate (0: none)
+    confirm: int = 0
+
+
+@dataclass
 class Config:
     """The whole experiment (``conf/config.yaml`` picks each group's option)."""
 
@@ -251,6 +272,7 @@ class Config:
     regress_x: str = "symlog"
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     random_null: RandomNullConfig = field(default_factory=RandomNullConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     #: extraction cache; null: steerexp.cache_dir()/extractions
     cache_dir: str | None = None
     #: the sweep report's folder name under multirun_reports/; null: <date>_<time>-<id>
@@ -274,13 +296,19 @@ SECTIONS: dict[str, type] = {
     "kl": KLConfig,
     "extract": ExtractConfig,
     "random_null": RandomNullConfig,
+    "ranking": RankingConfig,
 }
 #: Groups whose options differ in keys: the key that picks the variant, and each variant's schema
 #: (stored as ``<variant>_base``); an option matching none follows the group's base schema.
 VARIANTS: dict[str, tuple[str, dict[str, type]]] = {
     "method": (
         "kind",
-        {"fisher": FisherMethod, "fisher_dual": FisherDualMethod, "vjp_steer": VjpMethod},
+        {
+            "fisher": FisherMethod,
+            "fisher_dual": FisherDualMethod,
+            "vjp_steer": VjpMethod,
+            "random": RandomMethod,
+        },
     ),
     "loss": ("name", {"reprpo_margin": MarginLoss}),
     "logger": ("name", {"wandb": WandbLogger}),

@@ -26,6 +26,7 @@ from steerexp.stages.extract.losses import LOSSES
 from steerexp.stages.fit.methods import METHODS
 from steerexp.stages.intervene.scales import COEFF_UNITS
 from steerexp.stages.judge.judges import JUDGES
+from steerexp.sweep.rows import CORRECTIONS
 
 
 class Inputs(NamedTuple):
@@ -87,6 +88,9 @@ def check_config(cfg: DictConfig) -> Inputs:
     coeffs = check_coeffs(list(cfg.eval.coeffs))
     if cfg.coeff_units == "kl":
         load_neutral_prompts(str(cfg.kl.prompts))
+    if cfg.ranking.correction not in CORRECTIONS:
+        raise choice_error("ranking.correction", cfg.ranking.correction, list(CORRECTIONS))
+    check_int(cfg, "ranking.confirm", 0)
     if int(cfg.random_null.k) != 0 and int(cfg.random_null.k) < 2:
         raise SteerexpError(
             f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"

@@ -24,6 +24,7 @@ from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, error_text
 from steerexp.core.prompts import check_prompts
 from steerexp.core.questionfiles import record_split
+from steerexp.directions import provenance
 from steerexp.pipeline import steps
 from steerexp.pipeline.checks import check_config, identity, plain
 from steerexp.pipeline.reference import null_reference
@@ -92,6 +93,7 @@ def execute(
             "scales": steering.scales,
             "fit_info": {m: f.info for m, f in directions.fits.items()},
             "cache_key": ex.key,
+            **provenance(plain(cfg.model), model.loaded, model.modules, ex.meta["pairs"]),
         },
     )
 
