@@ -19,6 +19,7 @@ DOSE_COLUMNS = [
     "forced",
     "completion",
     "stop_reason",
+    "n_tokens",
 ]
 
 

@@ -26,8 +26,8 @@ class ModelConfig:
     revision: str | None = None
     #: the checkpoint's expected ``architectures`` entry (checked at load); null: not checked
     architecture: str | None = None
-    #: float32 | bfloat16 | float16
-    dtype: str = "bfloat16"
+    #: auto (bfloat16 on a GPU, float32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"
     #: null | 4bit | 8bit (bitsandbytes)
     quantization: str | None = None
     #: auto: cuda when available, else cpu
@@ -154,8 +154,9 @@ class DatasetConfig(FileSource):
     suffixes: str | None = None
     #: persona mode: add every word-prefix of each suffix as its own pair
     truncate: bool = False
-    #: fraction of rows held out (seeded by split_seed, disjoint) for an eval reading this file
-    holdout: float = 0.0
+    #: fraction of rows held out (seeded by split_seed, disjoint) for an eval reading this same
+    #: file and split; null: 0.25 when the eval reads it, else 0
+    holdout: float | None = None
     split_seed: int = 0
     #: at most this many pairs (a seeded subsample, stable across runs); null = all
     max_pairs: int | None = None

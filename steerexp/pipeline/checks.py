@@ -16,6 +16,7 @@ from steerexp.core.data import (
     load_pairs,
     load_questions,
 )
+from steerexp.core.datafiles import check_leakage, with_holdout
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.models import validate_model_cfg
 from steerexp.core.questionfiles import prepare_eval
@@ -94,4 +95,9 @@ def check_config(cfg: DictConfig) -> Inputs:
         raise SteerexpError(
             f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"
         )
-    return Inputs(load_pairs(plain(cfg.dataset)), load_questions(plain(cfg.eval)), coeffs)
+    dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
+    inputs = Inputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
+    check_leakage(
+        inputs.pairs, inputs.questions, str(cfg.dataset.path or f"dataset={cfg.dataset.name}")
+    )
+    return inputs

@@ -136,13 +136,18 @@ def footer(part: pd.DataFrame, n_null: int | None = None) -> list[str]:
         .iterrows()
     ):
         k, med, p95, shift = (pd.to_numeric(r[c], errors="coerce") for c in cols[:4])
+        prompting = (
+            "no persona given (the dataset has no persona template to prompt with)"
+            if pd.isna(shift)
+            else "positive minus negative persona, unsteered, log-ratio shift "
+            f"{shift:.2f} (compare `shift`, each row's fitted change over the grid)"
+        )
         lines += [
             "",
             f"null: K = {k:.0f} random directions; vs_random = |slope| / {med:.2f}, their median "
             f"|slope|; 95th percentile |slope| {p95:.2f}; p_null = (1 + #null |slope| >= |slope|) / "
             f"(K + 1), `> all {k:.0f}` = beyond every one (p_null = {1 / (k + 1):.2g}, the smallest "
-            f"K can give); prompting reference: positive minus negative persona, unsteered, "
-            f"log-ratio shift {shift:.2f} (compare `shift`, each row's fitted change over the grid)",
+            f"K can give); prompting reference: {prompting}",
         ]
     return lines
 
