@@ -57,7 +57,7 @@ def test_compose_is_the_cli_config_and_checked() -> None:
     assert OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(
         compose_cfg("method=random", "eval.repeats=2"), resolve=True
     )
-    assert OmegaConf.get_type(cfg.method).__name__ == "MethodConfig"
+    assert OmegaConf.get_type(cfg.method).__name__ == "RandomMethod"  # typed by its schema
     with pytest.raises(SteerexpError, match="did you mean 'pca_diff'"):
         steerexp.compose(["method=pca_dif"])
     with pytest.raises(SteerexpError, match="eval.repeats='many' must be an integer"):
