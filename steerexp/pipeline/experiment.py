@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from steerexp.core import artifacts
+from steerexp.core import artifacts, threads
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, error_text
 from steerexp.core.questionfiles import record_split
@@ -58,6 +58,8 @@ def execute(
 
     with timer("load"):
         model = steps.load(cfg)
+    threads.set_threads(threads.sized_threads(threads.config_width(model.loaded.hf.config)))
+    metrics.update(torch_threads=torch.get_num_threads())
     metrics.update(model_reused=model.loaded.reused, checkpoint=model.loaded.path)
 
     with timer("extract"):
@@ -143,7 +145,8 @@ def run(
     dose = None
     try:
         logger.start(cfg, run_dir)
-        dose = execute(cfg, run_dir, metrics, progress)
+        with threads.restored():
+            dose = execute(cfg, run_dir, metrics, progress)
         metrics["status"] = "ok"
     except KeyboardInterrupt:
         metrics.update(status="interrupted", error="interrupted (Ctrl-C); rerun to resume")

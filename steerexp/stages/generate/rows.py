@@ -27,7 +27,7 @@ from steerexp.core.data import Question, question_messages
 from steerexp.core.models import LoadedModel
 from steerexp.core.results import GenRow
 from steerexp.core.steering import Steering, shifts, steer, steered_logits, steered_prefix_cache
-from steerexp.core.threads import one_thread
+from steerexp.core.threads import config_width, one_thread
 from steerexp.core.tokens import left_pad
 from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
@@ -227,8 +227,7 @@ def generate_rows(
             directions=[r.direction for r in chunk],
         )
 
-    width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
-    small = loaded.device.type == "cpu" and width < SMALL_WIDTH
+    small = loaded.device.type == "cpu" and config_width(loaded.hf.config) < SMALL_WIDTH
     workers = worker_count(eval_cfg.workers, len(chunks), small)
     done: list[tuple[list[int], Tensor, str]] = []
     with one_thread(small):
