@@ -29,7 +29,7 @@ from steerexp.core.data import Pair
 from steerexp.core.errors import SteerexpError
 from steerexp.core.models import LoadedModel
 from steerexp.core.results import Extraction
-from steerexp.core.tokens import encode, first_output, last_token_index, left_pad, model_inputs
+from steerexp.core.tokens import encode_many, first_output, last_token_index, left_pad, model_inputs
 from steerexp.stages.extract.balance import combine, has_terms
 from steerexp.stages.extract.gradients import loss_gradients
 from steerexp.stages.extract.losses import LOSSES
@@ -240,10 +240,8 @@ def _compute(
     progress: bool,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Run every batch; returns the activation tensors and the gradient-side tensors."""
-    seqs: list[tuple[list[int], int]] = []
-    for p in pairs:
-        seqs.append(encode(loaded.tokenizer, p.messages(True), loaded.chat_kwargs))
-        seqs.append(encode(loaded.tokenizer, p.messages(False), loaded.chat_kwargs))
+    convs = [p.messages(positive) for p in pairs for positive in (True, False)]
+    seqs = encode_many(loaded.tokenizer, convs, loaded.chat_kwargs)
     parts: list[dict[str, Tensor]] = []
     bar = tqdm(
         range(0, len(seqs), batch_size),
