@@ -26,7 +26,14 @@ from steerexp.core.config import typed
 from steerexp.core.data import Question, question_messages
 from steerexp.core.models import LoadedModel
 from steerexp.core.results import GenRow
-from steerexp.core.steering import Steering, shifts, steer, steered_logits, steered_prefix_cache
+from steerexp.core.steering import (
+    Steering,
+    added,
+    hooked,
+    shifts,
+    steered_logits,
+    steered_prefix_cache,
+)
 from steerexp.core.threads import config_width, one_thread
 from steerexp.core.tokens import left_pad
 from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
@@ -135,25 +142,21 @@ def generate_chunk(
         row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
     steps: list[Tensor] = []
-    with loaded.lm.generate(
-        {"input_ids": ids, "attention_mask": mask},
-        stopping_criteria=StoppingCriteriaList([last]),
-        logits_processor=processors,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-        **prefix,
-        **gen_kwargs,
-    ) as tracer:
-        for step in tracer.iter[:n]:
-            steer(loaded, deltas)
-            steps.append(answer_logps(loaded.lm.lm_head.output[:, -1], spec))
-            # HF streams a step's tokens right after its stopping criteria (the streamer's
-            # occurrence 0 is the prompt): once they arrive, ``last`` knows whether every row has
-            # stopped, and the loop ends with the run rather than waiting on a step never made.
-            for _ in tracer.iter[step + 1]:
-                loaded.lm.generator.streamer.output  # noqa: B018
-            if last.all_stopped(len(prompts)):
-                break
-        result = tracer.result.save()
+    # The decode loop needs no tracing: the shifts are plain forward hooks, and each step's
+    # answer log-probs are read off the LM head's output as it is produced.
+    with (
+        added(loaded, deltas),
+        hooked(loaded.hf.lm_head, lambda out: steps.append(answer_logps(out[:, -1], spec))),
+    ):
+        result = loaded.hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            stopping_criteria=StoppingCriteriaList([last]),
+            logits_processor=processors,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            **prefix,
+            **gen_kwargs,
+        )
     new = result[:, ids.shape[1] :].cpu()
     lps = torch.stack(steps, 1) if steps else torch.zeros(len(prompts), 0, len(spec.answers))
     out = []
