@@ -42,6 +42,7 @@ test-slurm: $(STAMP)  ## start a one-node SLURM cluster (apt-installs it as root
 	scripts/slurm-cluster.sh stop; exit $$rc
 
 bench: $(STAMP)  ## print speed and memory ratios measured in one run
+	$(PY) -m pip install -q --no-deps repeng==0.4.0 steering-vectors==0.12.2 'gguf>=0.10'  # the `peers` extra; --no-deps: their pins must not move torch/transformers
 	$(PY) -m bench $(ARGS)
 
 lint: $(STAMP)  ## ruff check and ruff format --check (what CI runs)

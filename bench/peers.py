@@ -8,13 +8,15 @@ tokens on every prompt. Ratio = peer time / steerexp time (> 1: steerexp is fast
 
 Cases (the organism, its default contrast pairs and ``hs`` layers):
 
-- fresh ``pca_diff`` extraction vs repeng ``ControlVector.train`` at its default batch (32) and
-  its best batch; fresh ``mean_diff`` vs steering-vectors ``train_steering_vector`` at its
-  default batch (1) and its best. "Fresh": no extraction cache, no in-process memo;
+- fresh ``pca_diff`` extraction vs repeng ``ControlVector.train`` and fresh ``mean_diff`` vs
+  steering-vectors ``train_steering_vector``: each side at its default batch size
+  (``extract.batch_size`` 16, repeng 32, steering-vectors 1), and each at its fastest of
+  :data:`BATCHES`. "Fresh": no extraction cache, no in-process memo;
 - one-coefficient steered generation (16 prompts x 48 tokens, greedy, eos off) vs
   steering-vectors' ``apply`` and repeng's ``ControlModel`` around ``generate``, and vs plain
   HF ``generate`` (info);
-- 7 coefficients: one batched ``generate_rows`` call vs 7 peer calls (target >= 2.5).
+- 7 coefficients: one batched ``generate_rows`` call (the eval config's ``max_batch_size``) vs
+  7 peer calls (target >= 2.5).
 
 Each peer gets its own plain HF copy of the checkpoint (as its users have); steerexp runs on
 its nnsight-wrapped model. A peer that is not installed is skipped (``pip install
@@ -152,7 +154,9 @@ def setup() -> Setup:
     )
 
 
-def steerexp_direction(s: Setup, method: str) -> dict[int, torch.Tensor]:
+def steerexp_direction(
+    s: Setup, method: str, batch: int = EXTRACT_BATCH
+) -> dict[int, torch.Tensor]:
     """A fresh extraction (memo and tokeniser memo cleared, no disk cache) and fit."""
     activations._MEMO.clear()
     tokens._ENCODED.clear()
@@ -162,7 +166,7 @@ def steerexp_direction(s: Setup, method: str) -> dict[int, torch.Tensor]:
         s.modules,
         group_config("loss", "nll"),
         s.pairs,
-        EXTRACT_BATCH,
+        batch,
         cache_root=None,
         progress=False,
         need_grads=False,
@@ -220,22 +224,26 @@ def extraction_cases(s: Setup, out: dict[str, Any]) -> None:
             print(f"{name} {method}: directions differ (min cos {cos:.6f}); not timed", flush=True)
             continue
         best = best_batch(lambda b, fn=fn, model=model: fn(s, model, b))
-        sides = {"steerexp": lambda m=method: steerexp_direction(s, m)}
+        own = best_batch(lambda b, m=method: steerexp_direction(s, m, b))
+        sides = {
+            f"steerexp@{b}": lambda b=b, m=method: steerexp_direction(s, m, b)
+            for b in dict.fromkeys([EXTRACT_BATCH, own])
+        }
         for b in dict.fromkeys([default, best]):
             sides[f"{name}@{b}"] = lambda b=b, fn=fn, model=model: fn(s, model, b)
         t = cpu_min(sides)
-        for label, b in (("default", default), ("best", best)):
-            ratio = t[f"{name}@{b}"] / t["steerexp"]
-            key = f"{method}_fresh_vs_{name}_{label}"
-            out[key] = ratio
+        # Defaults against defaults, and each side at its own fastest batch size.
+        for label, b, ours in (("default", default, EXTRACT_BATCH), ("best", best, own)):
+            ratio = t[f"{name}@{b}"] / t[f"steerexp@{ours}"]
+            out[f"{method}_fresh_vs_{name}_{label}"] = ratio
             report(
-                f"{method} fresh, {len(s.pairs)} pairs: {name} batch {b} ({label})",
+                f"{method} fresh, {len(s.pairs)} pairs: {name} @{b} / steerexp @{ours} ({label})",
                 t[f"{name}@{b}"],
-                t["steerexp"],
+                t[f"steerexp@{ours}"],
                 ratio,
                 TARGET,
             )
-        out[f"{name}_{method}_batches"] = {"default": default, "best": best}
+        out[f"{name}_{method}_batches"] = {"default": default, "best": best, "steerexp_best": own}
 
 
 def report(label: str, peer: float, ours: float, ratio: float, target: float) -> None:
@@ -271,7 +279,6 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
         "max_new_tokens": NEW_TOKENS,
         "do_sample": False,
         "repetition_penalty": None,
-        "max_batch_size": len(COEFFS) * N_PROMPTS,
     }
 
     def ours(coeffs: list[float]) -> dict[float, list[list[int]]]:
