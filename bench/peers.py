@@ -11,7 +11,8 @@ Cases (the organism, its default contrast pairs and ``hs`` layers):
 - fresh ``pca_diff`` extraction vs repeng ``ControlVector.train`` and fresh ``mean_diff`` vs
   steering-vectors ``train_steering_vector``: each side at its default batch size
   (``extract.batch_size`` 16, repeng 32, steering-vectors 1), and each at its fastest of
-  :data:`BATCHES`. "Fresh": no extraction cache, no in-process memo;
+  :data:`BATCHES`. "Fresh": no extraction cache, no in-process memo; the peers' timings
+  include rendering the chat template, as steerexp's do;
 - one-coefficient steered generation (16 prompts x 48 tokens, greedy, eos off) vs
   steering-vectors' ``apply`` and repeng's ``ControlModel`` around ``generate``, and vs plain
   HF ``generate`` (info);
@@ -104,7 +105,6 @@ class Setup:
     modules: list[str]
     layers: list[int]
     pairs: list[Pair]
-    texts: list[tuple[str, str]]
     prompts: list[list[int]]
     questions: list[Question]
     ev: dict[str, Any]
@@ -126,11 +126,6 @@ def setup() -> Setup:
     layers = [int(m.rsplit(".", 1)[1]) for m in modules]
     pairs = load_pairs(group_config("dataset", "organism", *over))[:N_PAIRS]
     tok = loaded.tokenizer
-    render = [
-        tok.apply_chat_template(p.messages(pos), tokenize=False, continue_final_message=True)
-        for p in pairs
-        for pos in (True, False)
-    ]
     ev = group_config("eval", "organism", *over)
     base = load_questions(ev)
     questions = [
@@ -146,7 +141,6 @@ def setup() -> Setup:
         modules,
         layers,
         pairs,
-        list(zip(render[0::2], render[1::2], strict=True)),
         [gen_rows.prompt_ids(loaded, ev, q) for q in questions],
         questions,
         ev,
@@ -178,9 +172,21 @@ def steerexp_direction(
     }
 
 
+def rendered(s: Setup) -> list[tuple[str, str]]:
+    """Each pair's two chat-templated texts: a peer's user renders them too, as steerexp does
+    inside its extraction, so the peers' timings include it."""
+    tok = s.loaded.tokenizer
+
+    def text(p: Pair, positive: bool) -> str:
+        msgs = p.messages(positive)
+        return tok.apply_chat_template(msgs, tokenize=False, continue_final_message=True)
+
+    return [(text(p, True), text(p, False)) for p in s.pairs]
+
+
 def repeng_direction(s: Setup, model: torch.nn.Module, batch: int) -> dict[int, torch.Tensor]:
     rp = repeng()
-    data = [rp.DatasetEntry(pos, neg) for pos, neg in s.texts]
+    data = [rp.DatasetEntry(pos, neg) for pos, neg in rendered(s)]
     vec = rp.ControlVector.train(
         model, s.peer_tok, data, hidden_layers=s.layers, batch_size=batch, method="pca_diff"
     )
@@ -191,7 +197,7 @@ def sv_direction(s: Setup, model: torch.nn.Module, batch: int) -> dict[int, torc
     from steering_vectors import train_steering_vector
 
     vec = train_steering_vector(
-        model, s.peer_tok, s.texts, layers=s.layers, batch_size=batch, show_progress=False
+        model, s.peer_tok, rendered(s), layers=s.layers, batch_size=batch, show_progress=False
     )
     return dict(vec.layer_activations)
 
