@@ -53,11 +53,13 @@ class RowSpec:
     system: str | None = None
 
 
-def answer_logps(logits: Tensor, spec: AnswerSpec) -> Tensor:
-    """``[B, n_answers]``: log total probability of each answer's variant tokens."""
+def answer_logps(logits: Tensor, spec: AnswerSpec, index: Sequence[Tensor] | None = None) -> Tensor:
+    """``[B, n_answers]``: log total probability of each answer's variant tokens (``index``: the
+    variant ids as tensors on the logits' device, made once for a loop that calls this a lot)."""
     x = logits.float()
     lse = x.logsumexp(-1)
-    return torch.stack([x[:, ids].logsumexp(-1) - lse for ids in spec.variant_ids], -1).cpu()
+    ids = spec.variant_ids if index is None else index
+    return torch.stack([x[:, i].logsumexp(-1) - lse for i in ids], -1).cpu()
 
 
 def prompt_ids(loaded: LoadedModel, eval_cfg: Mapping[str, Any], q: Question) -> list[int]:
@@ -142,11 +144,12 @@ def generate_chunk(
         row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
     steps: list[Tensor] = []
+    index = [torch.tensor(v, dtype=torch.long, device=loaded.device) for v in spec.variant_ids]
     # The decode loop needs no tracing: the shifts are plain forward hooks, and each step's
     # answer log-probs are read off the LM head's output as it is produced.
     with (
         added(loaded, deltas),
-        hooked(loaded.hf.lm_head, lambda out: steps.append(answer_logps(out[:, -1], spec))),
+        hooked(loaded.hf.lm_head, lambda out: steps.append(answer_logps(out[:, -1], spec, index))),
     ):
         result = loaded.hf.generate(
             input_ids=ids,
