@@ -11,7 +11,7 @@ Cases (the organism, its default contrast pairs and ``hs`` layers):
 - fresh ``pca_diff`` extraction vs repeng ``ControlVector.train`` and fresh ``mean_diff`` vs
   steering-vectors ``train_steering_vector``: each side at its default batch size
   (``extract.batch_size`` 16, repeng 32, steering-vectors 1), and each at its fastest of
-  :data:`BATCHES`. "Fresh": no extraction cache, no in-process memo; the peers' timings
+  :data:`BATCHES` (fastest by the same minimum of interleaved repeats). "Fresh": no extraction cache, no in-process memo; the peers' timings
   include rendering the chat template, as steerexp's do;
 - one-coefficient steered generation (16 prompts x 48 tokens, greedy, eos off) vs
   steering-vectors' ``apply`` and repeng's ``ControlModel`` around ``generate``, and vs plain
@@ -202,17 +202,6 @@ def sv_direction(s: Setup, model: torch.nn.Module, batch: int) -> dict[int, torc
     return dict(vec.layer_activations)
 
 
-def best_batch(fn: Callable[[int], Any]) -> int:
-    """The peer's fastest batch size among :data:`BATCHES` (one timed call each, after a warm-up)."""
-    fn(BATCHES[0])
-    times = {}
-    for b in BATCHES:
-        t = time.process_time()
-        fn(b)
-        times[b] = time.process_time() - t
-    return min(times, key=times.__getitem__)
-
-
 def extraction_cases(s: Setup, out: dict[str, Any]) -> None:
     """Fresh pca_diff vs repeng and mean_diff vs steering-vectors, at each peer's default and best batch."""
     peers: list[tuple[str, str, Callable[..., dict[int, torch.Tensor]], int]] = []
@@ -229,15 +218,15 @@ def extraction_cases(s: Setup, out: dict[str, Any]) -> None:
         if cos <= 0.999:
             print(f"{name} {method}: directions differ (min cos {cos:.6f}); not timed", flush=True)
             continue
-        best = best_batch(lambda b, fn=fn, model=model: fn(s, model, b))
-        own = best_batch(lambda b, m=method: steerexp_direction(s, m, b))
         sides = {
             f"steerexp@{b}": lambda b=b, m=method: steerexp_direction(s, m, b)
-            for b in dict.fromkeys([EXTRACT_BATCH, own])
+            for b in dict.fromkeys([EXTRACT_BATCH, *BATCHES])
         }
-        for b in dict.fromkeys([default, best]):
+        for b in dict.fromkeys([default, *BATCHES]):
             sides[f"{name}@{b}"] = lambda b=b, fn=fn, model=model: fn(s, model, b)
         t = cpu_min(sides)
+        own = min(dict.fromkeys([EXTRACT_BATCH, *BATCHES]), key=lambda b: t[f"steerexp@{b}"])
+        best = min(dict.fromkeys([default, *BATCHES]), key=lambda b: t[f"{name}@{b}"])
         # Defaults against defaults, and each side at its own fastest batch size.
         for label, b, ours in (("default", default, EXTRACT_BATCH), ("best", best, own)):
             ratio = t[f"{name}@{b}"] / t[f"steerexp@{ours}"]
