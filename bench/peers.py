@@ -344,7 +344,7 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
         report(f"steered, 1 coefficient, {work}: plain HF (info)", t["hf"], t["steerexp"], ratio, 0)
         sides = {"steerexp": lambda: ours(COEFFS)}
         sides |= {n: (lambda fn=fn: [fn(c) for c in COEFFS]) for n, fn in peers.items()}
-        t = cpu_min(sides, max(2, REPEATS // 2))
+        t = cpu_min(sides)
         for name in peers:
             out[f"batched_7coeff_vs_{name}"] = ratio = t[name] / t["steerexp"]
             report(
