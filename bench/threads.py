@@ -68,7 +68,7 @@ def main() -> None:
         flush=True,
     )
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["threads"] = {
+    results["shared_cpu"] = {
         "alone_s": alone,
         "beside_burner_s": beside,
         "slowdown": slowdown,
