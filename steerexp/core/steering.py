@@ -132,5 +132,6 @@ def steered_prefix_cache(
             **model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=none, use_cache=True
         )
     cache = out.cache
-    cache.reorder_cache(rows.to(loaded.device))
+    if not torch.equal(rows, torch.arange(len(rows))):  # no row repeats another: keep as is
+        cache.reorder_cache(rows.to(loaded.device))
     return cache
