@@ -9,7 +9,7 @@ import importlib
 import sys
 import time
 
-SECTIONS = ["fisher", "extract", "generate", "sweep", "null", "realistic"]
+SECTIONS = ["fisher", "extract", "generate", "sweep", "null", "peers", "threads", "realistic"]
 
 
 def main(argv: list[str]) -> None:

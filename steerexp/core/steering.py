@@ -1,12 +1,18 @@
 """The steering value and how it is applied: ``h <- h + c * s * v`` on every target module (SPEC 4.4).
 
-The edit is written inside an nnsight trace or generation loop, so nothing is attached to
-the model outside it: no hook outlives a run. A coefficient of exactly 0 adds exact zeros,
-so those rows are bit-identical to the unsteered model.
+The edit is written inside an nnsight trace (:func:`steer`, wherever activations or logits of a
+forward are read), or, for the decode loop of generation, by plain forward hooks
+(:func:`added`) that live only for the ``with`` block: the added vector does not change between
+steps, and nnsight's per-step interleaving cost more than the whole steering (a sixth of a
+small model's decode step). Both add the same tensor the same way, so samples are identical.
+No hook outlives a run. A coefficient of exactly 0 adds exact zeros, so those rows are
+bit-identical to the unsteered model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +47,58 @@ def steer(loaded: LoadedModel, deltas: dict[str, Tensor]) -> None:
     """Inside a trace or generation step: add each module's shift to its output, in the order the
     model runs them (:meth:`LoadedModel.forward_order`), whatever order ``deltas`` has."""
     for m in loaded.forward_order(list(deltas)):
-        delta = deltas[m]
         envoy = loaded.envoy(m)
-        out = envoy.output
-        h = out[0] if isinstance(out, tuple) else out
-        new = h + delta.to(h.dtype)
-        envoy.output = (new, *out[1:]) if isinstance(out, tuple) else new
+        envoy.output = _shift(envoy.output, deltas[m])
+
+
+def _shift(out: Any, delta: Tensor) -> Any:
+    """A module output with ``delta`` added to its hidden state, as :func:`steer` writes it."""
+    h = out[0] if isinstance(out, tuple) else out
+    new = h + delta.to(h.dtype)
+    return (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+@contextmanager
+def hooked(module: torch.nn.Module, fn: Callable[[Any], Any]) -> Iterator[None]:
+    """``fn(output)`` on every forward of ``module`` inside the block (its return, unless None,
+    replaces the output); the hook is removed on exit, whatever happens."""
+    handle = module.register_forward_hook(lambda _m, _i, out: fn(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def untraced(model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, ``model``'s modules run their own ``forward`` rather than nnsight's
+    per-call controller (which only checks for a running trace and calls it: a tenth of a small
+    model's decode step). For loops that need no tracing; modules with an accelerate hook keep
+    the controller, which runs that hook."""
+    popped = []
+    for module in model.modules():
+        fwd = module.__dict__.get("forward")
+        if type(fwd).__name__ == "Controller" and "_hf_hook" not in module.__dict__:
+            popped.append((module, module.__dict__.pop("forward")))
+    try:
+        yield
+    finally:
+        for module, fwd in popped:
+            module.__dict__["forward"] = fwd
+
+
+@contextmanager
+def added(loaded: LoadedModel, deltas: dict[str, Tensor]) -> Iterator[None]:
+    """Inside the block, every forward of the plain HF model adds each module's shift to its
+    output (the hook form of :func:`steer`, for loops that need no tracing; run
+    :func:`untraced`)."""
+    with ExitStack() as stack:
+        stack.enter_context(untraced(loaded.hf))
+        for m, delta in deltas.items():
+            stack.enter_context(
+                hooked(loaded.hf.get_submodule(m), lambda out, d=delta: _shift(out, d))
+            )
+        yield
 
 
 def steered_logits(
@@ -75,11 +127,11 @@ def steered_prefix_cache(
     # ``logits_to_keep`` as an empty position list: the pass only fills the cache, and skips the
     # vocab projection (a whole decode step's worth of lm_head at a 152k vocab).
     none = torch.empty(0, dtype=torch.long, device=ids.device)
-    with (
-        torch.no_grad(),
-        loaded.lm.trace(model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=none),
-    ):
-        steer(loaded, deltas)
-        cache = loaded.lm.output.cache.save()
-    cache.reorder_cache(rows.to(loaded.device))
+    with torch.no_grad(), added(loaded, deltas):
+        out = loaded.hf(
+            **model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=none, use_cache=True
+        )
+    cache = out.cache
+    if not torch.equal(rows, torch.arange(len(rows))):  # no row repeats another: keep as is
+        cache.reorder_cache(rows.to(loaded.device))
     return cache

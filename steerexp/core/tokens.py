@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +28,61 @@ def encode(
     ids = tokenizer(full, add_special_tokens=False).input_ids
     n = len(tokenizer(messages[-1]["content"], add_special_tokens=False).input_ids)
     return ids, min(n, len(ids) - 1)
+
+
+Conversation = list[dict[str, str]]
+#: Per tokenizer, the :func:`encode` result of each (chat kwargs, conversation) already encoded:
+#: a sweep's runs, and an activation then gradient extraction, render each pair once.
+_ENCODED: weakref.WeakKeyDictionary[Any, dict[str, tuple[list[int], int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _render(
+    tokenizer: Any, conversations: Sequence[Conversation], kwargs: Mapping[str, Any]
+) -> list[str]:
+    if not conversations:
+        return []
+    return list(tokenizer.apply_chat_template(list(conversations), tokenize=False, **kwargs))
+
+
+def _ids(tokenizer: Any, texts: Sequence[str]) -> dict[str, list[int]]:
+    """Each distinct text tokenised, all in one call."""
+    unique = list(dict.fromkeys(texts))
+    if not unique:
+        return {}
+    return dict(zip(unique, tokenizer(unique, add_special_tokens=False).input_ids, strict=True))
+
+
+def encode_many(
+    tokenizer: Any, conversations: Sequence[Conversation], chat_kwargs: Mapping[str, Any]
+) -> list[tuple[list[int], int]]:
+    """:func:`encode` of every conversation (the same ids, bit for bit): each distinct
+    conversation is rendered once and every distinct text tokenised in one batched call."""
+    memo = _ENCODED.setdefault(tokenizer, {})
+    kw = json.dumps(dict(chat_kwargs), sort_keys=True, default=str)
+    keys = [kw + json.dumps(c, sort_keys=True) for c in conversations]
+    todo = {k: c for k, c in zip(keys, conversations, strict=True) if k not in memo}
+    if todo:
+        convs = list(todo.values())
+        fulls = _render(tokenizer, convs, {"continue_final_message": True, **chat_kwargs})
+        heads = _render(
+            tokenizer, [c[:-1] for c in convs], {"add_generation_prompt": True, **chat_kwargs}
+        )
+        # As in encode: the head's and tail's ids where the head prefixes the full text, else
+        # the full text's ids and the last message's length (capped).
+        split = [f.startswith(h) for f, h in zip(fulls, heads, strict=True)]
+        parts = [
+            (h, f[len(h) :]) if ok else (f, c[-1]["content"])
+            for c, f, h, ok in zip(convs, fulls, heads, split, strict=True)
+        ]
+        ids = _ids(tokenizer, [t for pair in parts for t in pair])
+        for k, (a, b), ok in zip(todo, parts, split, strict=True):
+            if ok:
+                memo[k] = (ids[a] + ids[b], len(ids[b]))
+            else:
+                memo[k] = (ids[a], min(len(ids[b]), len(ids[a]) - 1))
+    return [(list(memo[k][0]), memo[k][1]) for k in keys]
 
 
 def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:

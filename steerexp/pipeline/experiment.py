@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from steerexp.core import artifacts
+from steerexp.core import artifacts, threads
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, error_text
 from steerexp.core.prompts import check_prompts
@@ -61,6 +61,8 @@ def execute(
 
     with timer("load"):
         model = steps.load(cfg)
+    threads.set_threads(threads.sized_threads(threads.config_width(model.loaded.hf.config)))
+    metrics.update(torch_threads=torch.get_num_threads())
     metrics.update(model_reused=model.loaded.reused, checkpoint=model.loaded.path)
     asked, _ = check_prompts(model.loaded, plain(cfg.eval), inputs.questions, run_dir)
     metrics["n_skipped_long"] = len(inputs.questions) - len(asked)
@@ -164,7 +166,8 @@ def run(
     dose = None
     try:
         logger.start(cfg, run_dir)
-        dose = execute(cfg, run_dir, metrics, progress)
+        with threads.restored():
+            dose = execute(cfg, run_dir, metrics, progress)
         metrics["status"] = "ok"
     except KeyboardInterrupt:
         metrics.update(status="interrupted", error="interrupted (Ctrl-C); rerun to resume")

@@ -29,7 +29,7 @@ from steerexp.core.data import Pair
 from steerexp.core.errors import SteerexpError
 from steerexp.core.models import LoadedModel
 from steerexp.core.results import Extraction
-from steerexp.core.tokens import encode, first_output, last_token_index, left_pad, model_inputs
+from steerexp.core.tokens import encode_many, first_output, last_token_index, left_pad, model_inputs
 from steerexp.stages.extract.balance import combine, has_terms
 from steerexp.stages.extract.gradients import loss_gradients
 from steerexp.stages.extract.losses import LOSSES
@@ -107,17 +107,27 @@ def _run_batch(
         else:
             tmask[i, width - len(s) + 1 :] = 1
     ids, mask, tmask = (t.to(loaded.device) for t in (ids, mask, tmask))
-    paths = loaded.forward_order([*modules, loss_path])
+    # Without gradients only the target modules' outputs are read: no autograd graph, and the
+    # forward stops after the last of them (the later blocks and the LM head never run).
+    paths = loaded.forward_order([*modules, loss_path] if need_grads else list(modules))
     saved: list[Any] = []
-    with loaded.lm.trace(model_inputs(ids, mask)):
+    logits = None
+    with (
+        torch.set_grad_enabled(need_grads),
+        loaded.lm.trace(model_inputs(ids, mask)) as tracer,
+    ):
         for p in paths:
             saved.append(loaded.envoy(p).output.save())
-        logits = loaded.lm.output.logits.save()
+        if need_grads:
+            logits = loaded.lm.output.logits.save()
+        else:
+            tracer.stop()
     outs = {p: first_output(o) for p, o in zip(paths, saved, strict=True)}
     rows = torch.arange(ids.shape[0], device=ids.device)
     last = last_token_index(mask)
     result = {f"acts/{m}": outs[m][rows, last].detach().float().cpu() for m in modules}
     if need_grads:
+        assert logits is not None
         result.update(
             loss_gradients(
                 outs,
@@ -240,10 +250,8 @@ def _compute(
     progress: bool,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Run every batch; returns the activation tensors and the gradient-side tensors."""
-    seqs: list[tuple[list[int], int]] = []
-    for p in pairs:
-        seqs.append(encode(loaded.tokenizer, p.messages(True), loaded.chat_kwargs))
-        seqs.append(encode(loaded.tokenizer, p.messages(False), loaded.chat_kwargs))
+    convs = [p.messages(positive) for p in pairs for positive in (True, False)]
+    seqs = encode_many(loaded.tokenizer, convs, loaded.chat_kwargs)
     parts: list[dict[str, Tensor]] = []
     bar = tqdm(
         range(0, len(seqs), batch_size),

@@ -23,7 +23,7 @@ from steerexp.core import cache
 from steerexp.core.data import Pair
 from steerexp.core.errors import SteerexpError
 from steerexp.core.models import LoadedModel
-from steerexp.core.tokens import encode, first_output, last_token_index, left_pad, model_inputs
+from steerexp.core.tokens import encode_many, first_output, last_token_index, left_pad, model_inputs
 from steerexp.stages.extract.activations import cache_payload, extract, loss_layer_path
 
 VJP_VERSION = 1
@@ -88,11 +88,8 @@ def vjp_rows(
     )
     h = read.acts[read_path].double()
     u = (h[0::2] - h[1::2]).mean(0)
-    seqs = [
-        encode(loaded.tokenizer, p.messages(pos), loaded.chat_kwargs)[0]
-        for p in pairs
-        for pos in (True, False)
-    ]
+    convs = [p.messages(pos) for p in pairs for pos in (True, False)]
+    seqs = [ids for ids, _ in encode_many(loaded.tokenizer, convs, loaded.chat_kwargs)]
     parts: dict[str, list[Tensor]] = {m: [] for m in modules}
     for start in range(0, len(seqs), batch_size):
         ids, mask = (

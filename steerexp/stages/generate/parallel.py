@@ -1,4 +1,4 @@
-"""Chunk-parallel generation on CPU: forked worker processes, one intra-op thread each.
+"""Chunk-parallel generation on CPU: forked worker processes sharing the usable cores.
 
 A small model's decode step is a few hundred tiny matmuls: more intra-op threads only add
 OpenMP barriers (on oversubscribed cores they made generation ~10x slower), so one process
@@ -11,7 +11,6 @@ which shares its weights copy-on-write. A chunk's rows do not depend on which pr
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -20,17 +19,11 @@ from typing import Any
 
 import torch
 
-# Below this width a CPU step's matmuls are too small to split across threads (see module doc).
-SMALL_WIDTH = 1024
+from steerexp.core.threads import SMALL_WIDTH, usable_cpus
+
+__all__ = ["SMALL_WIDTH", "map_ordered", "usable_cpus", "worker_count"]
 
 _JOB: dict[str, Any] = {}
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def worker_count(setting: int | str, n_jobs: int, small_cpu_model: bool) -> int:
@@ -45,8 +38,8 @@ def worker_count(setting: int | str, n_jobs: int, small_cpu_model: bool) -> int:
     return max(1, min(n, n_jobs))
 
 
-def _init() -> None:
-    torch.set_num_threads(1)
+def _init(n_threads: int) -> None:
+    torch.set_num_threads(n_threads)
 
 
 def _call(i: int) -> Any:
@@ -55,7 +48,8 @@ def _call(i: int) -> Any:
 
 def map_ordered(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
     """``fn`` over ``items`` in order: serially for one worker, else in forked processes
-    (``fn`` and ``items`` are inherited by the fork, only results are pickled back).
+    (``fn`` and ``items`` are inherited by the fork, only results are pickled back), each
+    worker on its share of this process's threads (never more threads than cores in all).
 
     A worker that dies (killed, e.g. by a scheduler's memory limit) breaks the pool instead of
     leaving its chunk waiting forever; the chunks not yet returned then run in this process."""
@@ -64,7 +58,10 @@ def map_ordered(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) ->
         return
     _JOB.update(fn=fn, items=items)
     done = 0
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init)
+    share = max(1, torch.get_num_threads() // workers)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("fork"), initializer=_init, initargs=(share,)
+    )
     try:
         try:
             for out in pool.map(_call, range(len(items))):

@@ -27,8 +27,15 @@ from steerexp.core.data import Question
 from steerexp.core.models import LoadedModel
 from steerexp.core.prompts import prompt_text
 from steerexp.core.results import GenRow
-from steerexp.core.steering import Steering, shifts, steer, steered_logits, steered_prefix_cache
-from steerexp.core.threads import one_thread
+from steerexp.core.steering import (
+    Steering,
+    added,
+    hooked,
+    shifts,
+    steered_logits,
+    steered_prefix_cache,
+)
+from steerexp.core.threads import config_width, one_thread
 from steerexp.core.tokens import left_pad
 from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
@@ -47,11 +54,13 @@ class RowSpec:
     system: str | None = None
 
 
-def answer_logps(logits: Tensor, spec: AnswerSpec) -> Tensor:
-    """``[B, n_answers]``: log total probability of each answer's variant tokens."""
+def answer_logps(logits: Tensor, spec: AnswerSpec, index: Sequence[Tensor] | None = None) -> Tensor:
+    """``[B, n_answers]``: log total probability of each answer's variant tokens (``index``: the
+    variant ids as tensors on the logits' device, made once for a loop that calls this a lot)."""
     x = logits.float()
     lse = x.logsumexp(-1)
-    return torch.stack([x[:, ids].logsumexp(-1) - lse for ids in spec.variant_ids], -1).cpu()
+    ids = spec.variant_ids if index is None else index
+    return torch.stack([x[:, i].logsumexp(-1) - lse for i in ids], -1).cpu()
 
 
 def prompt_ids(loaded: LoadedModel, eval_cfg: Mapping[str, Any], q: Question) -> list[int]:
@@ -131,25 +140,22 @@ def generate_chunk(
         row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
     steps: list[Tensor] = []
-    with loaded.lm.generate(
-        {"input_ids": ids, "attention_mask": mask},
-        stopping_criteria=StoppingCriteriaList([last]),
-        logits_processor=processors,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-        **prefix,
-        **gen_kwargs,
-    ) as tracer:
-        for step in tracer.iter[:n]:
-            steer(loaded, deltas)
-            steps.append(answer_logps(loaded.lm.lm_head.output[:, -1], spec))
-            # HF streams a step's tokens right after its stopping criteria (the streamer's
-            # occurrence 0 is the prompt): once they arrive, ``last`` knows whether every row has
-            # stopped, and the loop ends with the run rather than waiting on a step never made.
-            for _ in tracer.iter[step + 1]:
-                loaded.lm.generator.streamer.output  # noqa: B018
-            if last.all_stopped(len(prompts)):
-                break
-        result = tracer.result.save()
+    index = [torch.tensor(v, dtype=torch.long, device=loaded.device) for v in spec.variant_ids]
+    # The decode loop needs no tracing: the shifts are plain forward hooks, and each step's
+    # answer log-probs are read off the LM head's output as it is produced.
+    with (
+        added(loaded, deltas),
+        hooked(loaded.hf.lm_head, lambda out: steps.append(answer_logps(out[:, -1], spec, index))),
+    ):
+        result = loaded.hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            stopping_criteria=StoppingCriteriaList([last]),
+            logits_processor=processors,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            **prefix,
+            **gen_kwargs,
+        )
     new = result[:, ids.shape[1] :].cpu()
     lps = torch.stack(steps, 1) if steps else torch.zeros(len(prompts), 0, len(spec.answers))
     out = []
@@ -223,8 +229,7 @@ def generate_rows(
             directions=[r.direction for r in chunk],
         )
 
-    width = int(getattr(loaded.hf.config, "hidden_size", SMALL_WIDTH))
-    small = loaded.device.type == "cpu" and width < SMALL_WIDTH
+    small = loaded.device.type == "cpu" and config_width(loaded.hf.config) < SMALL_WIDTH
     workers = worker_count(eval_cfg.workers, len(chunks), small)
     done: list[tuple[list[int], Tensor, str]] = []
     with one_thread(small):

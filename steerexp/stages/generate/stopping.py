@@ -25,25 +25,22 @@ class RowStop(StoppingCriteria):
         self.reason: dict[int, str] = {}
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
-        new = input_ids[:, self.width :].cpu()
-        n = new.shape[1]
-        live = [i for i in range(new.shape[0]) if i not in self.end]
+        n = input_ids.shape[1] - self.width
+        last = input_ids[:, -1].tolist()
+        live = [i for i in range(len(last)) if i not in self.end]
         for i in live:
-            if int(new[i, -1]) in self.stop:
+            if last[i] in self.stop:
                 self.end[i], self.reason[i] = n - 1, "stop_token"
         live = [i for i in live if i not in self.end]
         if self.regex is not None and live:
-            texts = self.tokenizer.batch_decode(new[live], skip_special_tokens=True)
+            new = input_ids[live, self.width :].cpu()
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(live, texts, strict=True):
                 if self.regex.search(text):
                     self.end[i], self.reason[i] = n, "regex"
-        done = torch.zeros(new.shape[0], dtype=torch.bool)
+        done = torch.zeros(len(last), dtype=torch.bool)
         done[list(self.end)] = True
         return done.to(input_ids.device)
-
-    def all_stopped(self, rows: int) -> bool:
-        """Whether every one of ``rows`` rows has stopped (the generation then ends)."""
-        return len(self.end) == rows
 
     def cut(self, i: int, n: int) -> tuple[int, str]:
         """Row ``i``'s kept length and stop reason after ``n`` generated steps."""
