@@ -160,6 +160,8 @@ TINY_SWEEP = [
     "eval.repeats=1",
     "eval.max_new_tokens=4",
     "eval.coeffs=[-0.5,0,0.5]",
+    # the random model never answers in 4 tokens: the forced judge keeps its fit defined
+    "judge=forced",
 ]
 
 

@@ -138,6 +138,12 @@ def check_coeffs(coeffs: Sequence[Any]) -> list[float]:
         raise SteerexpError(f"eval.coeffs={grid} must be a non-empty list of finite numbers")
     if 0.0 not in grid:
         raise SteerexpError(f"eval.coeffs={grid} has no 0; the unsteered reference is required")
+    repeated = sorted({c for c in grid if grid.count(c) > 1})
+    if repeated and len(set(grid)) >= 2:
+        raise SteerexpError(
+            f"eval.coeffs={grid} repeats {', '.join(map(str, repeated))}; each coefficient once "
+            "(repeated rows would weigh double in the fit; use eval.repeats for more samples)"
+        )
     if len(set(grid)) < 2:
         raise SteerexpError(
             f"eval.coeffs={grid} has fewer than two distinct coefficients; a dose-response slope "

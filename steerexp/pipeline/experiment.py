@@ -9,6 +9,7 @@ which decides whether it ends the process (single run) or just the job (multirun
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, error_text
 from steerexp.core.questionfiles import record_split
 from steerexp.pipeline import steps
-from steerexp.pipeline.checks import check_config, identity, plain
+from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
 from steerexp.pipeline.reference import null_reference
 from steerexp.stages.fit.methods import fit_summary
 from steerexp.sweep.tracking import make_logger
@@ -144,7 +145,10 @@ def run(
     try:
         logger.start(cfg, run_dir)
         dose = execute(cfg, run_dir, metrics, progress)
-        metrics["status"] = "ok"
+        why = degenerate_reason(metrics)
+        metrics.update(status=DEGENERATE if why else "ok", error=why)
+        if why:
+            print(f"steerexp: warning: {run_dir}: {why}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         metrics.update(status="interrupted", error="interrupted (Ctrl-C); rerun to resume")
         raise
@@ -154,7 +158,7 @@ def run(
     finally:
         metrics["time_total_s"] = time.perf_counter() - t_start
         artifacts.write_json(run_dir / "metrics.json", metrics)
-        if metrics["status"] == "ok":
+        if metrics["status"] in ("ok", DEGENERATE):
             logger.log(metrics, dose, run_dir / "dose_response.png")
             print(journal_table(pd.DataFrame([metrics])), flush=True)
         logger.finish(str(metrics["status"]))
@@ -166,7 +170,7 @@ def _finished(run_dir: Path, resolved: dict[str, Any], config_hash: str) -> bool
     """True when ``run_dir`` holds a finished run of this very config (skip it); a finished run of
     another config (or of one not recorded) is never reused or overwritten: that raises."""
     status = artifacts.read_status_file(run_dir)
-    if status.get("status") != "ok":
+    if status.get("status") not in ("ok", DEGENERATE):
         return False
     if status.get("config_hash") == config_hash:
         return True

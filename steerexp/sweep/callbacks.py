@@ -74,7 +74,7 @@ class RankingCallback(Callback):
                 overwrite=overwrite,
                 interrupted=interrupted,
             )
-            LAST_SWEEP_FAILED = int((df["status"] != "ok").sum())
+            LAST_SWEEP_FAILED = int((~df["status"].isin(["ok", "degenerate"])).sum())
             if self.print_tables:
                 print((sweep_dir / "ranking.md").read_text(), flush=True)
             log.info("ranking written to %s and %s", sweep_dir, df.attrs.get("report_dir"))
