@@ -193,3 +193,101 @@ def test_huge_coefficients_give_a_degenerate_run(tmp_path: Path) -> None:
     )
     metrics = experiment.run(cfg, tmp_path / "run", progress=False)
     assert metrics["status"] == "degenerate" and math.isnan(metrics["slope"])
+
+
+# --- 6: every judged-rows cache file is checksummed -------------------------------------------------
+
+
+def _rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "question_id": ["q1", "q1", "q2", "q2"],
+            "coeff": [-0.5, 0.5, -0.5, 0.5],
+            "log_ratio": [-1.25, 2.5, -0.75, 3.0],
+            "valid": [True, True, True, True],
+            "completion": ["a", "b", "c", "d"],
+        }
+    )
+
+
+@pytest.mark.parametrize("damage", ["edit", "truncate", "no_digest"])
+def test_damaged_row_cache_entry_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    """An edited log-ratio used to change the slope, a truncated file to drop rows (status ok)."""
+    from steerexp.core import rowcache
+
+    entry = tmp_path / "generations" / "key"
+    rowcache.store_rows(entry, _rows(), {"n": 4})
+    dose, meta = rowcache.load_rows(entry)
+    pd.testing.assert_frame_equal(dose, _rows())
+    assert meta == {"n": 4}
+    rows = entry / "dose.csv"
+    text = rows.read_text()
+    if damage == "edit":
+        rows.write_text(text.replace("2.5", "9.5"))
+    elif damage == "truncate":
+        rows.write_text("".join(text.splitlines(keepends=True)[:3]))
+    else:
+        (entry / "meta.json").write_text(json.dumps({"n": 4}))
+    assert rowcache.load_rows(entry) is None
+    assert not entry.exists()
+    built = []
+
+    def build() -> tuple[pd.DataFrame, dict]:
+        built.append(True)
+        return _rows(), {"n": 4}
+
+    dose, _, cached, _ = rowcache.cached_rows(entry, build)
+    assert built == [True] and not cached and len(dose) == 4
+    dose, _, cached, _ = rowcache.cached_rows(entry, build)
+    assert built == [True] and cached and dose["log_ratio"].tolist() == [-1.25, 2.5, -0.75, 3.0]
+
+
+# --- 11: a full or unwritable cache only costs the reuse -------------------------------------------
+
+
+def test_extraction_cache_disk_full_warns_once_and_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """safetensors reports a full disk as SafetensorError, not OSError: it used to end the run."""
+    from safetensors import SafetensorError
+
+    from steerexp.core import cache
+
+    def full(*args, **kwargs) -> None:
+        raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+
+    monkeypatch.setattr(cache, "save_file", full)
+    with pytest.warns(
+        UserWarning, match=r"could not write extraction cache entry k .*No space left"
+    ):
+        assert cache.save(tmp_path, "k", {"x": torch.ones(2)}, {"p": 1}) is None
+    assert not (tmp_path / "k").exists()
+
+
+def test_row_cache_disk_full_warns_and_goes_on(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import os
+
+    from steerexp.core import rowcache
+
+    def full(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rowcache.artifacts, "write_frame", full)
+    with pytest.warns(UserWarning, match=r"could not cache .*No space left on device"):
+        dose, _, cached, _ = rowcache.cached_rows(tmp_path / "e", lambda: (_rows(), {}))
+    assert len(dose) == 4 and not cached and not (tmp_path / "e").exists()
+
+
+def test_model_build_into_a_full_cache_goes_to_a_temp_dir(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from steerexp.core import checkpoints
+
+    def full(target: Path, replace: bool = True):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "atomic_dir", full)
+    with pytest.warns(UserWarning, match=r"could not write .*No space left on device.*temporary"):
+        built = checkpoints._atomic_build(
+            tmp_path / "m", lambda out: (out / "config.json").write_text("{}")
+        )
+    assert built != tmp_path / "m" and (built / "config.json").read_text() == "{}"

@@ -6,13 +6,18 @@ the fingerprint hashes a checkpoint's files so cache keys follow its content, no
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import re
+import shutil
+import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
 from steerexp import cache_dir
 from steerexp.core.atomic import atomic_dir
@@ -144,11 +149,26 @@ def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict
 
 def _atomic_build(target: Path, make: Any) -> Path:
     """Build into a temp dir beside ``target`` and rename it into place (safe if interrupted);
-    an existing build (its ``config.json`` is written last) is kept."""
-    if not (target / "config.json").exists():
+    an existing build (its ``config.json`` is written last) is kept. A cache that cannot be
+    written (read-only, full) only costs the reuse: one warning, and the build goes to a temp
+    dir removed when the process ends."""
+    if (target / "config.json").exists():
+        return target
+    try:
         with atomic_dir(target, replace=False) as tmp:
             make(tmp)
-    return target
+        return target
+    except (OSError, SafetensorError) as e:
+        why = getattr(e, "strerror", None) or " ".join(str(e).split())
+        warnings.warn(
+            f"steerexp: could not write {str(target)!r} to the cache ({why}); "
+            "building it in a temporary dir for this process only",
+            stacklevel=2,
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="steerexp-uncached-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    make(scratch)
+    return scratch
 
 
 def build_tiny_random() -> Path:
