@@ -291,3 +291,50 @@ def test_model_build_into_a_full_cache_goes_to_a_temp_dir(tmp_path: Path, monkey
             tmp_path / "m", lambda out: (out / "config.json").write_text("{}")
         )
     assert built != tmp_path / "m" and (built / "config.json").read_text() == "{}"
+
+
+# --- 7: pickle weights are refused unless allowed ---------------------------------------------------
+
+
+def test_pickle_only_checkpoint_is_refused_with_the_conversion_command(tmp_path: Path) -> None:
+    from helpers import group, tiny
+
+    from steerexp.core.models import load_model
+
+    ckpt = tmp_path / "ckpt"
+    src = tiny()
+    src.hf.save_pretrained(ckpt)
+    src.tokenizer.save_pretrained(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    torch.save(src.hf.state_dict(), ckpt / "pytorch_model.bin")
+    assert (ckpt / "pytorch_model.bin").is_file() and not list(ckpt.glob("*.safetensors"))
+    cfg = {**group("model", "tiny_random"), "builder": None, "path": str(ckpt)}
+    with pytest.raises(
+        SteerexpError, match=r"has only pickle weights \(pytorch_model.bin\)"
+    ) as info:
+        check_config(compose_cfg("model=tiny_random", "model.builder=null", f"model.path={ckpt}"))
+    text = str(info.value)
+    assert "\n" not in text and f"save_pretrained('{ckpt}-safetensors')" in text
+    assert "model.allow_pickle=true" in text
+    loaded = load_model({**cfg, "allow_pickle": True})
+    assert loaded.n_layers == src.n_layers
+
+
+# --- 13: a hub model that cannot be fetched ---------------------------------------------------------
+
+
+def test_offline_hub_model_names_the_id_and_the_ways_out(monkeypatch) -> None:
+    from helpers import group
+
+    from steerexp.core.models import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = {**group("model", "qwen3_0_6b"), "path": "steerexp-tests/no-such-model", "device": "cpu"}
+    with pytest.raises(SteerexpError) as info:
+        load_model(cfg)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(
+        "model 'qwen3_0_6b': cannot load 'steerexp-tests/no-such-model' from the Hugging Face hub"
+    )
+    assert "model.random_init=true" in text and "model.path" in text

@@ -51,6 +51,31 @@ def check_local_path(path: str) -> None:
         )
 
 
+#: Weight files that are Python pickles (loading one can run code).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_no_pickle(path: str, allow_pickle: bool) -> None:
+    """A local checkpoint must hold safetensors weights: pickle weights alone are refused (unless
+    ``model.allow_pickle=true``), with the one-off conversion command in the message."""
+    local = Path(path).expanduser()
+    if allow_pickle or not local.is_dir() or any(local.glob("*.safetensors")):
+        return
+    pickles = sorted(
+        f.name for f in local.iterdir() if f.suffix in PICKLE_SUFFIXES and "model" in f.name
+    )
+    if pickles:
+        out = f"{str(local).rstrip('/')}-safetensors"
+        raise SteerexpError(
+            f"model.path={path!r} has only pickle weights ({', '.join(pickles)}), which can run "
+            'code when loaded; convert them once where you trust the file: python -c "from '
+            "transformers import AutoModelForCausalLM as M, AutoTokenizer as T; "
+            f"M.from_pretrained('{local}', use_safetensors=False).save_pretrained('{out}'); "
+            f"T.from_pretrained('{local}').save_pretrained('{out}')\" and set model.path={out} "
+            "(or set model.allow_pickle=true)"
+        )
+
+
 def check_safetensors(path: str) -> None:
     """Every ``*.safetensors`` file of a local checkpoint opens (catches truncated or corrupt files,
     naming the file, before ``from_pretrained`` fails with an anonymous header error)."""

@@ -33,6 +33,9 @@ class ModelConfig:
     #: auto: cuda when available, else cpu
     device: str = "auto"
     trust_remote_code: bool = False
+    #: load pickle weights (pytorch_model.bin, *.pt): pickle can run code, so steerexp refuses
+    #: them unless this is true; convert once instead (the refusal gives the command)
+    allow_pickle: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     #: the blocks ``module.layers=null`` steers: every i with lo <= i / n_layers <= hi
     layer_frac: list[float] = field(default_factory=lambda: [0.3, 0.9])
