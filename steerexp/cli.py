@@ -29,6 +29,7 @@ from steerexp import CONF_DIR
 from steerexp.core import config, schema
 from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
 from steerexp.pipeline.checks import check_seed
+from steerexp.pipeline.guard import check_output_dir
 
 log = logging.getLogger("steerexp")
 
@@ -219,6 +220,9 @@ def check_args(args: list[str]) -> None:
                     check_seed(key, v)
         if key == out_key and len(values) == 1:
             out_value = str(values[0])
+    static = out_value.split("${", 1)[0]
+    if static:
+        check_output_dir(out_key, static)
     _check_writable(out_key, out_value)
 
 

@@ -338,3 +338,148 @@ def test_offline_hub_model_names_the_id_and_the_ways_out(monkeypatch) -> None:
         "model 'qwen3_0_6b': cannot load 'steerexp-tests/no-such-model' from the Hugging Face hub"
     )
     assert "model.random_init=true" in text and "model.path" in text
+
+
+# --- 9, 10: run and sweep dirs are checked before Hydra writes anything -----------------------------
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")
+    }
+
+
+def test_run_dir_inside_the_package_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """``hydra.run.dir=steerexp/organism/checkpoint`` used to overwrite the shipped config.json."""
+    from steerexp.organism import SHIPPED
+
+    before = _tree(SHIPPED)
+    out = steerexp_cli(f"hydra.run.dir={SHIPPED}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"steerexp: error: hydra.run.dir='{SHIPPED}' is inside the steerexp package")
+    )
+    assert _tree(SHIPPED) == before
+
+
+def test_sweep_dir_inside_the_cache_is_refused(tmp_path: Path) -> None:
+    import os
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "STEEREXP_CACHE": str(cache)}
+    out = steerexp_cli("-m", "method=random", f"hydra.sweep.dir={cache / 'sweeps' / 'a'}", env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "is inside the cache" in out.stderr.strip().splitlines()[-1]
+    assert not (cache / "sweeps" / "a" / "multirun.yaml").exists()
+
+
+def test_api_run_into_the_package_is_refused(tmp_path: Path) -> None:
+    from steerexp.pipeline.guard import PACKAGE_DIR
+
+    with pytest.raises(SteerexpError, match=r"run dir=.* is inside the steerexp package"):
+        experiment.run(compose_cfg("model=tiny_random"), PACKAGE_DIR / "runs" / "x", progress=False)
+    assert not (PACKAGE_DIR / "runs").exists()
+
+
+def test_refused_run_leaves_the_finished_dirs_record_alone(tmp_path: Path) -> None:
+    """A different config into a finished run dir used to rewrite its .hydra/*.yaml first."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "status.json").write_text(
+        json.dumps({"status": "ok", "error": None, "config_hash": "0123456789abcdef"})
+    )
+    (run_dir / "config.json").write_text(json.dumps({"method": {"name": "pca_diff"}}))
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (run_dir / ".hydra" / name).write_text(f"# the finished run's {name}\n")
+    before = _tree(run_dir)
+    out = steerexp_cli("model=tiny_random", "method=random", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "already holds a finished run of a different config" in out.stderr
+    assert _tree(run_dir) == before
+
+
+# --- 4, 5: a sweep dir records its command; job names carry only result-changing overrides ---------
+
+
+def _sweep_cfg(*task: str, extend: bool = False, params: dict | None = None):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(
+        {
+            "hydra": {"overrides": {"task": list(task)}, "sweeper": {"params": params}},
+            "sweep_extend": extend,
+        }
+    )
+
+
+def test_sweep_command_record_refuses_another_command(tmp_path: Path) -> None:
+    from steerexp.pipeline.guard import RECORD, check_sweep_command, sweep_command
+
+    sweep = tmp_path / "sweep"
+    first = _sweep_cfg("method=pca_diff,mean_diff", "eval.repeats=1", "hydra.sweep.dir=x")
+    check_sweep_command(sweep, first)
+    assert json.loads((sweep / RECORD).read_text())["commands"] == [
+        {"swept": {"method": ["mean_diff", "pca_diff"]}, "fixed": {"eval.repeats": "1"}}
+    ]
+    # the same command (axis order, neutral keys and hydra.* aside) resumes
+    same = _sweep_cfg(
+        "method=mean_diff,pca_diff", "eval.repeats=1", "report_name=other", "eval.workers=2"
+    )
+    check_sweep_command(sweep, same)
+    assert sweep_command(same) == sweep_command(first)
+    other = _sweep_cfg("method=random", "eval.repeats=1")
+    with pytest.raises(
+        SteerexpError,
+        match=r"holds the jobs of another sweep command \(swept method: .*sweep_extend=true",
+    ):
+        check_sweep_command(sweep, other)
+    assert len(json.loads((sweep / RECORD).read_text())["commands"]) == 1
+    check_sweep_command(sweep, _sweep_cfg("method=random", "eval.repeats=1", extend=True))
+    assert len(json.loads((sweep / RECORD).read_text())["commands"]) == 2
+    check_sweep_command(sweep, other)  # now recorded: resumes
+
+
+def test_cli_refuses_a_different_sweep_into_a_recorded_dir(tmp_path: Path) -> None:
+    from steerexp.pipeline.guard import check_sweep_command
+
+    sweep = tmp_path / "sweep"
+    check_sweep_command(sweep, _sweep_cfg("method=pca_diff,mean_diff"))
+    out = steerexp_cli("-m", "method=random", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "holds the jobs of another sweep command" in out.stderr.strip().splitlines()[-1]
+    assert not (sweep / "multirun.yaml").exists()
+
+
+def test_job_dir_names_and_run_identity_ignore_result_neutral_overrides() -> None:
+    """Rerunning a sweep with only report_name changed used to rerun (and double-rank) every job."""
+    from hydra import compose, initialize_config_dir
+
+    from steerexp import CONF_DIR
+    from steerexp.core import artifacts
+    from steerexp.pipeline.checks import plain
+
+    neutral = [
+        "report_name=x",
+        "report_overwrite=true",
+        "logger=wandb",
+        "logger.mode=disabled",
+        "eval.workers=2",
+        "eval.max_batch_size=4",
+        "sweep_extend=true",
+        "cache_dir=/tmp/elsewhere",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["method=random", "eval.repeats=1", *neutral],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.job.override_dirname == "eval.repeats=1,method=random"
+    base = plain(compose_cfg("method=random", "eval.repeats=1"))
+    task = plain(compose_cfg("method=random", "eval.repeats=1", *neutral))
+    assert artifacts.config_hash(task) == artifacts.config_hash(base)
+    assert artifacts.config_hash(plain(compose_cfg("method=random", "eval.repeats=2"))) != (
+        artifacts.config_hash(base)
+    )

@@ -22,10 +22,52 @@ from steerexp import CONF_DIR
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.schema import GROUPS, VARIANTS, Config
 
+#: Config keys that cannot change a run's results: where reports and caches go, the logger,
+#: the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;
+#: judged log-probs agree to 1e-5, not bitwise). A finished run dir is reused across them, a
+#: sweep's recorded command ignores them, and job dir names leave them out.
+RESULT_NEUTRAL_KEYS = (
+    "report_name",
+    "report_overwrite",
+    "cache_dir",
+    "logger",
+    "sweep_extend",
+    "eval.workers",
+    "eval.max_batch_size",
+)
+#: Overrides that change results but stay out of job dir names (paths and prompt texts hold
+#: ``/`` and braces); the job number in front keeps such names unique.
+UNNAMED_KEYS = (
+    "dataset.path",
+    "eval.path",
+    "dataset.template",
+    "eval.prompt_template",
+    "eval.system",
+)
+
+
+def result_neutral(key: str) -> bool:
+    """Whether an override key (``logger.mode``, ``+eval.workers``) is in :data:`RESULT_NEUTRAL_KEYS`."""
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(f"{k}.") for k in RESULT_NEUTRAL_KEYS)
+
+
+def job_name_excluded_keys() -> list[str]:
+    """Hydra's ``override_dirname.exclude_keys`` (exact keys): :data:`UNNAMED_KEYS` and every
+    result-neutral key, the logger group's own keys spelled out."""
+    keys = [*UNNAMED_KEYS, *RESULT_NEUTRAL_KEYS]
+    keys += [f"{group}.{k}" for group in ("logger",) for k in sorted(group_keys(group))]
+    return keys
+
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore (``steerexp_schema`` and the group bases)."""
+    """Store the schemas in Hydra's ConfigStore (``steerexp_schema`` and the group bases), and
+    the resolver ``conf/config.yaml`` takes the job-name exclusions from."""
     from hydra.core.config_store import ConfigStore
+
+    OmegaConf.register_new_resolver(
+        "steerexp.job_name_excluded", job_name_excluded_keys, replace=True
+    )
 
     cs = ConfigStore.instance()
     cs.store(name="steerexp_schema", node=Config)

@@ -258,6 +258,9 @@ class Config:
     #: the sweep report's folder name under multirun_reports/; null: <date>_<time>-<id>
     report_name: str | None = None
     report_overwrite: bool = False
+    #: let a sweep command that differs from the one recorded in ``hydra.sweep.dir`` add its
+    #: jobs there (one ranking over both); without it such a command is refused
+    sweep_extend: bool = False
 
 
 #: Per group: the schema, and for groups with variants the key that picks one and its schemas.

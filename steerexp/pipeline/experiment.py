@@ -26,6 +26,7 @@ from steerexp.core.errors import SteerexpError, error_text
 from steerexp.core.questionfiles import record_split
 from steerexp.pipeline import steps
 from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
+from steerexp.pipeline.guard import check_output_dir
 from steerexp.pipeline.reference import null_reference
 from steerexp.stages.fit.methods import fit_summary
 from steerexp.sweep.tracking import make_logger
@@ -130,6 +131,7 @@ def run(
 
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
+    check_output_dir("run dir", run_dir, cfg.get("cache_dir"))
     resolved = plain(cfg)
     config_hash = artifacts.config_hash(resolved)
     if _finished(run_dir, resolved, config_hash):
