@@ -483,3 +483,36 @@ def test_job_dir_names_and_run_identity_ignore_result_neutral_overrides() -> Non
     assert artifacts.config_hash(plain(compose_cfg("method=random", "eval.repeats=2"))) != (
         artifacts.config_hash(base)
     )
+
+
+# --- 12: data paths are regular files, read up to a cap, named in errors ----------------------------
+
+
+def test_data_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A FIFO used to hang forever and /dev/zero to end in a bare MemoryError."""
+    import os
+
+    from steerexp.core.tables import read_table
+
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(SteerexpError, match=r"dataset.path='.*pairs.jsonl' is not a regular file"):
+        read_table(fifo, key="dataset.path")
+    with pytest.raises(SteerexpError, match=r"^eval.path='/dev/zero' is not a regular file"):
+        read_table("/dev/zero", "jsonl", key="eval.path")
+
+
+def test_data_file_too_big_or_not_text_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    from steerexp.core import tables
+
+    noise = tmp_path / "pairs.jsonl"
+    noise.write_bytes(bytes(range(128, 256)) * 8)
+    with pytest.raises(SteerexpError, match=rf"^dataset.path='{noise}': not UTF-8 text \(byte 0"):
+        tables.read_table(noise, key="dataset.path")
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"a": 1}\n' * 1000)
+    monkeypatch.setattr(tables, "MAX_FILE_BYTES", 4096)
+    with pytest.raises(
+        SteerexpError, match=r"big.jsonl' is 0 MiB; data files are read whole, up to 0"
+    ):
+        tables.read_table(big, key="dataset.path")
