@@ -17,7 +17,6 @@ import re
 import secrets
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from steerexp import CONF_DIR
 from steerexp.core import config, schema
 from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
 from steerexp.pipeline.checks import check_seed
-from steerexp.pipeline.guard import check_output_dir
+from steerexp.pipeline.guard import check_output_dir, check_writable_dir
 
 log = logging.getLogger("steerexp")
 
@@ -170,15 +169,11 @@ def _check_writable(key: str, value: str) -> None:
     static = value.split("${", 1)[0]
     if "${" in value and not static.endswith("/"):
         static = static.rpartition("/")[0]
-    base = Path(static or ".")
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=base):
-            pass
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
+        check_writable_dir(key, static or ".")
+    except SteerexpError as e:
         raise SteerexpError(
-            f"{key}={value!r}: cannot create or write {str(base)!r} ({reason}); choose a writable directory"
+            str(e).replace(f"{key}={static or '.'!r}", f"{key}={value!r}")
         ) from None
 
 

@@ -516,3 +516,24 @@ def test_data_file_too_big_or_not_text_names_the_file(tmp_path: Path, monkeypatc
         SteerexpError, match=r"big.jsonl' is 0 MiB; data files are read whole, up to 0"
     ):
         tables.read_table(big, key="dataset.path")
+
+
+# --- 15: an unwritable --reports-root ---------------------------------------------------------------
+
+
+def test_report_into_an_unwritable_root_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    """It used to end in a FileNotFoundError traceback."""
+    sweep = tmp_path / "sweep"
+    job = sweep / "0_method=pca_diff"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- method=pca_diff\n")
+    (job / "metrics.json").write_text(
+        json.dumps({"method": "pca_diff", "status": "ok", "score": 1.0})
+    )
+    assert report.main([str(sweep), "--reports-root", "/proc/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "steerexp.report: error: --reports-root='/proc/x': cannot create or write '/proc/x' "
+        "(No such file or directory); choose a writable directory"
+    ]
+    assert not (sweep / "ranking.md").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,21 @@ def check_output_dir(key: str, path: Path | str, cache_dir: str | None = None) -
                 "and could overwrite what it keeps (shipped checkpoint, cache entries): choose a "
                 "dir outside it"
             )
+
+
+def check_writable_dir(key: str, path: Path | str) -> None:
+    """``path`` must be a directory steerexp can create and write a file in."""
+    base = Path(path)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise SteerexpError(
+            f"{key}={str(path)!r}: cannot create or write {str(base)!r} ({reason}); "
+            "choose a writable directory"
+        ) from None
 
 
 def sweep_command(config: DictConfig) -> dict[str, dict[str, Any]]:

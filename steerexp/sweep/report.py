@@ -28,6 +28,7 @@ from steerexp.core.columns import (
     journal_table,
 )
 from steerexp.core.errors import SteerexpError, plain_name
+from steerexp.pipeline.guard import check_writable_dir
 from steerexp.sweep import reliability
 from steerexp.sweep.collect import collect
 
@@ -251,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if not args.no_copy:
+            check_writable_dir("--reports-root", args.reports_root)
         build_report(
             args.sweep_dir,
             None if args.no_copy else args.reports_root,
