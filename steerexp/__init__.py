@@ -32,10 +32,26 @@ def cache_dir() -> Path:
     return Path(xdg) / "steerexp"
 
 
+#: Third-party caches steerexp's runs would otherwise write under ``~/.cache`` and
+#: ``~/.local/share`` (matplotlib's font cache, W&B's cache and staging dirs): under
+#: :func:`cache_dir` unless the variable is already set.
+TOOL_CACHE_VARS = {
+    "MPLCONFIGDIR": "matplotlib",
+    "WANDB_CACHE_DIR": "wandb/cache",
+    "WANDB_DATA_DIR": "wandb/data",
+}
+
+
+def _tool_cache_dirs() -> None:
+    for var, sub in TOOL_CACHE_VARS.items():
+        os.environ.setdefault(var, str(cache_dir() / sub))
+
+
 def _register_configs() -> None:
     from steerexp.core.config import register_configs
 
     register_configs()
 
 
+_tool_cache_dirs()
 _register_configs()

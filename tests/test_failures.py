@@ -537,3 +537,33 @@ def test_report_into_an_unwritable_root_is_one_line_exit_2(tmp_path: Path, capsy
         "(No such file or directory); choose a writable directory"
     ]
     assert not (sweep / "ranking.md").exists()
+
+
+# --- 8: third-party caches go under STEEREXP_CACHE ---------------------------------------------------
+
+
+def test_matplotlib_and_wandb_caches_live_under_steerexp_cache(tmp_path: Path) -> None:
+    import os
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MPLCONFIGDIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+    }
+    env.update(STEEREXP_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
+    code = (
+        "import steerexp, matplotlib.font_manager, wandb.env as e; "
+        "print(matplotlib.get_cachedir()); print(e.get_cache_dir()); print(e.get_data_dir())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    cache = tmp_path / "cache"
+    assert out.stdout.split() == [
+        str(cache / "matplotlib"),
+        str(cache / "wandb/cache"),
+        str(cache / "wandb/data"),
+    ]
+    assert list((cache / "matplotlib").glob("fontlist*.json"))
+    assert not (tmp_path / "home").exists()
