@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import compose_cfg
+from helpers import cli_exit, compose_cfg
 
 from steerexp.core.errors import SteerexpError
 from steerexp.pipeline import check_config, experiment
@@ -58,44 +58,51 @@ def test_bad_value_caught_late_before_now_exits_2_before_the_model_loads(tmp_pat
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("eval.temperature=0", r"^eval.temperature=0.0 must be > 0$"),
-        ("eval.temperature=-1", r"^eval.temperature=-1.0 must be > 0$"),
-        ("eval.min_p=1.5", r"^eval.min_p=1.5 must be between 0 and 1 \(or null: off\)$"),
-        ("eval.repetition_penalty=0", r"^eval.repetition_penalty=0.0 must be > 0"),
-        (
-            "loss=reprpo_margin loss.beta=abc",
-            r"^loss.beta='abc' must be a finite number or 'auto'$",
-        ),
-        ("loss=reprpo_margin loss.beta=nan", r"^loss.beta=.*nan.* must be a finite number"),
-        (
-            "loss=reprpo_margin loss.balance_target=1",
-            r"balance_target=1.0 must be strictly between",
-        ),
-        # 14: a seed out of range is named as such, not "must be an integer"
-        (
-            "seed=99999999999999999999",
-            r"^seed=99999999999999999999 is out of range: seeds run from 0 to 9223372036854775807",
-        ),
-        ("seed=-1", r"^seed=-1 is out of range"),
-        (
-            "random_null.seed=9223372036854775807",
-            r"random_null.seed=9223372036854775807 is out of range.* for the 16 seeds from it",
-        ),
-        # 1: a method's minimum input
-        ("dataset.max_pairs=1", r"method 'pca_diff' needs at least 2 contrast pairs, got 1"),
-        ("method=mean_diff dataset.max_pairs=1", r"'mean_diff' needs at least 2 contrast pairs"),
-        # 2: duplicate coefficients would weigh double in the fit
-        ("eval.coeffs=[-0.5,0,0,0.5]", r"eval.coeffs=\[-0.5, 0.0, 0.0, 0.5\] repeats 0.0; each"),
-        ("eval.coeffs=[-0.5,0,0.5,0.5]", r"repeats 0.5"),
-    ],
-)
+#: (override, message): caught by check_config, before any model loads.
+BAD_VALUES = [
+    ("eval.temperature=0", r"^eval.temperature=0.0 must be > 0$"),
+    ("eval.temperature=-1", r"^eval.temperature=-1.0 must be > 0$"),
+    ("eval.min_p=1.5", r"^eval.min_p=1.5 must be between 0 and 1 \(or null: off\)$"),
+    ("eval.repetition_penalty=0", r"^eval.repetition_penalty=0.0 must be > 0"),
+    (
+        "loss=reprpo_margin loss.beta=abc",
+        r"^loss.beta='abc' must be a finite number or 'auto'$",
+    ),
+    ("loss=reprpo_margin loss.beta=nan", r"^loss.beta=.*nan.* must be a finite number"),
+    (
+        "loss=reprpo_margin loss.balance_target=1",
+        r"balance_target=1.0 must be strictly between",
+    ),
+    # 14: a seed out of range is named as such, not "must be an integer"
+    (
+        "seed=99999999999999999999",
+        r"^seed=99999999999999999999 is out of range: seeds run from 0 to 9223372036854775807",
+    ),
+    ("seed=-1", r"^seed=-1 is out of range"),
+    (
+        "random_null.seed=9223372036854775807",
+        r"random_null.seed=9223372036854775807 is out of range.* for the 16 seeds from it",
+    ),
+    # 1: a method's minimum input
+    ("dataset.max_pairs=1", r"method 'pca_diff' needs at least 2 contrast pairs, got 1"),
+    ("method=mean_diff dataset.max_pairs=1", r"'mean_diff' needs at least 2 contrast pairs"),
+    # 2: duplicate coefficients would weigh double in the fit
+    ("eval.coeffs=[-0.5,0,0,0.5]", r"eval.coeffs=\[-0.5, 0.0, 0.0, 0.5\] repeats 0.0; each"),
+    ("eval.coeffs=[-0.5,0,0.5,0.5]", r"repeats 0.5"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES)
 def test_bad_values_fail_before_any_model_loads(override: str, message: str) -> None:
     with pytest.raises(SteerexpError, match=message) as info:
         check_config(compose_cfg("model=tiny_random", *override.split()))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override", [o for o, _ in BAD_VALUES])
+def test_bad_values_exit_2(override: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, line = cli_exit(monkeypatch, capsys, tmp_path, override)
+    assert code == 2 and line.startswith("steerexp: error: "), line
 
 
 def test_random_method_needs_no_pairs_minimum() -> None:

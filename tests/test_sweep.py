@@ -162,6 +162,7 @@ TINY_SWEEP = [
     "eval.coeffs=[-0.5,0,0.5]",
     # the random model never answers in 4 tokens: the forced judge keeps its fit defined
     "judge=forced",
+    "random_null.k=0",
 ]
 
 
