@@ -16,7 +16,6 @@ from helpers import cli_exit, compose_cfg
 
 from steerexp.core.errors import SteerexpError
 from steerexp.pipeline import check_config, experiment
-from steerexp.pipeline.checks import degenerate_reason
 from steerexp.stages.fit.methods import fit_direction
 from steerexp.sweep import report
 
@@ -137,6 +136,8 @@ def test_no_variance_is_refused(name: str) -> None:
 
 
 def test_degenerate_reason_names_the_valid_rows() -> None:
+    from steerexp.pipeline.checks import degenerate_reason
+
     ok = {"slope": 1.0, "r2": 0.5, "p_value": 0.01}
     assert degenerate_reason(ok) is None
     why = degenerate_reason(

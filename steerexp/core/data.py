@@ -129,7 +129,7 @@ def answer_regex(pattern: str) -> re.Pattern[str]:
 
 
 def check_coeffs(coeffs: Sequence[Any]) -> list[float]:
-    """The grid must be finite numbers and contain 0 (the unsteered reference)."""
+    """The grid must be finite numbers, each once, and contain 0 (the unsteered reference)."""
     try:
         grid = [float(c) for c in coeffs]
     except (TypeError, ValueError):
