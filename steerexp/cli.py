@@ -27,8 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from steerexp import CONF_DIR
 from steerexp.core import config, schema
 from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
-from steerexp.pipeline.checks import check_seed
-from steerexp.pipeline.guard import check_output_dir, check_writable_dir
+from steerexp.core.guard import check_output_dir, check_writable_dir
 
 log = logging.getLogger("steerexp")
 
@@ -212,7 +211,7 @@ def check_args(args: list[str]) -> None:
         if key in ("seed", "random_null.seed"):
             for v in values:
                 if isinstance(v, int) and not isinstance(v, bool):
-                    check_seed(key, v)
+                    config.check_seed(key, v)
         if key == out_key and len(values) == 1:
             out_value = str(values[0])
     static = out_value.split("${", 1)[0]

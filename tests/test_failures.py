@@ -384,7 +384,7 @@ def test_sweep_dir_inside_the_cache_is_refused(tmp_path: Path) -> None:
 
 
 def test_api_run_into_the_package_is_refused(tmp_path: Path) -> None:
-    from steerexp.pipeline.guard import PACKAGE_DIR
+    from steerexp.core.guard import PACKAGE_DIR
 
     with pytest.raises(SteerexpError, match=r"run dir=.* is inside the steerexp package"):
         experiment.run(compose_cfg("model=tiny_random"), PACKAGE_DIR / "runs" / "x", progress=False)
@@ -423,7 +423,7 @@ def _sweep_cfg(*task: str, extend: bool = False, params: dict | None = None):
 
 
 def test_sweep_command_record_refuses_another_command(tmp_path: Path) -> None:
-    from steerexp.pipeline.guard import RECORD, check_sweep_command, sweep_command
+    from steerexp.core.guard import RECORD, check_sweep_command, sweep_command
 
     sweep = tmp_path / "sweep"
     first = _sweep_cfg("method=pca_diff,mean_diff", "eval.repeats=1", "hydra.sweep.dir=x")
@@ -450,7 +450,7 @@ def test_sweep_command_record_refuses_another_command(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_different_sweep_into_a_recorded_dir(tmp_path: Path) -> None:
-    from steerexp.pipeline.guard import check_sweep_command
+    from steerexp.core.guard import check_sweep_command
 
     sweep = tmp_path / "sweep"
     check_sweep_command(sweep, _sweep_cfg("method=pca_diff,mean_diff"))

@@ -60,6 +60,22 @@ def job_name_excluded_keys() -> list[str]:
     return keys
 
 
+#: Seeds torch (and every generator steerexp draws from) accepts: 0 .. 2**63 - 1.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(key: str, value: int, span: int = 1) -> int:
+    """A seed (and the ``span - 1`` seeds after it) must lie in 0 .. :data:`MAX_SEED`."""
+    if not 0 <= value <= MAX_SEED - (span - 1):
+        top = MAX_SEED - (span - 1)
+        raise SteerexpError(
+            f"{key}={value} is out of range: seeds run from 0 to {top} (2**63 - 1"
+            + (f" - {span - 1}, for the {span} seeds from it" if span > 1 else "")
+            + ")"
+        )
+    return value
+
+
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (``steerexp_schema`` and the group bases), and
     the resolver ``conf/config.yaml`` takes the job-name exclusions from."""

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp.core.columns import IDENTITY_GROUPS
+from steerexp.core.config import check_seed
 from steerexp.core.data import (
     Pair,
     Question,
@@ -48,10 +49,6 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     return ident
 
 
-#: Seeds torch (and every generator steerexp draws from) accepts: 0 .. 2**63 - 1.
-MAX_SEED = 2**63 - 1
-
-
 def check_int(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
     """``cfg.<key>`` as an int; a non-integer or one below ``minimum`` fails naming the key."""
     value = OmegaConf.select(cfg, key)
@@ -66,18 +63,6 @@ def check_int(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
     if minimum is not None and number < minimum:
         raise SteerexpError(f"{key}={number} must be >= {minimum}")
     return number
-
-
-def check_seed(key: str, value: int, span: int = 1) -> int:
-    """A seed (and the ``span - 1`` seeds after it) must lie in 0 .. :data:`MAX_SEED`."""
-    if not 0 <= value <= MAX_SEED - (span - 1):
-        top = MAX_SEED - (span - 1)
-        raise SteerexpError(
-            f"{key}={value} is out of range: seeds run from 0 to {top} (2**63 - 1"
-            + (f" - {span - 1}, for the {span} seeds from it" if span > 1 else "")
-            + ")"
-        )
-    return value
 
 
 def check_sampling(cfg: DictConfig) -> None:

@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 from steerexp.core import artifacts
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, error_text
+from steerexp.core.guard import check_output_dir
 from steerexp.core.questionfiles import record_split
 from steerexp.pipeline import steps
 from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
-from steerexp.pipeline.guard import check_output_dir
 from steerexp.pipeline.reference import null_reference
 from steerexp.stages.fit.methods import fit_summary
 from steerexp.sweep.tracking import make_logger

@@ -28,7 +28,7 @@ from steerexp.core.columns import (
     journal_table,
 )
 from steerexp.core.errors import SteerexpError, plain_name
-from steerexp.pipeline.guard import check_writable_dir
+from steerexp.core.guard import check_writable_dir
 from steerexp.sweep import reliability
 from steerexp.sweep.collect import collect
 
