@@ -575,3 +575,18 @@ def test_matplotlib_and_wandb_caches_live_under_steerexp_cache(tmp_path: Path) -
     ]
     assert list((cache / "matplotlib").glob("fontlist*.json"))
     assert not (tmp_path / "home").exists()
+
+
+def test_finished_run_hashed_with_a_now_neutral_key_is_still_reused(tmp_path: Path, capsys) -> None:
+    """Runs finished before eval.workers/max_batch_size became result-neutral are not refused."""
+    from steerexp.core import artifacts
+    from steerexp.pipeline.checks import plain
+
+    cfg = compose_cfg("model=tiny_random", "eval.workers=2")
+    resolved = plain(cfg)
+    old_hash = "f" * 16  # what the older hash (eval.workers included) would be: anything else
+    (tmp_path / "config.json").write_text(json.dumps(resolved))
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "ok", "slope": 1.0}))
+    artifacts.write_status(tmp_path, "ok", None, old_hash)
+    assert experiment.run(cfg, tmp_path, progress=False) == {"status": "ok", "slope": 1.0}
+    assert "already finished" in capsys.readouterr().out

@@ -180,6 +180,8 @@ def _finished(run_dir: Path, resolved: dict[str, Any], config_hash: str) -> bool
         diff = artifacts.config_diff(json.loads((run_dir / "config.json").read_text()), resolved)
     except (OSError, ValueError):
         diff = "its config was not recorded"
+    if not diff:
+        return True  # hashed by an older steerexp that counted a now result-neutral key
     raise SteerexpError(
         f"run dir {str(run_dir)!r} already holds a finished run of a different config ({diff}); "
         "not reusing or overwriting it: choose a new hydra.run.dir/hydra.sweep.dir or delete that dir"
