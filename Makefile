@@ -3,7 +3,7 @@ PY      ?= .venv/bin/python
 STAMP   := .venv/.installed
 ARGS    ?=
 
-.PHONY: help install run organism test test-slow test-all test-slurm bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report figures clean
+.PHONY: help install run organism test test-slow test-all test-slurm test-wheel bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report figures clean
 
 MODEL   ?= organism
 SWEEP   ?=
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	@# CPU machines: the local CPU wheel first, so no dependency range pulls a CUDA build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	@# peers (export round trips, bench peers): old pins, so without their dependencies
+	$(PY) -m pip install -q --no-deps 'repeng==0.4.0' 'steering-vectors==0.12.2' 'gguf>=0.10'
+	$(PY) -m pip install -q scikit-learn
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install steerexp with its dev tools
@@ -35,6 +38,9 @@ test-slow: $(STAMP)  ## run only the slow tests
 
 test-all: $(STAMP)  ## run every test, slow and GPU ones included (GPU ones skip without CUDA)
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+test-wheel: $(STAMP)  ## build the wheel, install it in a fresh venv, run an experiment and a sweep from an empty dir
+	$(PY) -m pytest -q -m slow tests/test_wheel.py $(ARGS)
 
 test-slurm: $(STAMP)  ## start a one-node SLURM cluster (apt-installs it as root if missing), run the SLURM tests, stop it
 	scripts/slurm-cluster.sh start

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - t0
     ranking = report.build_report(journal, reports_root=None)
     fresh = report.build_report(seeds, reports_root=None)
+    fresh = fresh[~fresh["pooled"]]  # one row per seed (the report also pools them into one)
     ok = ranking[ranking["status"] == "ok"].reset_index(drop=True)
     slopes = ok["slope"].to_numpy()
     wrong_above = [

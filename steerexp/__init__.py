@@ -11,7 +11,8 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The Hydra config tree, shipped inside the package (``pkg://steerexp.conf``). Users add their
+#: The Hydra config tree, shipped inside the package as package data and found by its path
+#: next to this file, so a wheel install finds it from any working directory. Users add their
 #: own options with ``--config-dir``/``hydra.searchpath`` (docs/configuration.md);
 #: ``STEEREXP_CONF_DIR`` replaces the whole tree.
 CONF_DIR = Path(os.environ.get("STEEREXP_CONF_DIR", Path(__file__).resolve().parent / "conf"))
@@ -45,6 +46,36 @@ TOOL_CACHE_VARS = {
 def _tool_cache_dirs() -> None:
     for var, sub in TOOL_CACHE_VARS.items():
         os.environ.setdefault(var, str(cache_dir() / sub))
+
+
+#: The public API, imported on first use so ``import steerexp`` stays cheap (name -> module).
+_PUBLIC = {
+    "compose": "steerexp.api",
+    "run": "steerexp.api",
+    "RunResult": "steerexp.api",
+    "Ranking": "steerexp.api",
+    "extract": "steerexp.blocks",
+    "fit": "steerexp.blocks",
+    "steer": "steerexp.blocks",
+    "Activations": "steerexp.blocks",
+    "Directions": "steerexp.directions",
+    "Direction": "steerexp.directions",
+}
+__all__ = [*_PUBLIC, "sweep", "cache_dir", "CONF_DIR", "DATA_DIR", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    """``steerexp.run``, ``steerexp.steer``... from their modules on first use. ``steerexp.sweep``
+    is the :mod:`steerexp.sweep` package, which is callable (:func:`steerexp.api.sweep`)."""
+    import importlib
+
+    if name == "sweep":
+        return importlib.import_module("steerexp.sweep")
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'steerexp' has no attribute {name!r}")
 
 
 def _register_configs() -> None:

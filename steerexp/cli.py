@@ -1,4 +1,5 @@
-"""The Hydra task: compose ``conf/config.yaml`` + overrides, call :func:`steerexp.pipeline.run`.
+"""The Hydra task: compose ``steerexp/conf/config.yaml`` (plus the user's ``--config-dir`` /
+``hydra.searchpath`` dirs) and the overrides, call :func:`steerexp.pipeline.run`.
 
 A failing job never raises out of the task (Hydra would skip the end-of-sweep ranking); it
 is recorded in its run dir and in :data:`FAILED`, and :func:`cli` exits non-zero afterwards.
@@ -176,14 +177,28 @@ def _check_writable(key: str, value: str) -> None:
         ) from None
 
 
+def _config_dir(args: list[str]) -> str | None:
+    """The value of Hydra's ``--config-dir DIR`` / ``-cd DIR`` / ``--config-dir=DIR``, if given."""
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config-dir="):
+            return arg.partition("=")[2]
+    return None
+
+
 def check_args(args: list[str]) -> None:
     """Everything on the command line that Hydra would accept silently or answer with a traceback,
     checked before anything composes: parse errors (with a quoting hint), unknown group options
-    (did-you-mean), unknown ``+keys``, path-like names, and unwritable output dirs."""
+    (did-you-mean, the user's config dirs included), the user's own option files against their
+    schemas, unknown ``+keys``, path-like names, and unwritable output dirs."""
     multirun = "-m" in args or "--multirun" in args
     candidates = [a for a in args if "=" in a and not a.startswith("-")]
     overrides = _parse(candidates)
     groups = _groups()
+    searchpath = [o.value() for o in overrides if o.key_or_group == "hydra.searchpath"]
+    dirs = config.user_dirs(_config_dir(args), searchpath[-1] if searchpath else [])
+    config.check_user_dirs(dirs)
     out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     out_value = str(_yaml("config.yaml")["hydra"][out_key.split(".")[1]]["dir"])
     for o in overrides:
@@ -194,10 +209,13 @@ def check_args(args: list[str]) -> None:
         if key not in groups:
             _check_key_value(key, values, o.is_add())
         if key in groups:
-            options = config.options(key)
+            options = config.options(key, dirs)
             for v in values:
                 if isinstance(v, str) and v not in options:
                     raise choice_error(f"{key} option", v, options)
+                path = config.option_file(key, str(v), dirs)
+                if key in schema.GROUPS and path is not None and path.parent.parent != CONF_DIR:
+                    config.check_option_file(key, path)
         if key in NAME_KEYS:
             for v in values:
                 if v is not None:
@@ -233,10 +251,15 @@ def _interrupted(multirun: bool) -> int:
 
 
 def cli() -> None:
-    """Entry point of ``python -m steerexp``; exit codes in the module docstring."""
+    """Entry point of ``python -m steerexp`` and the ``steerexp`` console script; exit codes in the
+    module docstring. ``steerexp export RUN_DIR ...`` hands the rest to :mod:`steerexp.export`."""
     from steerexp.sweep import callbacks
 
     args = sys.argv[1:]
+    if args[:1] == ["export"]:
+        from steerexp.export import main as export_main
+
+        sys.exit(export_main(args[1:]))
     multirun = "-m" in args or "--multirun" in args
     try:
         check_args(args)

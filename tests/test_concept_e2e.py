@@ -57,7 +57,9 @@ def test_single_run_gives_the_usual_run_dir_and_row(tmp_path: Path) -> None:
     assert metrics["n_pairs"] == 128
     dose = pd.read_csv(tmp_path / "dose_response.csv")
     assert len(dose) == 12 * 3 and dose["valid"].mean() >= 0.9
-    assert not (tmp_path / "split.json").exists()
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["holdout"] == 0.0 and split["eval_rows"] == list(range(1, 13))
+    assert len(split["contrast_rows"]) == 128 and (tmp_path / "prompts.jsonl").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,8 @@ def test_spec_keys_present() -> None:
         ("eval.answer_regex='(Final) choice: (Yes|No)'", r"has 2 capture groups"),
         ("coeff_units=nats", r"unknown coeff_units 'nats'; valid: kl, norm, raw"),
         ("regress_x=log", r"unknown regress_x 'log'"),
+        ("ranking.correction=bonferroni", r"unknown ranking.correction 'bonferroni'; valid: bh"),
+        ("ranking.confirm=-1", r"ranking.confirm=-1 must be >= 0"),
         ("dataset.positive=''", r"empty side"),
         ("model.dtype=float8", r"unknown model.dtype 'float8'"),
         (

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -310,43 +306,6 @@ def test_bad_input_fails_before_the_model_loads(
             compose_cfg("eval=file", f"eval.path={path}"), tmp_path / "run", progress=False
         )
     assert "missing field 'trait'" in (tmp_path / "run" / "status.json").read_text()
-
-
-def readme_commands() -> list[list[str]]:
-    """The `python -m steerexp` lines of the "Bring your own concept" page (docs/own-data.md)."""
-    section = (REPO / "docs" / "own-data.md").read_text()
-    lines = [ln for ln in section.splitlines() if ln.startswith("python -m steerexp")]
-    return [shlex.split(ln)[3:] for ln in lines]
-
-
-def test_readme_concept_commands_compose_and_validate() -> None:
-    """Each command (each job of a sweep) composes and passes the model-free checks; single
-    runs also through `--cfg job` in a subprocess, as a user would type them."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    commands = readme_commands()
-    assert len(commands) == 4 and sum("-m" in c for c in commands) == 2
-    for args in commands:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if a != "-m"])
-        choices = [
-            [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-            if o.is_sweep_override()
-            else [o.input_line]
-            for o in overrides
-        ]
-        for job in itertools.product(*choices):
-            with_paths = [a.replace("=examples/", f"={EXAMPLES}/") for a in job]
-            check(*with_paths)
-        if "-m" not in args:
-            out = subprocess.run(
-                [sys.executable, "-m", "steerexp", *args, "--cfg", "job"],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert out.returncode == 0, out.stderr
-            assert "path: examples/" in out.stdout
 
 
 def test_persona_rows_file_restates_the_organism_dataset() -> None:

@@ -131,6 +131,7 @@ def test_artifacts_follow_the_spec(runs) -> None:
         "forced",
         "completion",
         "stop_reason",
+        "n_tokens",
     ]
     assert set(dose["stop_reason"]) <= {"stop_token", "regex", "length"}
     dirs = load_file(str(d / "directions.safetensors"))
@@ -149,7 +150,14 @@ def test_artifacts_follow_the_spec(runs) -> None:
     ) == set(dirs)
     assert (d / "dose_response.png").stat().st_size > 1000
     cost = pd.read_csv(d / "coherence.csv")
-    assert list(cost.columns) == ["coeff", "kl", "valid_frac", "mean_len"]
+    assert list(cost.columns) == [
+        "coeff",
+        "kl",
+        "valid_frac",
+        "mean_len",
+        "pmass_median",
+        "low_pmass_frac",
+    ]
     assert cost.loc[cost.coeff == 0, "kl"].item() == 0.0 and (cost["kl"] >= 0).all()
     assert metrics["kl_at_max"] == cost["kl"].iloc[[0, -1]].max() and metrics["coherent_max"] > 0
     env = json.loads((d / "environment.json").read_text())

@@ -476,6 +476,7 @@ def test_job_dir_names_and_run_identity_ignore_result_neutral_overrides() -> Non
         "eval.workers=2",
         "eval.max_batch_size=4",
         "sweep_extend=true",
+        "ranking.correction=bh",
         "cache_dir=/tmp/elsewhere",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -515,7 +516,7 @@ def test_data_file_too_big_or_not_text_names_the_file(tmp_path: Path, monkeypatc
 
     noise = tmp_path / "pairs.jsonl"
     noise.write_bytes(bytes(range(128, 256)) * 8)
-    with pytest.raises(SteerexpError, match=rf"^dataset.path='{noise}': not UTF-8 text \(byte 0"):
+    with pytest.raises(SteerexpError, match=rf"^{noise} is not UTF-8 \(byte 0x80 at line 1\)"):
         tables.read_table(noise, key="dataset.path")
     big = tmp_path / "big.jsonl"
     big.write_text('{"a": 1}\n' * 1000)

@@ -194,6 +194,7 @@ def test_completions_with_carriage_returns_round_trip(tmp_path: Path) -> None:
             "forced": [False, False, False],
             "completion": ["Final choice: No", 'brok\ren\x0b text, "quoted"', ""],
             "stop_reason": ["regex", "length", "stop_token"],
+            "n_tokens": [4, 32, 0],
         }
     )
     artifacts.write_dose_response(tmp_path / "dose_response.csv", dose)

@@ -352,10 +352,10 @@ def test_none_logger_and_unknown_logger() -> None:
         tracking.make_logger(OmegaConf.create({"name": "wandbb"}))
 
 
-def test_null_columns_holm_duplicates_and_footer(tmp_path: Path) -> None:
-    """p_random is Holm-adjusted within the table, rows not beating the null are marked ns, a row
-    whose directions equal a better-ranked row's is dup_of it, and the footer gives the null's
-    spread and prompting's shift."""
+def test_null_columns_family_duplicates_and_footer(tmp_path: Path) -> None:
+    """p_null is corrected over the family (the random control outside it), a row whose
+    directions equal a better-ranked row's is dup_of it, and the footer gives K, the null median
+    vs_random divides by, and prompting's shift."""
     import torch
     from safetensors.torch import save_file
 
@@ -371,7 +371,7 @@ def test_null_columns_holm_duplicates_and_footer(tmp_path: Path) -> None:
         job = write_job(sweep, num, method, "hs", slope, 0.5, "ok")
         metrics = json.loads((job / "metrics.json").read_text())
         metrics.update(
-            p_random=p,
+            p_null=p,
             vs_random=slope / 0.8,
             null_key="n1",
             null_k=16,
@@ -386,16 +386,16 @@ def test_null_columns_holm_duplicates_and_footer(tmp_path: Path) -> None:
         save_file({"model.layers.2": vec.contiguous()}, str(job / "directions.safetensors"))
     df = report.build_report(sweep, reports_root=None)
     assert list(df["method"]) == ["pca_diff", "fisher_steer_emp_reg2", "random"]
-    assert df["p_random_holm"].tolist() == pytest.approx([3e-4, 0.04, 0.6])
+    assert df["p_null_adj"].tolist()[:2] == pytest.approx([2e-4, 0.02])
+    assert math.isnan(df["p_null_adj"].iloc[2])
     assert df["dup_of"].tolist() == ["", "pca_diff", ""]
     md = (sweep / "ranking.md").read_text()
     table = tables(md)[""]
     header = table[0]
     assert header[: len(JOURNAL_HEADER)] == JOURNAL_HEADER
-    for col in ("slope 95% CI", "vs_random", "p_random", "p_holm", "null", "shift", "dup_of"):
+    for col in ("slope 95% CI", "p_null", "p_null_adj", "vs_random", "shift", "dup_of"):
         assert col in header, col
-    null_col = [r[header.index("null")] for r in table[1:]]
-    assert null_col == ["", "", "ns"]
-    assert (
-        "median |slope| 0.80, 95th percentile |slope| 2.50" in md and "log-ratio shift 3.90" in md
-    )
+    assert "p_random" not in header and "null" not in header
+    assert [r[header.index("p_null_adj")] for r in table[1:]] == ["0.0002", "0.02", "nan"]
+    assert "K = 16 random directions; vs_random = |slope| / 0.80" in md
+    assert "95th percentile |slope| 2.50" in md and "log-ratio shift 3.90" in md

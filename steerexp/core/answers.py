@@ -70,26 +70,34 @@ def _vocab_cache(tokenizer: Any) -> tuple[list[str], dict[str, list[int]]]:
 def answer_variants(tokenizer: Any, word: str) -> list[int]:
     """Vocabulary ids whose individually decoded text, stripped and lowercased, is ``word.lower()``.
 
-    ``Yes``, `` yes``, ``YES`` count for "Yes"; ``Yesterday`` or ``not`` never do.
+    ``Yes``, `` yes``, ``YES`` count for "Yes"; ``Yesterday`` or ``not`` never do. A one-letter
+    option (``A``) is matched in its own case only, as the answer regex reads it: `` a`` is
+    mostly the article, not option A.
     """
-    target = word.strip().lower()
+    exact = len(word.strip()) == 1 and word.strip().isalpha()
+    target = word.strip() if exact else word.strip().lower()
     if not target:
         raise SteerexpError(f"answer word {word!r} is empty")
     squashed, cache = _vocab_cache(tokenizer)
-    if target in cache:
-        return list(cache[target])
+    key = f"={target}" if exact else target
+    if key in cache:
+        return list(cache[key])
     needle = _squash(target)
+
+    def same(text: str) -> bool:
+        return text.strip() == target if exact else text.strip().lower() == target
+
     ids = [
         i
         for i, text in enumerate(squashed)
-        if needle in text and tokenizer.decode([i]).strip().lower() == target
+        if needle.lower() in text and same(tokenizer.decode([i]))
     ]
     if not ids:
         raise SteerexpError(
             f"answer {word!r} has no single-token variant in the tokenizer's vocabulary; "
             "choose answers that are one token (e.g. Yes/No)"
         )
-    cache[target] = ids
+    cache[key] = ids
     return list(ids)
 
 

@@ -19,6 +19,7 @@ DOSE_COLUMNS = [
     "forced",
     "completion",
     "stop_reason",
+    "n_tokens",
 ]
 
 
@@ -31,7 +32,6 @@ EXTRA_STAT_COLUMNS = [
     "slope_ci_high",
     "vs_random",
     "p_random",
-    "p_random_holm",
     "p_random_rank",
     "anti_frac",
     "fitted_shift",
@@ -50,14 +50,37 @@ EXTRA_STAT_COLUMNS = [
     "null_build_s",
     "kl_at_max",
     "coherent_max",
+    # per-run statistics of issue 21 (steerexp.stages.regress; absent from older run dirs)
+    "slope_lo",
+    "slope_hi",
+    "slope_se",
+    "refit_slope_sd",
+    "fit_cos",
+    "n_refits",
+    "n_scenarios",
+    "p_null",
+    "null_beyond_all",
+    "lof_p",
+    "tanh_slope0",
+    "tanh_plateau",
+    "aic_line",
+    "aic_tanh",
+    "valid_frac_lo",
+    "valid_frac_hi",
+    "budget_coeff",
+    "budget_effect",
 ]
-#: Split-half and bootstrap rank reliability of a ranking (``steerexp.sweep.reliability``).
-RELIABILITY_COLUMNS = [
-    "split_half_spearman",
-    "rank_median",
-    "rank_low",
-    "rank_high",
-    "reliability_questions",
+#: What the sweep report computes across runs (``steerexp.sweep``): the family-corrected p, the
+#: order test against the next row, and seed pooling.
+SWEEP_COLUMNS = [
+    "label",
+    "p_null_adj",
+    "sep_next",
+    "sep_p",
+    "sep_ref",
+    "pooled",
+    "n_seeds",
+    "in_table",
 ]
 #: The config groups whose option names label a run: its identity in rankings and trackers.
 IDENTITY_GROUPS = ("model", "module", "method", "loss", "dataset", "eval", "judge")
@@ -82,7 +105,7 @@ RUN_COLUMNS = [
 METRIC_COLUMNS = [
     *JOURNAL_COLUMNS,
     *EXTRA_STAT_COLUMNS,
-    *RELIABILITY_COLUMNS,
+    *SWEEP_COLUMNS,
     *IDENTITY_COLUMNS,
     *TIME_COLUMNS,
     *RUN_COLUMNS,
@@ -108,47 +131,113 @@ def _fmt_p(p: Any) -> str:
     return "nan" if pd.isna(p) else f"{p:.2g}"
 
 
+def _num(df: pd.DataFrame, col: str) -> pd.Series:
+    """Column ``col`` as numbers (all NaN when absent)."""
+    if col not in df:
+        return pd.Series(math.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[col], errors="coerce").astype(float)
+
+
+def _present(df: pd.DataFrame, col: str) -> bool:
+    return bool(_num(df, col).notna().any())
+
+
+def sort_key(df: pd.DataFrame) -> str:
+    """The ranking's sort key: ``budget_effect`` (the effect at a matched coherence budget) when any
+    row has one, else ``signed_score``."""
+    return "budget_effect" if _present(df, "budget_effect") else "signed_score"
+
+
+def beyond_all(df: pd.DataFrame) -> pd.Series:
+    """Rows whose |slope| is beyond every null direction's (``null_beyond_all``, else read off
+    ``p_null`` = 1 / (K + 1), the smallest rank p K directions can give)."""
+    flag = df["null_beyond_all"] if "null_beyond_all" in df else None
+    k, p = _num(df, "null_k"), _num(df, "p_null")
+    from_p = (p * (k + 1) <= 1 + 1e-9) & k.notna()
+    if flag is None:
+        return from_p
+    given = flag.map(lambda v: v if isinstance(v, bool) else (None if pd.isna(v) else bool(v)))
+    return given.where(given.notna(), from_p).astype(bool)
+
+
+def p_null_text(df: pd.DataFrame) -> list[str]:
+    """``p_null`` as shown: ``> all K`` beyond every null direction (never an extrapolated p)."""
+    k, beyond = _num(df, "null_k"), beyond_all(df)
+    return [
+        f"> all {k_:.0f}" if b and pd.notna(k_) else _fmt_p(p)
+        for p, k_, b in zip(_num(df, "p_null"), k, beyond, strict=True)
+    ]
+
+
+def _flag_text(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return ""
+    return "yes" if bool(v) else "no"
+
+
 def journal_table(
     df: pd.DataFrame, label_col: str = "method", extra_cols: Sequence[str] = ()
 ) -> str:
-    """Markdown table in the research journal's format, best ``signed_score`` first (NaN last).
+    """Markdown table in the research journal's format, best first by :func:`sort_key` (NaN last).
 
-    Columns: ``label_col``, the journal's metric columns (missing ones shown as nan), then,
-    when present, the slope's 95% CI, ``vs_random``, ``p_random`` (Holm-adjusted when
-    ``p_random_holm`` is there), ``null`` = ``ns`` for rows that do not beat the random null at
-    0.05, ``shift`` (the fitted log-ratio change over the grid, to set beside prompting's), the
-    coherence cost ``kl_at_max`` and ``coherent_max`` (``steerexp.stages.regress.coherence``) and ``dup_of``; then ``extra_cols`` (e.g. ``status``). Floats with two decimals.
+    Columns: ``label_col`` (headed ``method`` when it is ``label``), the journal's metric columns
+    (missing ones shown as nan), then, when present: the slope's interval (``slope_lo``/``slope_hi``,
+    else the run's ``slope_ci_low``/``slope_ci_high``), ``fit_cos``, ``p_null`` (``> all K`` beyond
+    every null direction), ``p_null_adj`` (family-corrected), ``vs_random``, ``sep_next`` (this row
+    separable from the next), ``lof_p``, ``budget_effect``, ``valid_lo``/``valid_hi`` (valid
+    fraction at each end of the grid), ``n_seeds``, ``shift`` (fitted log-ratio change over the
+    grid), ``kl_at_max``, ``coherent_max``, ``dup_of``; then ``extra_cols``. Floats, two decimals.
     """
-    signed = pd.to_numeric(df["signed_score"], errors="coerce") if "signed_score" in df else None
-    order = (signed if signed is not None else pd.Series(math.nan, index=df.index)).sort_values(
-        ascending=False, na_position="last", kind="stable"
+    if not _present(df, "p_null") and _present(df, "p_random_rank"):
+        df = df.assign(p_null=df["p_random_rank"])  # run dirs from before p_null: the same rank p
+    key = _num(df, sort_key(df))
+    tie = _num(df, "signed_score")
+    order = pd.DataFrame({"k": -key, "t": -tie}).sort_values(
+        ["k", "t"], na_position="last", kind="stable"
     )
     df = df.loc[order.index]
-    table = pd.DataFrame({label_col: df[label_col].astype(str) if label_col in df else ""})
+    head = "method" if label_col == "label" else label_col
+    table = pd.DataFrame({head: df[label_col].astype(str) if label_col in df else ""})
     for col in JOURNAL_COLUMNS:
-        table[col] = pd.to_numeric(df[col], errors="coerce") if col in df else math.nan
-    lo, hi = (
-        pd.to_numeric(df[c], errors="coerce") if c in df else None
-        for c in ("slope_ci_low", "slope_ci_high")
+        table[col] = _num(df, col)
+    lo_col, hi_col = (
+        ("slope_lo", "slope_hi") if _present(df, "slope_lo") else ("slope_ci_low", "slope_ci_high")
     )
-    if lo is not None and hi is not None and lo.notna().any():
-        table["slope 95% CI"] = [f"[{a:.2f}, {b:.2f}]" for a, b in zip(lo, hi, strict=True)]
-    if "p_random" in df and pd.to_numeric(df["p_random"], errors="coerce").notna().any():
-        table["vs_random"] = pd.to_numeric(df.get("vs_random"), errors="coerce")
-        table["p_random"] = [_fmt_p(p) for p in df["p_random"]]
-        p_mark = df["p_random_holm"] if "p_random_holm" in df else df["p_random"]
-        if "p_random_holm" in df:
-            table["p_holm"] = [_fmt_p(p) for p in p_mark]
-        table["null"] = [
-            "" if p < 0.05 else "ns" for p in pd.to_numeric(p_mark, errors="coerce").fillna(1.0)
+    if _present(df, lo_col) and _present(df, hi_col):
+        table["slope 95% CI"] = [
+            f"[{a:.2f}, {b:.2f}]" for a, b in zip(_num(df, lo_col), _num(df, hi_col), strict=True)
         ]
-    if "fitted_shift" in df and pd.to_numeric(df["fitted_shift"], errors="coerce").notna().any():
-        table["shift"] = pd.to_numeric(df["fitted_shift"], errors="coerce")
+    if _present(df, "fit_cos"):
+        table["fit_cos"] = _num(df, "fit_cos")
+    if _present(df, "p_null"):
+        table["p_null"] = p_null_text(df)
+    if _present(df, "p_null_adj"):
+        table["p_null_adj"] = [_fmt_p(p) for p in df["p_null_adj"]]
+    if _present(df, "vs_random"):
+        table["vs_random"] = _num(df, "vs_random")
+    if "sep_next" in df and df["sep_next"].notna().any():
+        table["sep_next"] = [_flag_text(v) for v in df["sep_next"]]
+    if _present(df, "lof_p"):
+        table["lof_p"] = [_fmt_p(p) for p in df["lof_p"]]
+    for col, shown in (
+        ("budget_effect", "budget_effect"),
+        ("valid_frac_lo", "valid_lo"),
+        ("valid_frac_hi", "valid_hi"),
+    ):
+        if _present(df, col):
+            table[shown] = _num(df, col)
+    if (_num(df, "n_seeds") > 1).any():
+        table["n_seeds"] = [f"{n:.0f}" if pd.notna(n) else "" for n in _num(df, "n_seeds")]
+    if _present(df, "fitted_shift"):
+        table["shift"] = _num(df, "fitted_shift")
     for col in ("kl_at_max", "coherent_max"):
-        if col in df and pd.to_numeric(df[col], errors="coerce").notna().any():
-            table[col] = pd.to_numeric(df[col], errors="coerce")
+        if _present(df, col):
+            table[col] = _num(df, col)
     if "dup_of" in df and df["dup_of"].fillna("").astype(str).str.len().any():
         table["dup_of"] = df["dup_of"].fillna("").astype(str)
     for col in extra_cols:
         table[col] = df[col].astype(object).where(df[col].notna(), "") if col in df else ""
-    return table.to_markdown(index=False, floatfmt=".2f")
+    # p-values are preformatted text (two significant digits): keep tabulate from reading them
+    # back as numbers and rounding them to 0.00
+    texts = [i for i, c in enumerate(table.columns) if c in ("p_null", "p_null_adj", "lof_p")]
+    return table.to_markdown(index=False, floatfmt=".2f", disable_numparse=texts or False)

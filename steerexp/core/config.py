@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from steerexp import CONF_DIR
 from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.schema import GROUPS, VARIANTS, Config
+from steerexp.core.schema import GROUPS, SECTIONS, VARIANTS, Config
 
 #: Config keys that cannot change a run's results: where reports and caches go, the logger,
-#: the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;
+#: how the sweep's ranking reads (``ranking.*``), the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;
 #: judged log-probs agree to 1e-5, not bitwise). A finished run dir is reused across them, a
 #: sweep's recorded command ignores them, and job dir names leave them out.
 RESULT_NEUTRAL_KEYS = (
@@ -31,6 +34,7 @@ RESULT_NEUTRAL_KEYS = (
     "report_overwrite",
     "cache_dir",
     "logger",
+    "ranking",
     "sweep_extend",
     "eval.workers",
     "eval.max_batch_size",
@@ -56,7 +60,11 @@ def job_name_excluded_keys() -> list[str]:
     """Hydra's ``override_dirname.exclude_keys`` (exact keys): :data:`UNNAMED_KEYS` and every
     result-neutral key, the logger group's own keys spelled out."""
     keys = [*UNNAMED_KEYS, *RESULT_NEUTRAL_KEYS]
-    keys += [f"{group}.{k}" for group in ("logger",) for k in sorted(group_keys(group))]
+    for key in RESULT_NEUTRAL_KEYS:
+        if key in GROUPS:
+            keys += [f"{key}.{k}" for k in sorted(group_keys(key))]
+        elif key in SECTIONS:
+            keys += [f"{key}.{f.name}" for f in fields(SECTIONS[key])]
     return keys
 
 
@@ -175,9 +183,112 @@ def _build(group: str, schema: type, cfg: Mapping[str, Any]) -> DictConfig:
         raise
 
 
-def options(group: str) -> list[str]:
-    """The option names of a config group (``conf/<group>/*.yaml``)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def user_dirs(config_dir: str | None = None, searchpath: Sequence[Any] = ()) -> list[Path]:
+    """The user's config dirs in Hydra's search order, which puts them after the package's own
+    tree: ``--config-dir DIR`` first, then each ``hydra.searchpath`` entry (``file://DIR``,
+    ``pkg://module`` or a plain path; one with an interpolation is left to Hydra). A dir that does
+    not exist is a one-line error (Hydra would only warn, or trace back)."""
+    found: list[Path] = []
+    if config_dir is not None:
+        found.append(_existing_dir("--config-dir", config_dir, Path(config_dir)))
+    for entry in searchpath:
+        text = str(entry)
+        if "${" in text:
+            continue
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            scheme, rest = "file", text
+        if scheme == "file":
+            found.append(_existing_dir("hydra.searchpath", text, Path(rest)))
+        elif scheme == "pkg":
+            found.append(_existing_dir("hydra.searchpath", text, _package_dir(rest)))
+    return found
+
+
+def _existing_dir(key: str, value: str, path: Path | None) -> Path:
+    if path is None or not path.is_dir():
+        raise SteerexpError(f"{key} {value!r}: no such config directory")
+    return path.resolve()
+
+
+def _package_dir(name: str) -> Path | None:
+    """The folder of the importable package ``name`` (``pkg://`` entries), or None."""
+    module = name.strip("/").replace("/", ".")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else None
+
+
+def options(group: str, dirs: Sequence[Path] = ()) -> list[str]:
+    """The option names of a config group: ``<group>/*.yaml`` in the package's tree and in the
+    user's config ``dirs`` (:func:`user_dirs`)."""
+    return sorted({p.stem for d in (CONF_DIR, *dirs) for p in (Path(d) / group).glob("*.yaml")})
+
+
+def option_file(group: str, option: str, dirs: Sequence[Path] = ()) -> Path | None:
+    """The file Hydra reads for ``group=option``: the first match in search order."""
+    return next(
+        (p for d in (CONF_DIR, *dirs) if (p := Path(d) / group / f"{option}.yaml").is_file()),
+        None,
+    )
+
+
+def check_user_dirs(dirs: Sequence[Path]) -> None:
+    """A user's file at a path the package also ships (``model/organism.yaml``, ``config.yaml``)
+    is never read, as the package's tree comes first in Hydra's search path: if its content
+    differs, say so instead of ignoring it silently."""
+    for d in dirs:
+        for builtin in sorted(CONF_DIR.rglob("*.yaml")):
+            rel = builtin.relative_to(CONF_DIR)
+            path = Path(d) / rel
+            if path.is_file() and builtin.read_bytes() != path.read_bytes():
+                raise SteerexpError(
+                    f"{path}: steerexp ships {rel.as_posix()} too, and Hydra reads the package's "
+                    "first; give yours another name (or set STEEREXP_CONF_DIR to replace the "
+                    "whole config tree)"
+                )
+
+
+def check_option_file(group: str, path: Path) -> None:
+    """A group option's YAML against its schema, before Hydra composes it: every key must be the
+    schema's (the variant's when its defaults list names ``<variant>_base``) and every plain
+    value fit its type; a misfit is a one-line error naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        why = " ".join(str(e).split())
+        raise SteerexpError(f"{path}: cannot read it as YAML ({why})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise SteerexpError(f"{path}: a {group} option must be a mapping of keys to values")
+    defaults = raw.pop("defaults", None) or []
+    variants = VARIANTS.get(group, ("", {}))[1]
+    bases = [d.removesuffix("_base") for d in defaults if isinstance(d, str)]
+    schema = next((variants[b] for b in bases if b in variants), GROUPS[group])
+    keys = _names(schema)
+    required = [f.name for f in fields(schema) if f.default == MISSING and f.name not in raw]
+    if required:
+        raise SteerexpError(
+            f"{path}: a {group} option must set {', '.join(required)} ({schema.__name__})"
+        )
+    for key, value in raw.items():
+        if key not in keys:
+            base = next((f"{v}_base" for v, c in variants.items() if key in _names(c)), None)
+            hint = f" (the {base} schema has it: add 'defaults: [{base}, _self_]')" if base else ""
+            error = choice_error(f"key of {group} ({schema.__name__})", key, keys)
+            raise SteerexpError(f"{path}: {error}{hint}")
+        if not (isinstance(value, str) and "${" in value):
+            try:
+                check_value(f"{group}.", schema, str(key), value)
+            except SteerexpError as e:
+                raise SteerexpError(f"{path}: {e}") from None
+
+
+def _names(schema: type) -> set[str]:
+    return {f.name for f in fields(schema)}
 
 
 def group_config(group: str, option: str, *overrides: str) -> dict[str, Any]:
@@ -185,7 +296,7 @@ def group_config(group: str, option: str, *overrides: str) -> dict[str, Any]:
     interpolations resolved against the other groups' defaults or ``overrides``), as a plain
     dict; an unknown option gives a did-you-mean error. Composing takes a Hydra start-up
     (~0.2 s), so each result is kept; callers get their own copy."""
-    valid = options(group)
+    valid = options(group, user_dirs(searchpath=_searchpath(overrides)))
     if option not in valid:
         raise choice_error(group, option, valid)
     return copy.deepcopy(_composed(group, option, overrides))
@@ -203,3 +314,13 @@ def _composed(group: str, option: str, overrides: tuple[str, ...]) -> dict[str, 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=args)
     return OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[return-value]
+
+
+def _searchpath(overrides: Sequence[str]) -> list[Any]:
+    """The entries of a ``hydra.searchpath=[...]`` override among ``overrides``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides([a for a in overrides if "searchpath" in a]):
+        if o.key_or_group == "hydra.searchpath" and isinstance(o.value(), list):
+            return list(o.value())
+    return []

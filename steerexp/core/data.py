@@ -6,7 +6,7 @@ import math
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ class Pair:
     negative: str
     suffix: str
     negative_suffix: str | None = None
+    #: where the pair came from in a user file (``line 4``), for messages; not part of the pair
+    where: str = field(default="", compare=False)
 
     def messages(self, positive: bool) -> list[Message]:
         persona = self.positive if positive else self.negative

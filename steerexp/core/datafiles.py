@@ -14,25 +14,33 @@ shapes, detected from the fields of the first row:
 - questions ``{id, question, options, trait}`` (eval only).
 
 Every problem is reported in one line naming the file, the row and the field, before any
-model loads. A file read by both the dataset and the eval (CAA style) is split into disjoint,
-seeded parts: ``dataset.holdout`` of its rows are only asked, the rest only contrasted. This
-module reads the pairs; :mod:`steerexp.core.questionfiles` reads the questions.
+model loads. A source (file and split) read by both the dataset and the eval (CAA style) is
+split into disjoint, seeded parts: ``dataset.holdout`` of its rows (default 0.25 then, else 0)
+are only asked, the rest only contrasted. Different splits of one Hugging Face ``DatasetDict``
+are different sources. This module reads the pairs; :mod:`steerexp.core.questionfiles` reads
+the questions.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from steerexp.core.config import typed
-from steerexp.core.data import Pair, subsample
+from steerexp.core.data import Pair, Question, subsample
 from steerexp.core.errors import SteerexpError
 from steerexp.core.tables import (
     Row,
     Table,
     answer_letter,
+    check_shown,
     detect_shape,
+    normal_opening,
     read_table,
     row_error,
     text_field,
@@ -50,10 +58,15 @@ QUESTION_SHAPES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: ``dataset.holdout`` when unset and the eval reads the dataset's own source (one-file mode).
+DEFAULT_HOLDOUT = 0.25
+
+
 def caa_options(table: Table, row: Row) -> tuple[str, list[str]]:
-    """(trait letter, sorted option letters) of a CAA row."""
+    """(trait letter, sorted option letters) of a CAA row, letters normalised
+    (:func:`~steerexp.core.tables.normal_answer`) and checked against the options shown."""
     shape = PAIR_SHAPES["caa"]
-    text_field(table, row, shape[0], shape)
+    question = text_field(table, row, shape[0], shape)
     trait = answer_letter(table, row, shape[1], text_field(table, row, shape[1], shape))
     others = row.data.get(shape[2])
     if others is None:
@@ -64,15 +77,53 @@ def caa_options(table: Table, row: Row) -> tuple[str, list[str]]:
     letters = [trait, *(answer_letter(table, row, shape[2], o) for o in others)]
     if len(set(letters)) != len(letters):
         raise row_error(
-            table, row, f"answers {letters} repeat; the matching answer must differ from the others"
+            table,
+            row,
+            f"answers {letters} repeat ({shape[1]} / {shape[2]}); the matching answer must "
+            "differ from the others",
         )
+    check_shown(table, row, question, letters, f"{shape[1]} / {shape[2]}")
     return trait, sorted(letters)
+
+
+def same_source(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """True when two file configs read the same rows: the same path and the same split (the
+    train and test splits of one Hugging Face ``DatasetDict`` are different sources)."""
+    if a.get("path") is None or b.get("path") is None:
+        return False
+    pa, pb = (Path(str(x)).expanduser().resolve() for x in (a["path"], b["path"]))
+    return pa == pb and a.get("split") == b.get("split")
+
+
+def holdout_fraction(dataset_cfg: Mapping[str, Any], eval_cfg: Mapping[str, Any] | None) -> float:
+    """``dataset.holdout`` as set; unset (null): :data:`DEFAULT_HOLDOUT` when the eval reads the
+    dataset's own source from its file, else 0 (a separate eval file needs no held-out rows)."""
+    value = dataset_cfg.get("holdout")
+    if value is not None:
+        return float(value)
+    one_file = eval_cfg is not None and same_source(dataset_cfg, eval_cfg)
+    return DEFAULT_HOLDOUT if one_file else 0.0
+
+
+def with_holdout(
+    dataset_cfg: Mapping[str, Any], eval_cfg: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The dataset config as a plain dict with ``holdout`` resolved (:func:`holdout_fraction`);
+    the run's own config keeps what the user wrote, so its hash stays the same."""
+    plain = (
+        OmegaConf.to_container(dataset_cfg, resolve=True)
+        if isinstance(dataset_cfg, DictConfig)
+        else dict(dataset_cfg)
+    )
+    if isinstance(eval_cfg, DictConfig):
+        eval_cfg = OmegaConf.to_container(eval_cfg, resolve=True)
+    return {**plain, "holdout": holdout_fraction(plain, eval_cfg)}
 
 
 def holdout_split(table: Table, cfg: Mapping[str, Any]) -> tuple[list[Row], list[Row]]:
     """(contrast rows, held-out eval rows): a seeded, disjoint split by ``holdout`` fraction."""
     cfg = typed("dataset", cfg)
-    frac = float(cfg.holdout)
+    frac = float(cfg.holdout or 0.0)
     if not 0.0 <= frac < 1.0:
         raise SteerexpError(f"holdout={frac} must be a fraction in [0, 1)")
     rows = list(table.rows)
@@ -114,7 +165,13 @@ def _row_pair(table: Table, shape: str, row: Row) -> Pair:
         question = text_field(table, row, "question", fields)
         other = row.data[fields[2]]
         other = other[0] if isinstance(other, list) else other
-        return Pair(question, question, str(row.data[fields[1]]).strip(), str(other).strip())
+        return Pair(
+            question,
+            question,
+            normal_opening(row.data[fields[1]]),
+            normal_opening(other),
+            where=row.where,
+        )
     if shape == "pairs":
         prompt = text_field(table, row, "prompt", fields)
         return Pair(
@@ -122,8 +179,9 @@ def _row_pair(table: Table, shape: str, row: Row) -> Pair:
             prompt,
             text_field(table, row, "positive", fields),
             text_field(table, row, "negative", fields),
+            where=row.where,
         )
-    return Pair(*(text_field(table, row, f, fields) for f in fields))
+    return Pair(*(text_field(table, row, f, fields) for f in fields), where=row.where)
 
 
 def _alternating_pairs(table: Table, rows: list[Row]) -> list[Pair]:
@@ -142,6 +200,7 @@ def _alternating_pairs(table: Table, rows: list[Row]) -> list[Pair]:
             text_field(table, n, "prompt", fields),
             text_field(table, p, "completion", fields),
             text_field(table, n, "completion", fields),
+            where=f"{p.where} / {n.where}",
         )
         for p, n in zip(rows[0::2], rows[1::2], strict=True)
     ]
@@ -153,7 +212,7 @@ def file_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     table = read_table(cfg.path, str(cfg.format), cfg.split, "dataset.path")
     persona = cfg.template is not None
     shape = "suffixes" if persona else detect_shape(table, PAIR_SHAPES, "dataset=file")
-    if float(cfg.holdout) and shape != "caa":
+    if float(cfg.holdout or 0.0) and shape != "caa":
         raise SteerexpError(
             f"dataset.holdout={cfg['holdout']} needs CAA rows (the shape an eval can also "
             f"read); {table.label} has {shape} rows: set dataset.holdout=0"
@@ -167,3 +226,33 @@ def file_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
         pairs = [_row_pair(table, shape, r) for r in rows]
     pairs = subsample(pairs, cfg["max_pairs"])
     return pairs
+
+
+def normal_text(text: str) -> str:
+    """What two texts are compared as for leakage: Unicode NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", str(text)).casefold().split())
+
+
+def check_leakage(
+    pairs: Sequence[Pair], questions: Sequence[Question], dataset_key: str = "dataset"
+) -> None:
+    """Refuse eval questions whose text (normalised, :func:`normal_text`) is also a contrast
+    pair's prompt: train/test leakage, whatever the files are called (a copy of the test file,
+    or test rows pasted into the generate file)."""
+    prompts: dict[str, str] = {}
+    for i, p in enumerate(pairs):
+        for text in (p.positive, p.negative):
+            prompts.setdefault(normal_text(text), p.where or f"pair {i + 1}")
+    hits = [
+        (q.id, prompts[normal_text(q.text)]) for q in questions if normal_text(q.text) in prompts
+    ]
+    if not hits:
+        return
+    shown = ", ".join(f"{qid} = {where}" for qid, where in hits[:8])
+    more = f" and {len(hits) - 8} more" if len(hits) > 8 else ""
+    raise SteerexpError(
+        f"train/test leakage: {len(hits)} of {len(questions)} eval questions are also contrast "
+        f"pairs of {dataset_key} (eval question = pair row): {shown}{more}; remove them from the "
+        "contrast rows or the eval rows (a file that repeats a question puts it on both sides of "
+        "its holdout split)"
+    )

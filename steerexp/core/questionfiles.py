@@ -13,13 +13,22 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from steerexp.core.config import typed
-from steerexp.core.datafiles import QUESTION_SHAPES, caa_options, holdout_split
+from steerexp.core.datafiles import (
+    QUESTION_SHAPES,
+    caa_options,
+    holdout_fraction,
+    holdout_split,
+    same_source,
+    with_holdout,
+)
 from steerexp.core.errors import SteerexpError
 from steerexp.core.tables import (
     Row,
     Table,
+    check_shown,
     detect_shape,
     file_hash,
+    normal_answer,
     read_table,
     row_error,
     text_field,
@@ -41,7 +50,7 @@ def _options(table: Table, row: Row) -> list[str]:
             row,
             f'field \'options\' must list two or more answers, e.g. ["A", "B"]; got {row.data.get("options")!r}',
         )
-    options = [str(o).strip() for o in value]
+    options = [normal_answer(o) for o in value]
     if len({o.lower() for o in options}) != len(options):
         raise row_error(table, row, f"field 'options' {options} repeats an answer")
     return options
@@ -63,30 +72,15 @@ def default_regex(prefix: str, answers: Sequence[str]) -> str:
     return rf"{re.escape(prefix)}\s*\(?({alternatives})(?!\w)"
 
 
-def _same_file(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return False
-    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
-
-
 def file_questions(
     eval_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]
 ) -> tuple[list[dict[str, str]], list[str]]:
     """``(questions as {id, text, trait_answer}, answers)`` from ``eval.path``.
 
-    When the eval reads the dataset's own file, only the dataset's held-out rows are asked.
+    When the eval reads the dataset's own source (same file and split), only the dataset's
+    held-out rows are asked; a missing file is then named as ``dataset.path``.
     """
-    eval_cfg, dataset_cfg = typed("eval", eval_cfg), typed("dataset", dataset_cfg)
-    path = eval_cfg.path
-    table = read_table(path, str(eval_cfg.format), eval_cfg.split, "eval.path")
-    rows = table.rows
-    if _same_file(path, dataset_cfg.path):
-        _train, rows = holdout_split(table, dataset_cfg)
-        if not rows:
-            raise SteerexpError(
-                f"eval.path={str(path)!r} is the dataset's own file but dataset.holdout=0 holds no "
-                "rows out: set dataset.holdout (e.g. 0.25) or give the eval its own file"
-            )
+    table, rows = eval_rows(eval_cfg, dataset_cfg)
     shape = detect_shape(table, QUESTION_SHAPES, "eval=file")
     fields = QUESTION_SHAPES[shape]
     questions: list[dict[str, str]] = []
@@ -101,7 +95,8 @@ def file_questions(
             qid = text_field(table, r, "id", fields)
             text_field(table, r, "question", fields)
             options = _options(table, r)
-            trait = text_field(table, r, "trait", fields).strip()
+            trait = normal_answer(text_field(table, r, "trait", fields))
+            check_shown(table, r, text_field(table, r, "question", fields), options, "options")
             if trait not in options:
                 raise row_error(
                     table,
@@ -114,15 +109,50 @@ def file_questions(
         if answers is None:
             answers, answers_row = options, r
         elif sorted(options) != sorted(answers):
+            named = "the answers" if shape == "caa" else "field 'options'"
+            verb = "differ" if shape == "caa" else "differs"
             raise row_error(
                 table,
                 r,
-                f"field 'options' {options} differs from {answers} ({answers_row.where if answers_row else ''}); "
+                f"{named} {options} {verb} from {answers} ({answers_row.where if answers_row else ''}); "
                 "every question of one eval offers the same answers",
             )
         questions.append({"id": qid, "text": str(r.data["question"]), "trait_answer": trait})
     assert answers is not None
     return questions, answers
+
+
+def eval_rows(
+    eval_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]
+) -> tuple[Table, list[Row]]:
+    """The eval file's table and the rows it asks: all of them, or the dataset's held-out rows
+    when it reads the dataset's own source."""
+    dataset_cfg = typed("dataset", with_holdout(dataset_cfg, eval_cfg))
+    eval_cfg = typed("eval", eval_cfg)
+    shared = same_source(eval_cfg, dataset_cfg)
+    key = "dataset.path" if shared else "eval.path"
+    table = read_table(eval_cfg.path, str(eval_cfg.format), eval_cfg.split, key)
+    if not shared:
+        return table, list(table.rows)
+    _train, rows = holdout_split(table, dataset_cfg)
+    if not rows:
+        raise SteerexpError(
+            f"eval.path={str(eval_cfg.path)!r} is the dataset's own file but dataset.holdout=0 "
+            "holds no rows out: set dataset.holdout (e.g. 0.25) or give the eval its own file"
+        )
+    return table, rows
+
+
+def note_holdout(cfg: DictConfig) -> None:
+    """Say when a set ``dataset.holdout`` keeps rows out of the pairs that no eval asks."""
+    frac = holdout_fraction(cfg.dataset, cfg.eval)
+    if frac and cfg.dataset.path is not None and not same_source(cfg.dataset, cfg.eval):
+        print(
+            f"[steerexp] dataset.holdout={frac} keeps that share of {cfg.dataset.path} out of the "
+            "contrast pairs although the eval reads other questions; set dataset.holdout=0 to "
+            "use every row",
+            flush=True,
+        )
 
 
 def prepare_eval(cfg: DictConfig) -> None:
@@ -131,6 +161,7 @@ def prepare_eval(cfg: DictConfig) -> None:
     Runs before any model loads; afterwards ``cfg.eval`` looks like a built-in eval, so every
     stage reads it as before. Evals that list their ``questions`` are left alone.
     """
+    note_holdout(cfg)
     if cfg.eval.questions is not None:
         return
     questions, answers = file_questions(cfg.eval, cfg.dataset)
@@ -144,21 +175,42 @@ def prepare_eval(cfg: DictConfig) -> None:
         cfg.eval.prompt_template = str(cfg.eval.prompt_template).replace("{choices}", choices)
 
 
+def _source(cfg: Mapping[str, Any], rows: list[Row]) -> dict[str, Any]:
+    return {
+        "path": str(cfg["path"]),
+        "split": cfg["split"],
+        "sha256": file_hash(cfg["path"]),
+        "rows": [r.index + 1 for r in rows],
+    }
+
+
 def record_split(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Write ``split.json`` (which rows were contrasted, which asked) when one file serves both."""
-    ds, ev = cfg.dataset, cfg.eval
-    if ds.path is None or not float(ds.holdout):
+    """Write ``split.json`` when the dataset comes from a file: which rows of which source
+    (path, split, content sha256) were contrasted and which were asked.
+
+    ``contrast_rows`` / ``eval_rows`` are 1-based row numbers, each in its own source (the same
+    one when ``eval_reads_it``); the eval's rows are recorded only when it reads a file."""
+    ev = cfg.eval
+    if cfg.dataset.path is None:
         return None
+    ds = typed("dataset", with_holdout(cfg.dataset, ev))
     table = read_table(ds.path, str(ds.format), ds.split, "dataset.path")
     train, held = holdout_split(table, ds)
-    info = {
-        "path": str(ds.path),
-        "sha256": file_hash(ds.path),
+    shared = same_source(ds, ev)
+    info: dict[str, Any] = {
+        **{k: v for k, v in _source(ds, train).items() if k != "rows"},
         "holdout": float(ds.holdout),
         "split_seed": int(ds.split_seed),
-        "eval_reads_it": _same_file(ev.path, ds.path),
+        "eval_reads_it": shared,
         "contrast_rows": [r.index + 1 for r in train],
         "eval_rows": [r.index + 1 for r in held],
+        "eval": None,
     }
+    if not shared and ev.path is not None:
+        _table, asked = eval_rows(ev, ds)
+        info["eval"] = _source(ev, asked)
+        info["eval_rows"] = info["eval"]["rows"]
+    elif shared:
+        info["eval"] = _source(ev, held)
     (run_dir / "split.json").write_text(json.dumps(info, indent=1))
     return info

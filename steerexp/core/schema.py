@@ -26,8 +26,8 @@ class ModelConfig:
     revision: str | None = None
     #: the checkpoint's expected ``architectures`` entry (checked at load); null: not checked
     architecture: str | None = None
-    #: float32 | bfloat16 | float16
-    dtype: str = "bfloat16"
+    #: auto (bfloat16 on a GPU, float32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"
     #: null | 4bit | 8bit (bitsandbytes)
     quantization: str | None = None
     #: auto: cuda when available, else cpu
@@ -100,6 +100,16 @@ class VjpMethod(MethodConfig):
 
 
 @dataclass
+class RandomMethod(MethodConfig):
+    """A seeded Gaussian direction (the null, as a method). ``seed`` null: the run's ``seed``; set,
+    it picks the direction alone, so ``method=random method.seed=0,1,2`` are three directions (rows
+    of one ranking table) sampled with the same run seed (common random numbers)."""
+
+    kind: str = "random"
+    seed: int | None = None
+
+
+@dataclass
 class LossConfig:
     """``loss``: the loss whose gradients the gradient methods use (SPEC 4.4)."""
 
@@ -147,8 +157,9 @@ class DatasetConfig(FileSource):
     suffixes: str | None = None
     #: persona mode: add every word-prefix of each suffix as its own pair
     truncate: bool = False
-    #: fraction of rows held out (seeded by split_seed, disjoint) for an eval reading this file
-    holdout: float = 0.0
+    #: fraction of rows held out (seeded by split_seed, disjoint) for an eval reading this same
+    #: file and split; null: 0.25 when the eval reads it, else 0
+    holdout: float | None = None
     split_seed: int = 0
     #: at most this many pairs (a seeded subsample, stable across runs); null = all
     max_pairs: int | None = None
@@ -233,6 +244,17 @@ class RandomNullConfig:
 
 
 @dataclass
+class RankingConfig:
+    """How a sweep's ranking reads across its runs (``steerexp.sweep``)."""
+
+    #: multiple-comparison correction of ``p_null`` over the whole sweep (every table; ``random``
+    #: rows excluded unless they are all that was swept): holm | bh (Benjamini-Hochberg FDR)
+    correction: str = "holm"
+    #: re-run the top k rows on a fresh seed to check they replicate (0: none)
+    confirm: int = 0
+
+
+@dataclass
 class Config:
     """The whole experiment (``conf/config.yaml`` picks each group's option)."""
 
@@ -253,6 +275,7 @@ class Config:
     regress_x: str = "symlog"
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     random_null: RandomNullConfig = field(default_factory=RandomNullConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     #: extraction cache; null: steerexp.cache_dir()/extractions
     cache_dir: str | None = None
     #: the sweep report's folder name under multirun_reports/; null: <date>_<time>-<id>
@@ -279,13 +302,19 @@ SECTIONS: dict[str, type] = {
     "kl": KLConfig,
     "extract": ExtractConfig,
     "random_null": RandomNullConfig,
+    "ranking": RankingConfig,
 }
 #: Groups whose options differ in keys: the key that picks the variant, and each variant's schema
 #: (stored as ``<variant>_base``); an option matching none follows the group's base schema.
 VARIANTS: dict[str, tuple[str, dict[str, type]]] = {
     "method": (
         "kind",
-        {"fisher": FisherMethod, "fisher_dual": FisherDualMethod, "vjp_steer": VjpMethod},
+        {
+            "fisher": FisherMethod,
+            "fisher_dual": FisherDualMethod,
+            "vjp_steer": VjpMethod,
+            "random": RandomMethod,
+        },
     ),
     "loss": ("name", {"reprpo_margin": MarginLoss}),
     "logger": ("name", {"wandb": WandbLogger}),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,11 @@ def _hf_records(path: str, split: str | None, key: str) -> list[dict[str, Any]]:
     if isinstance(ds, datasets.DatasetDict):
         if split is None and len(ds) == 1:
             split = next(iter(ds))
+        if split is None:
+            raise SteerexpError(
+                f"{key}={path!r} is a DatasetDict with splits {', '.join(sorted(ds))}: pick one "
+                f"with {key.rsplit('.', 1)[0]}.split=<name>"
+            )
         if split not in ds:
             raise choice_error(f"split of {path!r} ({key.rsplit('.', 1)[0]}.split)", split, ds)
         ds = ds[split]
@@ -104,10 +111,24 @@ def _hf(p: Path, label: str, split: str | None, key: str) -> list[Row]:
     return [Row(i, f"row {i + 1}", r) for i, r in enumerate(_hf_records(label, split, key))]
 
 
+def read_text(p: Path, label: str) -> str:
+    """The file as UTF-8 text (a leading BOM dropped); any other encoding fails in one line
+    naming the first bad byte and its line."""
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SteerexpError(
+            f"{label} is not UTF-8 (byte 0x{data[e.start]:02x} at line {line}); re-save it as "
+            "UTF-8 (e.g. iconv -f latin1 -t utf-8, or 'Save as ... UTF-8')"
+        ) from None
+
+
 @READERS.register("jsonl")
 def _jsonl(p: Path, label: str, split: str | None, key: str) -> list[Row]:
     rows: list[Row] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(p, label).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -120,9 +141,11 @@ def _jsonl(p: Path, label: str, split: str | None, key: str) -> list[Row]:
 @READERS.register("json")
 def _json(p: Path, label: str, split: str | None, key: str) -> list[Row]:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(read_text(p, label))
     except json.JSONDecodeError as e:
-        raise SteerexpError(f"{label}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise SteerexpError(
+            f"{label}: not valid JSON ({e.msg}: line {e.lineno} column {e.colno})"
+        ) from None
     if not isinstance(data, list):
         raise SteerexpError(f"{label}: a JSON file must hold a list of objects (one per row)")
     return [Row(i, f"row {i + 1}", r) for i, r in enumerate(data)]
@@ -130,14 +153,17 @@ def _json(p: Path, label: str, split: str | None, key: str) -> list[Row]:
 
 @READERS.register("csv")
 def _csv(p: Path, label: str, split: str | None, key: str) -> list[Row]:
-    with p.open(newline="", encoding="utf-8") as f:
-        return [Row(i, f"line {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
+    """A header row, then one row per line; header names are stripped of spaces."""
+    reader = csv.DictReader(io.StringIO(read_text(p, label), newline=""))
+    if reader.fieldnames:
+        reader.fieldnames = [str(f).strip() for f in reader.fieldnames]
+    return [Row(i, f"line {i + 2}", r) for i, r in enumerate(reader)]
 
 
 @READERS.register("txt")
 def _txt(p: Path, label: str, split: str | None, key: str) -> list[Row]:
     """One suffix per non-empty line."""
-    lines = [(n, s.strip()) for n, s in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)]
+    lines = [(n, s.strip()) for n, s in enumerate(read_text(p, label).splitlines(), 1)]
     return [Row(i, f"line {n}", {"suffix": s}) for i, (n, s) in enumerate(x for x in lines if x[1])]
 
 
@@ -172,12 +198,7 @@ def read_table(path: Any, fmt: str = "auto", split: str | None = None, key: str 
     label = str(path)
     if kind != "hf":
         _check_regular_file(p, key, str(path))
-    try:
-        rows = READERS.get(kind)(p, label, split, key)
-    except UnicodeDecodeError as e:
-        raise SteerexpError(
-            f"{key}={label!r}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
-        ) from None
+    rows = READERS.get(kind)(p, label, split, key)
     table = Table(label, rows)
     for r in rows:
         if not isinstance(r.data, Mapping):
@@ -190,9 +211,19 @@ def read_table(path: Any, fmt: str = "auto", split: str | None = None, key: str 
 
 
 def file_hash(path: Any) -> str | None:
-    """sha256 of a local file (``None`` for directories and hub names), recorded with splits."""
+    """sha256 of a local file, or of a directory's data files (a ``save_to_disk`` dir: its
+    ``.arrow``/``.parquet`` files, names and bytes, in path order), recorded with splits so a
+    split stays tied to content; ``None`` for a hub name."""
     p = Path(str(path)).expanduser()
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    if p.is_file():
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    if not p.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _HF_FILES):
+        digest.update(f.relative_to(p).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def detect_shape(table: Table, shapes: Mapping[str, tuple[str, ...]], what: str) -> str:
@@ -224,10 +255,55 @@ def text_field(table: Table, row: Row, field: str, shape: Sequence[str]) -> str:
     return str(value)
 
 
+#: An answer that names an option letter: ``(A)``, ``a``, ``(b) Agree``, ``A. Yes``, ``B)``.
+_LETTER = re.compile(r"^\(?\s*([A-Za-z])\s*(?:\)|\.|:|(?=\s)|$)")
+#: Option markers shown in a question: ``(A)`` at the start of a line, else anywhere.
+_SHOWN_LINE = re.compile(r"^[ \t]*\(([A-Za-z])\)", re.M)
+_SHOWN_INLINE = re.compile(r"(?<!\w)\(([A-Za-z])\)(?=\s|$|[.,;:?!])")
+
+
+def normal_answer(value: Any) -> str:
+    """The one place answers are normalised: an option letter, in any case, with or without
+    parentheses and trailing text (``(a) Agree``), is its upper-case letter ``A``; any other
+    answer (``Yes``) is its stripped text. Empty text gives ``""``."""
+    text = str(value).strip()
+    m = _LETTER.match(text)
+    return m.group(1).upper() if m else text.strip("()").strip()
+
+
+def shown_options(question: str) -> list[str]:
+    """The option letters a question shows as ``(A)`` markers (upper case, in order)."""
+    found = _SHOWN_LINE.findall(question) or _SHOWN_INLINE.findall(question)
+    return list(dict.fromkeys(f.upper() for f in found))
+
+
+def check_shown(table: Table, row: Row, question: str, letters: Sequence[str], field: str) -> None:
+    """The option letters the answers name must be the ones the question shows (when it shows
+    any as ``(A)``): a ``(C)`` nobody answers, or an answer ``C`` not shown, is an error."""
+    shown = shown_options(question)
+    if not shown or not all(len(a) == 1 and a.isalpha() for a in letters):
+        return
+    if sorted(shown) != sorted(letters):
+        raise row_error(
+            table,
+            row,
+            f"the question shows options {', '.join(f'({s})' for s in shown)} but its answers "
+            f"({field}) are {', '.join(sorted(letters))}; they must be exactly the options shown",
+        )
+
+
+def normal_opening(value: Any) -> str:
+    """An answer used as an assistant opening: stripped, its option letter upper-cased
+    (``(a) Agree`` -> ``(A) Agree``), the rest as written."""
+    text = str(value).strip()
+    m = _LETTER.match(text)
+    return text[: m.start(1)] + m.group(1).upper() + text[m.end(1) :] if m else text
+
+
 def answer_letter(table: Table, row: Row, field: str, value: Any) -> str:
-    """``"(A)"`` / ``" (A)"`` -> ``"A"``."""
-    letter = str(value).strip().strip("()").strip()
-    if not letter or isinstance(value, list | dict):
+    """A row's answer field as :func:`normal_answer` (``"(a) Agree"`` -> ``"A"``)."""
+    letter = normal_answer(value) if not isinstance(value, list | dict) else ""
+    if not letter:
         raise row_error(
             table, row, f"field {field!r} must be one answer such as '(A)', got {value!r}"
         )

@@ -18,6 +18,7 @@ from steerexp.core.data import (
     load_pairs,
     load_questions,
 )
+from steerexp.core.datafiles import check_leakage, with_holdout
 from steerexp.core.errors import SteerexpError, choice_error
 from steerexp.core.models import validate_model_cfg
 from steerexp.core.questionfiles import prepare_eval
@@ -27,6 +28,7 @@ from steerexp.stages.extract.losses import LOSS_TERMS, LOSSES
 from steerexp.stages.fit.methods import METHODS, check_pairs
 from steerexp.stages.intervene.scales import COEFF_UNITS
 from steerexp.stages.judge.judges import JUDGES
+from steerexp.sweep.rows import CORRECTIONS
 
 
 class Inputs(NamedTuple):
@@ -140,10 +142,17 @@ def check_config(cfg: DictConfig) -> Inputs:
     coeffs = check_coeffs(list(cfg.eval.coeffs))
     if cfg.coeff_units == "kl":
         load_neutral_prompts(str(cfg.kl.prompts))
+    if cfg.ranking.correction not in CORRECTIONS:
+        raise choice_error("ranking.correction", cfg.ranking.correction, list(CORRECTIONS))
+    check_int(cfg, "ranking.confirm", 0)
     if int(cfg.random_null.k) != 0 and int(cfg.random_null.k) < 2:
         raise SteerexpError(
             f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"
         )
-    pairs = load_pairs(plain(cfg.dataset))
-    check_pairs(str(cfg.method.name), str(cfg.method.kind), len(pairs))
-    return Inputs(pairs, load_questions(plain(cfg.eval)), coeffs)
+    dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
+    inputs = Inputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
+    check_pairs(str(cfg.method.name), str(cfg.method.kind), len(inputs.pairs))
+    check_leakage(
+        inputs.pairs, inputs.questions, str(cfg.dataset.path or f"dataset={cfg.dataset.name}")
+    )
+    return inputs

@@ -24,11 +24,14 @@ from steerexp.core import artifacts
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, error_text
 from steerexp.core.guard import check_output_dir
+from steerexp.core.prompts import check_prompts
 from steerexp.core.questionfiles import record_split
+from steerexp.directions import provenance
 from steerexp.pipeline import steps
 from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
 from steerexp.pipeline.reference import null_reference
 from steerexp.stages.fit.methods import fit_summary
+from steerexp.stages.regress.coherence import PMASS_MIN
 from steerexp.sweep.tracking import make_logger
 
 
@@ -61,6 +64,9 @@ def execute(
     with timer("load"):
         model = steps.load(cfg)
     metrics.update(model_reused=model.loaded.reused, checkpoint=model.loaded.path)
+    asked, _ = check_prompts(model.loaded, plain(cfg.eval), inputs.questions, run_dir)
+    metrics["n_skipped_long"] = len(inputs.questions) - len(asked)
+    inputs = inputs._replace(questions=asked)
 
     with timer("extract"):
         ex = steps.extract(cfg, model, inputs, progress)
@@ -89,6 +95,7 @@ def execute(
             "scales": steering.scales,
             "fit_info": {m: f.info for m, f in directions.fits.items()},
             "cache_key": ex.key,
+            **provenance(plain(cfg.model), model.loaded, model.modules, ex.meta["pairs"]),
         },
     )
 
@@ -102,6 +109,7 @@ def execute(
     with timer("regress"):
         fit = steps.regress(cfg, model, inputs, steering, judged)
         metrics.update(fit.stats)
+        warn_low_pmass(metrics, str(cfg.judge.name))
         artifacts.write_coherence(run_dir / "coherence.csv", fit.cost)
         title = (
             f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
@@ -116,6 +124,19 @@ def execute(
                 null_reference(cfg, model, inputs, ex, float(fit.stats["slope"]), progress)
             )
     return judged.dose
+
+
+def warn_low_pmass(metrics: dict[str, Any], judge: str) -> None:
+    """Say when most valid rows put little probability on the answer options (a forced judge
+    then reads them anyway, so ``valid_frac`` alone looks fine)."""
+    low = metrics.get("low_pmass_frac")
+    if isinstance(low, float) and low > 0.5:
+        print(
+            f"[steerexp] judge={judge}: {low:.0%} of valid rows put < {PMASS_MIN} probability on "
+            f"the answer options (median pmass {metrics['pmass_median']:.2g}); their log-ratios "
+            "compare options the model hardly considers (see coherence.csv)",
+            flush=True,
+        )
 
 
 def run(

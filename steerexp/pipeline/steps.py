@@ -41,7 +41,8 @@ from steerexp.stages.regress.ols import regress as fit_line
 #: Version of the judged-rows caches (generations and nulls).
 # 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex
 # 3: text fields quoted (a completion's bare \r split rows of version-2 files)
-ROWS_VERSION = 3
+# 4: n_tokens column (generated tokens per row)
+ROWS_VERSION = 4
 
 
 @dataclass
@@ -223,6 +224,6 @@ def regress(
         groups=dose["question_id"],
     )
     kl = coherence.mean_token_kl(model.loaded, kl_prompts(cfg, model), steering, inputs.coeffs)
-    lengths = coherence.completion_lengths(model.loaded, list(dose["completion"]))
-    cost = coherence.cost_table(kl, inputs.coeffs, dose, lengths)
-    return Regression({**stats, **coherence.summary(cost)}, cost)
+    cost = coherence.cost_table(kl, inputs.coeffs, dose, dose["n_tokens"])
+    summary = {**coherence.summary(cost), **coherence.pmass_summary(dose)}
+    return Regression({**stats, **summary}, cost)

@@ -32,7 +32,8 @@ class RankingCallback(Callback):
 
     ``reports_root``: where the copy goes (None -> ``./multirun_reports``); ``print_tables``: echo
     ``ranking.md`` to stdout. The report's folder name is the config's ``report_name`` when set, else
-    ``<date>_<time>-<id>`` of the sweep dir; ``report_overwrite`` decides what happens when another
+    ``<date>_<time>-<id>`` of the sweep dir; with ``ranking.confirm: k`` the top k rows are re-run
+    (:mod:`steerexp.sweep.confirm`) and the report rebuilt with the result; ``report_overwrite`` decides what happens when another
     sweep's report has that name (see :func:`steerexp.sweep.report.build_report`). Never raises: a report
     error is logged and kept in ``LAST_SWEEP_ERROR``.
     """
@@ -74,7 +75,20 @@ class RankingCallback(Callback):
                 overwrite=overwrite,
                 interrupted=interrupted,
             )
-            LAST_SWEEP_FAILED = int((~df["status"].isin(["ok", "degenerate"])).sum())
+            k = int(OmegaConf.select(config, "ranking.confirm", default=0) or 0)
+            if k > 0:
+                from steerexp.sweep.confirm import confirm
+
+                confirm(sweep_dir, df, k)
+                df = build_report(
+                    sweep_dir,
+                    reports_root=root,
+                    name=str(name) if name else None,
+                    overwrite=overwrite,
+                    interrupted=interrupted,
+                )
+            runs = df[~df["pooled"].astype(bool)]
+            LAST_SWEEP_FAILED = int((~runs["status"].isin(["ok", "degenerate"])).sum())
             if self.print_tables:
                 print((sweep_dir / "ranking.md").read_text(), flush=True)
             log.info("ranking written to %s and %s", sweep_dir, df.attrs.get("report_dir"))

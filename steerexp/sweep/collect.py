@@ -14,17 +14,16 @@ import numpy as np
 import pandas as pd
 import yaml
 from safetensors.torch import load_file
-from statsmodels.stats.multitest import multipletests
 
 from steerexp.core.columns import (
     EXTRA_STAT_COLUMNS,
     JOURNAL_COLUMNS,
     METRIC_COLUMNS,
-    RELIABILITY_COLUMNS,
     TIME_COLUMNS,
+    sort_key,
 )
 from steerexp.core.errors import SteerexpError
-from steerexp.sweep import reliability
+from steerexp.sweep import order, rows
 
 _OVERRIDE_PREFIX = re.compile(r"^[+~]+")
 
@@ -166,21 +165,40 @@ def swept_keys(overrides: Sequence[dict[str, str]]) -> list[str]:
 
 
 def _sort(df: pd.DataFrame) -> pd.DataFrame:
-    """``signed_score`` descending (positive = toward the trait), NaN last; ties broken by method
-    then job name, so the order is stable."""
-    score = pd.to_numeric(df["signed_score"], errors="coerce")
-    key = pd.DataFrame(
-        {"s": (-score).fillna(np.inf), "m": df["method"].astype(str), "j": df["job"]}
+    """By :func:`~steerexp.core.columns.sort_key` (``budget_effect`` when runs report it, else
+    ``signed_score``) descending, NaN last; ties broken by ``signed_score``, label, then job name,
+    so the order is stable."""
+    key = pd.to_numeric(df[sort_key(df)], errors="coerce")
+    tie = pd.to_numeric(df["signed_score"], errors="coerce")
+    frame = pd.DataFrame(
+        {
+            "s": (-key).fillna(np.inf),
+            "t": (-tie).fillna(np.inf),
+            "m": df["label"].astype(str),
+            "j": df["job"].astype(str),
+        }
     )
-    order = key.sort_values(["s", "m", "j"], kind="mergesort").index
-    return df.loc[order].reset_index(drop=True)
+    ordered = frame.sort_values(["s", "t", "m", "j"], kind="mergesort").index
+    return df.loc[ordered].reset_index(drop=True)
 
 
-def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, list[str]]:
+def _mean_slopes(series: list[pd.Series | None]) -> pd.Series | None:
+    """Per scenario, the mean of the given per-scenario slopes (a pooled row's)."""
+    have = [s for s in series if s is not None]
+    return pd.concat(have, axis=1).mean(axis=1) if have else None
+
+
+def collect(
+    sweep_dir: Path, interrupted: bool = False, correction: str | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """All job rows of ``sweep_dir`` (sorted) and the swept keys; raises when it is not a sweep dir.
 
     Jobs the sweep planned (``multirun.yaml``) but never started get a row too: status
-    ``interrupted`` when ``interrupted`` (Ctrl-C), else ``missing``.
+    ``interrupted`` when ``interrupted`` (Ctrl-C), else ``missing``. Rows that differ only in a
+    swept ``seed`` also get a pooled row (:mod:`steerexp.sweep.rows`); ``p_null_adj`` is corrected
+    over the whole sweep by ``correction`` (None: the jobs' ``ranking.correction``), and each
+    shown row is tested against the next (``sep_next``, :mod:`steerexp.sweep.order`).
+    ``df.attrs`` records the correction, the family size and the sort key.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -193,6 +211,7 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
             f"not a sweep dir: {str(sweep_dir)!r} has no job dirs (subdirs with .hydra/overrides.yaml); "
             "pass multirun/<date>/<time>"
         )
+    correction = rows.correction_of(jobs, correction)
     names = [j.relative_to(sweep_dir).as_posix() for j in jobs]
     overrides = [read_overrides(j) for j in jobs]
     loaded = [{**load_job(j), "job": n} for j, n in zip(jobs, names, strict=True)]
@@ -211,55 +230,77 @@ def collect(sweep_dir: Path, interrupted: bool = False) -> tuple[pd.DataFrame, l
             loaded.append({"job": f"{num}_(not started)", "status": status, "error": why})
             overrides.append(ov)
     keys = swept_keys(overrides)
-    rows = []
+    split = rows.table_keys(keys)
+    out = []
     for index, (row, ov) in enumerate(zip(loaded, overrides, strict=True)):
         row["_index"] = index
         for k in keys:
             if row.get(k) is None:
                 row[k] = ov.get(k, "default")
-        row["_group"] = ", ".join(
-            f"{k}={ov.get(k, row.get(k, 'default'))}" for k in keys if k != "method"
-        )
-        rows.append(row)
-    df = pd.DataFrame(rows)
+        row["_group"] = ", ".join(f"{k}={ov.get(k, row.get(k, 'default'))}" for k in split)
+        row["label"] = rows.row_label(str(row.get("method") or row["job"]), ov, keys)
+        out.append(row)
+    df = pd.DataFrame(out)
     known = list(dict.fromkeys(["job", "status", *keys, *METRIC_COLUMNS]))
     private = ("error", "_group", "_index")
     extra = sorted(c for c in df.columns if c not in known and c not in private)
     df = df.reindex(columns=[*known, *extra, *private])
-    for c in [*JOURNAL_COLUMNS, *EXTRA_STAT_COLUMNS, *RELIABILITY_COLUMNS, *TIME_COLUMNS]:
+    for c in [*JOURNAL_COLUMNS, *EXTRA_STAT_COLUMNS, *TIME_COLUMNS]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    # Run dirs from before p_null: the rank p they hold is the same statistic.
+    df["p_null"] = df["p_null"].fillna(df["p_random_rank"])
     for c in ("n_valid", "n_rows", "seed"):
         num = pd.to_numeric(df[c], errors="coerce")
         if num.notna().sum() == df[c].notna().sum() and (num.dropna() % 1 == 0).all():
             df[c] = num.astype("Int64")
     df["method"] = df["method"].where(df["method"].notna(), df["job"])
+    by_job = {
+        str(r.job): sweep_dir / str(r.job) if r.status == "ok" else None for r in df.itertuples()
+    }
+    scen = {j: order.scenario_slopes(d) if d else None for j, d in by_job.items()}
+    nulls = {j: order.null_overall_slopes(d) if d else None for j, d in by_job.items()}
+    df = rows.pool_seeds(df, keys, nulls)
+    for i in df.index[df["pooled"].astype(bool)]:
+        members = df[(df["_group"] == df.at[i, "_group"]) & (df["label"] == df.at[i, "label"])]
+        scen[str(df.at[i, "job"])] = _mean_slopes([scen.get(str(j)) for j in members["job"]])
     df = _sort(df)
     df["dup_of"] = df["dup_of"].astype(object)
+    df["sep_next"] = pd.Series(pd.NA, index=df.index, dtype="boolean")
+    df["sep_ref"] = pd.Series(None, index=df.index, dtype=object)
+    df["p_null_adj"] = rows.adjust(df, correction)
+    shown = df["in_table"].astype(bool)
+    null_k: dict[str, int] = {}
     for group in df["_group"].unique():
-        rows = df.index[df["_group"] == group]
-        df.loc[rows, "p_random_holm"] = holm(df.loc[rows, "p_random"])
-        df.loc[rows, "dup_of"] = duplicates(df.loc[rows], sweep_dir)
-        ok = df.loc[rows, "status"] == "ok"
-        dirs = [
-            sweep_dir / str(j) if good else None
-            for j, good in zip(df.loc[rows, "job"], ok, strict=True)
+        idx = df.index[(df["_group"] == group) & shown]
+        df.loc[idx, "dup_of"] = duplicates(df.loc[idx], sweep_dir)
+        null = next(
+            (
+                n
+                for j in df.loc[idx, "job"]
+                if by_job.get(str(j))
+                and (n := order.null_scenario_slopes(by_job[str(j)])) is not None
+            ),
+            None,
+        )
+        null_k[group] = 0 if null is None else len(null)
+        p, ref = order.order_tests([scen.get(str(j)) for j in df.loc[idx, "job"]], null)
+        df.loc[idx, "sep_p"] = p
+        df.loc[idx, "sep_ref"] = ref
+        df.loc[idx, "sep_next"] = [
+            pd.NA if not np.isfinite(v) else bool(v < order.ALPHA) for v in p
         ]
-        df.loc[rows, RELIABILITY_COLUMNS] = reliability.reliability(dirs).to_numpy()
+    df.attrs.update(
+        correction=correction,
+        family_size=int(rows.family(df).sum()),
+        family_controls=bool((rows.family(df) & (df["method"] == rows.CONTROL)).any()),
+        sort_key=sort_key(df),
+        order_null_k=null_k,
+    )
     return df, keys
 
 
 #: Two rows are duplicates when their directions' mean |cos| over the same modules is at least this.
 DUP_COS = 0.999
-
-
-def holm(p: pd.Series) -> pd.Series:
-    """Holm-adjusted p-values over the finite entries of ``p`` (NaN stays NaN)."""
-    p = pd.to_numeric(p, errors="coerce")
-    out = pd.Series(np.nan, index=p.index)
-    ok = p.notna()
-    if ok.any():
-        out[ok] = multipletests(p[ok].to_numpy(), method="holm")[1]
-    return out
 
 
 def _directions(job_dir: Path) -> dict[str, np.ndarray] | None:
@@ -272,14 +313,14 @@ def _directions(job_dir: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def duplicates(rows: pd.DataFrame, sweep_dir: Path) -> list[str]:
+def duplicates(part: pd.DataFrame, sweep_dir: Path) -> list[str]:
     """Per row (in ranking order), the first better-ranked row whose directions on the same modules
     have mean |cos| >= ``DUP_COS`` with its own ("" when none)."""
     dirs = [
         _directions(Path(sweep_dir) / str(j)) if s == "ok" else None
-        for j, s in zip(rows["job"], rows["status"], strict=True)
+        for j, s in zip(part["job"], part["status"], strict=True)
     ]
-    labels = list(rows["method"].astype(str))
+    labels = list(part["label"].astype(str))
     out = []
     for i, d in enumerate(dirs):
         match = ""
@@ -297,7 +338,7 @@ def duplicates(rows: pd.DataFrame, sweep_dir: Path) -> list[str]:
                 match = (
                     labels[j]
                     if labels.count(labels[j]) == 1
-                    else f"{labels[j]} ({rows['job'].iloc[j]})"
+                    else f"{labels[j]} ({part['job'].iloc[j]})"
                 )
                 break
         out.append(match)

@@ -24,12 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from steerexp.core.artifacts import dose_curve, draw_dose_curve
-from steerexp.core.columns import (
-    journal_table,
-)
+from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, plain_name
 from steerexp.core.guard import check_writable_dir
-from steerexp.sweep import reliability
+from steerexp.sweep import confirm, order
 from steerexp.sweep.collect import collect
 
 log = logging.getLogger(__name__)
@@ -46,33 +44,64 @@ def _groups(df: pd.DataFrame) -> list[str]:
     return list(df.sort_values("_index", kind="mergesort")["_group"].drop_duplicates())
 
 
-def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
-    """``ranking.md``: a short header, one journal table per combination of swept non-method keys, failures."""
-    n_ok = int((df["status"] == "ok").sum())
-    n_failed = int((df["status"] == "failed").sum())
-    n_interrupted = int((df["status"] == "interrupted").sum())
-    n_missing = len(df) - n_ok - n_failed - n_interrupted
+SORT_TEXT = {
+    "budget_effect": "budget_effect (the effect at the matched coherence budget), descending, ties "
+    "and rows without it by signed_score",
+    "signed_score": "signed_score = slope * r2 * valid_frac^2, descending (positive = toward the "
+    "trait); score is its absolute value",
+}
+
+
+def header(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> list[str]:
+    """The lines above the tables: job counts, what was swept, the sort key, the declared family."""
+    counted = df[~df["pooled"].astype(bool)]
+    n_ok = int((counted["status"] == "ok").sum())
+    n_failed = int((counted["status"] == "failed").sum())
+    n_interrupted = int((counted["status"] == "interrupted").sum())
+    n_missing = len(counted) - n_ok - n_failed - n_interrupted
     resolved = Path(sweep_dir).resolve()
     cwd = Path.cwd().resolve()
     shown = resolved.relative_to(cwd) if resolved.is_relative_to(cwd) else resolved
+    controls = (
+        "the random rows are the family (only random was swept)"
+        if df.attrs.get("family_controls")
+        else "random rows are controls, not in it"
+    )
     lines = [
         f"# Ranking: {shown.as_posix()}",
         "",
-        f"jobs: {len(df)} (ok {n_ok}, failed {n_failed}, missing {n_missing}"
+        f"jobs: {len(counted)} (ok {n_ok}, failed {n_failed}, missing {n_missing}"
         + (f", interrupted {n_interrupted}" if n_interrupted else "")
         + "); "
-        + f"swept: {', '.join(keys) or 'nothing'}; sorted by signed_score = slope * r2 * valid_frac^2, "
-        "descending (positive = toward the trait); score is its absolute value",
+        + f"swept: {', '.join(keys) or 'nothing'}; sorted by {SORT_TEXT[df.attrs['sort_key']]}",
+        "",
+        f"p_null_adj: {df.attrs['correction']} correction of p_null over one family of "
+        f"{df.attrs['family_size']} rows, every table of this sweep ({controls})",
     ]
+    if df["pooled"].astype(bool).any():
+        lines += [
+            "",
+            "seed is replication: rows that differ only in seed are pooled (mean slope; interval "
+            "from sqrt(mean se^2 + variance between seeds)); the per-seed rows are in ranking.csv",
+        ]
+    return lines
+
+
+def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
+    """``ranking.md``: a short header, one journal table per combination of swept non-method keys
+    (seed pooled), failures."""
+    lines = header(df, keys, sweep_dir)
     for group in _groups(df):
-        part = df[df["_group"] == group]
+        part = df[(df["_group"] == group) & df["in_table"].astype(bool)]
         lines += [""] + ([f"## {group}", ""] if group else [])
         with_status = bool((part["status"] != "ok").any())
         lines.append(
-            journal_table(part, label_col="method", extra_cols=("status",) if with_status else ())
+            journal_table(part, label_col="label", extra_cols=("status",) if with_status else ())
         )
-        lines += footer(part)
-    bad = df[df["status"] != "ok"].sort_values("_index", kind="mergesort")
+        lines += footer(part, df.attrs.get("order_null_k", {}).get(group))
+    lines += confirm.section(sweep_dir)
+    bad = df[(df["status"] != "ok") & ~df["pooled"].astype(bool)]
+    bad = bad.sort_values("_index", kind="mergesort")
     if len(bad):
         lines += ["", "## Not ok", ""]
         for _, r in bad.iterrows():
@@ -85,10 +114,12 @@ def render_markdown(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def footer(part: pd.DataFrame) -> list[str]:
-    """Under a table: the order's reliability, the random null's spread and the prompting reference
-    (one line per null)."""
-    lines = ["", reliability.footer_line(part)] if (part["status"] == "ok").any() else []
+def footer(part: pd.DataFrame, n_null: int | None = None) -> list[str]:
+    """Under a table: the order test's reference, the random null (K, the median |slope| that
+    vs_random divides by) and the prompting reference (one line per null)."""
+    lines = []
+    if (line := order.footer_line(part, n_null)) is not None:
+        lines += ["", line]
     cols = [
         "null_k",
         "null_abs_median",
@@ -106,11 +137,18 @@ def footer(part: pd.DataFrame) -> list[str]:
         .iterrows()
     ):
         k, med, p95, shift = (pd.to_numeric(r[c], errors="coerce") for c in cols[:4])
+        prompting = (
+            "no persona given (the dataset has no persona template to prompt with)"
+            if pd.isna(shift)
+            else "positive minus negative persona, unsteered, log-ratio shift "
+            f"{shift:.2f} (compare `shift`, each row's fitted change over the grid)"
+        )
         lines += [
             "",
-            f"null: {k:.0f} random directions, median |slope| {med:.2f}, 95th percentile |slope| {p95:.2f} "
-            f"(`ns` = p_holm >= 0.05 against it); prompting reference: positive minus negative persona, "
-            f"unsteered, log-ratio shift {shift:.2f} (compare `shift`, each row's fitted change over the grid)",
+            f"null: K = {k:.0f} random directions; vs_random = |slope| / {med:.2f}, their median "
+            f"|slope|; 95th percentile |slope| {p95:.2f}; p_null = (1 + #null |slope| >= |slope|) / "
+            f"(K + 1), `> all {k:.0f}` = beyond every one (p_null = {1 / (k + 1):.2g}, the smallest "
+            f"K can give); prompting reference: {prompting}",
         ]
     return lines
 
@@ -136,15 +174,13 @@ def plot_sweep(df: pd.DataFrame, sweep_dir: Path, out: Path) -> Path:
     for ax, group in zip(axes.flat, groups, strict=False):
         drawn, coeffs = 0, []
         colors = plt.get_cmap("tab20").colors
-        for _, r in df[df["_group"] == group].iterrows():
+        # every run is drawn (a pooled row's seeds each as its own line)
+        for _, r in df[(df["_group"] == group) & ~df["pooled"].astype(bool)].iterrows():
             curve = _curve(Path(sweep_dir) / r["job"])
             if curve is None:
                 continue
-            label = (
-                f"{r['method']} (score {r['score']:.2f})"
-                if pd.notna(r["score"])
-                else str(r["method"])
-            )
+            name = str(r["label"]) + ("" if r["in_table"] else f" seed={r['seed']}")
+            label = f"{name} (score {r['score']:.2f})" if pd.notna(r["score"]) else name
             style = {"color": colors[drawn % 20], "ls": ("-", "--", ":")[drawn // 20 % 3]}
             draw_dose_curve(ax, curve, label=label, **style)
             coeffs.extend(curve["c"].tolist())
@@ -205,19 +241,21 @@ def build_report(
     name: str | None = None,
     overwrite: bool = False,
     interrupted: bool = False,
+    correction: str | None = None,
 ) -> pd.DataFrame:
     """Write the ranking files into ``sweep_dir`` and copy them to ``reports_root/<name>/``.
 
     ``name`` (a plain folder name) defaults to the sweep dir's last two parts; a name already holding
     another sweep's report gets a ``-2``... suffix unless ``overwrite`` (:func:`report_dir`).
     ``reports_root=None`` skips the copy. ``interrupted``: planned jobs that never started are
-    ``interrupted`` rows. Returns the ranking (one row per job, best score first); its
+    ``interrupted`` rows. ``correction`` (holm | bh) overrides the jobs' ``ranking.correction``.
+    Returns the ranking (one row per job plus pooled rows, best first); its
     ``attrs["report_dir"]`` is where the copy went.
     """
     sweep_dir = Path(sweep_dir)
     if name is not None:
         plain_name("report_name", name)
-    df, keys = collect(sweep_dir, interrupted=interrupted)
+    df, keys = collect(sweep_dir, interrupted=interrupted, correction=correction)
     public = df.drop(columns=["_group", "_index"])
     public.to_csv(sweep_dir / "ranking.csv", index=False)
     (sweep_dir / "ranking.md").write_text(render_markdown(df, keys, sweep_dir))
@@ -250,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace another sweep's report of the same --name"
     )
+    parser.add_argument(
+        "--correction",
+        default=None,
+        help="holm | bh: the family-wide correction of p_null (default: the jobs' ranking.correction)",
+    )
     args = parser.parse_args(argv)
     try:
         if not args.no_copy:
@@ -259,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             None if args.no_copy else args.reports_root,
             name=args.name,
             overwrite=args.overwrite,
+            correction=args.correction,
         )
     except SteerexpError as e:
         print(f"steerexp.report: error: {e}", file=sys.stderr)

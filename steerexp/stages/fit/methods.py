@@ -98,9 +98,11 @@ def _pca_center(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 
 @register("random", uses_grads=False, min_pairs=0)
 def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
-    """A Gaussian vector from ``torch.Generator().manual_seed(seed)``; uses the data only for d."""
-    gen = torch.Generator().manual_seed(int(x.seed))
-    return torch.randn(x.acts.shape[1], generator=gen, dtype=torch.float64), {"seed": float(x.seed)}
+    """A Gaussian vector from ``torch.Generator().manual_seed(seed)``, ``seed`` = ``method.seed``
+    when set, else the run's; uses the data only for d."""
+    seed = int(x.seed if cfg.get("seed") is None else cfg["seed"])
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(x.acts.shape[1], generator=gen, dtype=torch.float64), {"seed": float(seed)}
 
 
 @register("svd_steer", uses_grads=True)

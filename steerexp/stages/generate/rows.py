@@ -23,8 +23,9 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from steerexp.core.answers import AnswerSpec
 from steerexp.core.config import typed
-from steerexp.core.data import Question, question_messages
+from steerexp.core.data import Question
 from steerexp.core.models import LoadedModel
+from steerexp.core.prompts import prompt_text
 from steerexp.core.results import GenRow
 from steerexp.core.steering import Steering, shifts, steer, steered_logits, steered_prefix_cache
 from steerexp.core.threads import one_thread
@@ -54,13 +55,8 @@ def answer_logps(logits: Tensor, spec: AnswerSpec) -> Tensor:
 
 
 def prompt_ids(loaded: LoadedModel, eval_cfg: Mapping[str, Any], q: Question) -> list[int]:
-    """Chat-templated prompt with the generation prompt (thinking kwargs pass through)."""
-    text = loaded.tokenizer.apply_chat_template(
-        question_messages(eval_cfg, q),
-        tokenize=False,
-        add_generation_prompt=True,
-        **loaded.chat_kwargs,
-    )
+    """Chat-templated prompt with the generation prompt, as written to ``prompts.jsonl``."""
+    text = prompt_text(loaded, eval_cfg, q)
     return loaded.tokenizer(text, add_special_tokens=False).input_ids
 
 

@@ -170,6 +170,7 @@ def dose_frame(rows: Sequence[Any], judgements: Sequence[Any]) -> pd.DataFrame:
                 "forced": bool(j.forced),
                 "completion": r.completion,
                 "stop_reason": r.stop_reason,
+                "n_tokens": len(r.completion_ids),
             }
             for r, j in zip(rows, judgements, strict=True)
         ],

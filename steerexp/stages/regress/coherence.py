@@ -5,7 +5,11 @@ Per coefficient of the run's grid:
 - ``kl``: mean per-token KL(steered || unsteered) over the real tokens of held-out neutral prompts
   (``kl.prompts``, never the eval questions); one forward pass per coefficient, no generation;
 - ``valid_frac``: share of the run's generations the judge could score;
-- ``mean_len``: mean completion length in tokens.
+- ``mean_len``: mean completion length in generated tokens (counted at generation, never
+  re-tokenised text: ids that decode to nothing still count);
+- ``pmass_median`` / ``low_pmass_frac``: median probability mass on the answer options over the
+  valid rows, and the share of valid rows below :data:`PMASS_MIN` -- a forced judge's
+  ``valid_frac`` is 1 even when the model puts almost no mass on any option.
 
 Summaries: ``kl_at_max`` (the KL at the largest |c| of the grid, worse sign) and ``coherent_max``
 (the largest |c| whose every sign keeps ``valid_frac >= 0.8`` and ``kl <= 1`` nat; NaN when not
@@ -26,7 +30,9 @@ from steerexp.core.tokens import left_pad
 
 KL_MAX = 1.0
 VALID_MIN = 0.8
-COLUMNS = ["coeff", "kl", "valid_frac", "mean_len"]
+#: a valid row whose answer options hold less probability than this is flagged (``low_pmass``)
+PMASS_MIN = 0.1
+COLUMNS = ["coeff", "kl", "valid_frac", "mean_len", "pmass_median", "low_pmass_frac"]
 
 
 def mean_token_kl(
@@ -57,10 +63,18 @@ def cost_table(
         {
             "coeff": dose["coeff"].astype(float),
             "valid": dose["valid"].astype(bool),
-            "len": token_len,
+            "len": list(token_len),
         }
     )
-    per = rows.groupby("coeff").agg(valid_frac=("valid", "mean"), mean_len=("len", "mean"))
+    pmass = pd.to_numeric(dose["pmass"], errors="coerce") if "pmass" in dose else math.nan
+    rows["pmass"] = pd.Series(pmass, index=rows.index).where(rows["valid"])
+    rows["low"] = (rows["pmass"] < PMASS_MIN).where(rows["valid"]).astype(float)
+    per = rows.groupby("coeff").agg(
+        valid_frac=("valid", "mean"),
+        mean_len=("len", "mean"),
+        pmass_median=("pmass", "median"),
+        low_pmass_frac=("low", "mean"),
+    )
     table = pd.DataFrame({"coeff": [float(c) for c in coeffs], "kl": [float(k) for k in kl]})
     return table.join(per, on="coeff")[COLUMNS]
 
@@ -79,7 +93,10 @@ def summary(
     }
 
 
-def completion_lengths(loaded: LoadedModel, completions: Sequence[str]) -> list[int]:
-    """Length in tokens of each completion (empty or missing text counts 0)."""
-    texts = ["" if not isinstance(t, str) else t for t in completions]
-    return [len(ids) for ids in loaded.tokenizer(texts, add_special_tokens=False).input_ids]
+def pmass_summary(dose: pd.DataFrame, pmass_min: float = PMASS_MIN) -> dict[str, float]:
+    """``pmass_median`` and ``low_pmass_frac`` over the run's valid rows (NaN without any)."""
+    valid = dose["valid"].astype(bool)
+    p = pd.to_numeric(dose.loc[valid, "pmass"], errors="coerce").dropna()
+    if not len(p):
+        return {"pmass_median": math.nan, "low_pmass_frac": math.nan}
+    return {"pmass_median": float(p.median()), "low_pmass_frac": float((p < pmass_min).mean())}
