@@ -33,6 +33,21 @@ def cache_dir() -> Path:
     return Path(xdg) / "steerexp"
 
 
+#: Third-party caches steerexp's runs would otherwise write under ``~/.cache`` and
+#: ``~/.local/share`` (matplotlib's font cache, W&B's cache and staging dirs): under
+#: :func:`cache_dir` unless the variable is already set.
+TOOL_CACHE_VARS = {
+    "MPLCONFIGDIR": "matplotlib",
+    "WANDB_CACHE_DIR": "wandb/cache",
+    "WANDB_DATA_DIR": "wandb/data",
+}
+
+
+def _tool_cache_dirs() -> None:
+    for var, sub in TOOL_CACHE_VARS.items():
+        os.environ.setdefault(var, str(cache_dir() / sub))
+
+
 #: The public API, imported on first use so ``import steerexp`` stays cheap (name -> module).
 _PUBLIC = {
     "compose": "steerexp.api",
@@ -69,4 +84,5 @@ def _register_configs() -> None:
     register_configs()
 
 
+_tool_cache_dirs()
 _register_configs()

@@ -4,8 +4,10 @@
 A failing job never raises out of the task (Hydra would skip the end-of-sweep ranking); it
 is recorded in its run dir and in :data:`FAILED`, and :func:`cli` exits non-zero afterwards.
 Command-line mistakes that Hydra would report as a traceback, or not at all, are caught by
-:func:`check_args` first, in one line (exit 2). Exit codes: 0 ok, 1 a run/job failed or the
-ranking could not be written, 2 bad input, 130 interrupted (Ctrl-C).
+:func:`check_args` first, in one line (exit 2). Exit codes: 0 ok; 2 bad input (a
+:class:`SteerexpError`: on the command line, in a single run, or in every job of a sweep); 1 a
+run/job failed for another reason, some jobs of a sweep failed, or the ranking could not be
+written; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import re
 import secrets
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,16 @@ from omegaconf import DictConfig, OmegaConf
 from steerexp import CONF_DIR
 from steerexp.core import config, schema
 from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
+from steerexp.core.guard import check_output_dir, check_writable_dir
 
 log = logging.getLogger("steerexp")
 
 #: ``"<job dir>: <error>"`` for each job of this process that failed.
 FAILED: list[str] = []
+#: Every job this process ran (their dirs).
+JOBS: list[str] = []
+#: Of the failed, the ones that failed on bad input (a :class:`SteerexpError`): exit 2, not 1.
+BAD_INPUT: list[str] = []
 
 #: A short random id drawn once per process: default run/sweep dir names end in it, so two
 #: runs started in the same second never share a dir.
@@ -66,10 +72,13 @@ def main(cfg: DictConfig) -> float | None:
     from steerexp.pipeline import run
 
     out_dir = HydraConfig.get().runtime.output_dir
+    JOBS.append(out_dir)
     try:
         return run(cfg, out_dir).get("score")
     except Exception as e:
         FAILED.append(f"{out_dir}: {error_text(e)}")
+        if isinstance(e, SteerexpError):
+            BAD_INPUT.append(FAILED[-1])
         log.error("job failed: %s", FAILED[-1])
         return None
 
@@ -160,15 +169,11 @@ def _check_writable(key: str, value: str) -> None:
     static = value.split("${", 1)[0]
     if "${" in value and not static.endswith("/"):
         static = static.rpartition("/")[0]
-    base = Path(static or ".")
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=base):
-            pass
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
+        check_writable_dir(key, static or ".")
+    except SteerexpError as e:
         raise SteerexpError(
-            f"{key}={value!r}: cannot create or write {str(base)!r} ({reason}); choose a writable directory"
+            str(e).replace(f"{key}={static or '.'!r}", f"{key}={value!r}")
         ) from None
 
 
@@ -221,8 +226,15 @@ def check_args(args: list[str]) -> None:
                     raise SteerexpError(
                         f"{key}={v!r} must stay inside its parent dir (relative, no '..')"
                     )
+        if key in ("seed", "random_null.seed"):
+            for v in values:
+                if isinstance(v, int) and not isinstance(v, bool):
+                    config.check_seed(key, v)
         if key == out_key and len(values) == 1:
             out_value = str(values[0])
+    static = out_value.split("${", 1)[0]
+    if static:
+        check_output_dir(out_key, static)
     _check_writable(out_key, out_value)
 
 
@@ -275,10 +287,17 @@ def cli() -> None:
         signal.signal(signal.SIGINT, previous)
     if FAILED and not multirun:
         print(f"steerexp: error: {FAILED[-1].split(': ', 1)[1]}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if BAD_INPUT else 1)
     if not multirun:
         return
     failed = max(len(FAILED), callbacks.LAST_SWEEP_FAILED)
+    if BAD_INPUT and len(BAD_INPUT) == len(JOBS) == failed:
+        print(
+            f"steerexp: error: every job of the sweep failed on bad input; the last: "
+            f"{BAD_INPUT[-1].split(': ', 1)[1]}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     if failed:
         print(
             f"steerexp: {failed} job(s) of the sweep failed; their rows in ranking.md say why",

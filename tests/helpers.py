@@ -74,3 +74,22 @@ JOURNAL_HEADER = [
     "min",
     "max",
 ]
+
+
+def cli_exit(monkeypatch: Any, capsys: Any, tmp: Path, *args: str) -> tuple[int, str]:
+    """``python -m steerexp model=tiny_random <args>`` in this process (a run dir under ``tmp``
+    unless ``args`` set one): its exit status and the last line it printed to stderr."""
+    import pytest
+
+    from steerexp import cli
+
+    for name in ("FAILED", "BAD_INPUT", "JOBS"):
+        monkeypatch.setattr(cli, name, [])
+    argv = ["model=tiny_random", *(a for arg in args for a in arg.split(" "))]
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        argv.append(f"hydra.run.dir={tmp / 'run'}")
+    monkeypatch.setattr(sys, "argv", ["steerexp", *argv])
+    with pytest.raises(SystemExit) as info:
+        cli.cli()
+    lines = capsys.readouterr().err.strip().splitlines()
+    return int(info.value.code or 0), lines[-1] if lines else ""

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import compose_cfg, group, tiny
+from helpers import cli_exit, compose_cfg, group, tiny
 from omegaconf import OmegaConf
 
 from steerexp import CONF_DIR
@@ -37,6 +37,9 @@ TINY_RUN = (
     "eval.repeats=1",
     "eval.max_new_tokens=4",
     "eval.coeffs=[-0.5,0,0.5]",
+    # the random model never answers in 4 tokens: the forced judge keeps its fit defined
+    "judge=forced",
+    "random_null.k=0",
 )
 
 
@@ -49,37 +52,38 @@ def one_line(info: pytest.ExceptionInfo) -> str:
 # --- command line (steerexp.cli.check_args): before anything composes -------------------------
 
 
-@pytest.mark.parametrize(
-    ("arg", "message"),
-    [
-        ("eval.coeffs=[0,", r"cannot parse override 'eval.coeffs=\[0,'.*closing '\]'"),
-        (
-            "eval.answer_regex=(Yes",
-            r"cannot parse override 'eval.answer_regex=\(Yes'.*quote .*'eval.answer_regex=\"\(Yes\"'",
-        ),
-        (
-            "module.template=model.layers.{N}.mlp",
-            r"'\{N\}' must be quoted for Hydra: 'module.template=\"model.layers.\{N\}.mlp\"'",
-        ),
-        ("+eval.n_questions=0", r"unknown key of eval .*'n_questions'.* valid: .*repeats"),
-        ("+extract.bs=2", r"unknown key of extract .*'bs'; valid: batch_size, grad_tokens"),
-        ("+nonsense=1", r"unknown key of the config .*'nonsense'"),
-        ("+eval.system=x", r"\+eval.system: eval.system is already a key .* \(eval.system=...\)"),
-        ("method.rg=1", r"unknown key of method .*'rg'; did you mean 'reg'"),
-        ("model.trust_remote_code=maybe", r"model.trust_remote_code='maybe' must be true or false"),
-        ("model.random_init=yes", r"model.random_init='yes' must be true or false"),
-        ("seed=abc", r"^seed='abc' must be an integer$"),
-        ("eval.repeats=abc", r"^eval.repeats='abc' must be an integer$"),
-        ("eval.max_new_tokens=1.5", r"^eval.max_new_tokens=1.5 must be an integer$"),
-        ("report_name=../../x", r"report_name='../../x' must be a plain name"),
-        ("report_name=a,..", r"report_name='..' must be a plain name"),
-        ("hydra.job.name=../../x", r"hydra.job.name='../../x' must be a plain name"),
-        ("hydra.sweep.subdir=../x", r"hydra.sweep.subdir='../x' must stay inside its parent dir"),
-        ("hydra.output_subdir=/tmp/x", r"hydra.output_subdir='/tmp/x' must stay inside"),
-        ("hydra.run.dir=/proc/x/y", r"hydra.run.dir='/proc/x/y': cannot create or write"),
-        ("method=pca_dif", r"unknown method option 'pca_dif'; did you mean 'pca_diff'"),
-    ],
-)
+#: (argument, message): each fails in check_args, and on the command line exits 2.
+COMMAND_LINE_CASES = [
+    ("eval.coeffs=[0,", r"cannot parse override 'eval.coeffs=\[0,'.*closing '\]'"),
+    (
+        "eval.answer_regex=(Yes",
+        r"cannot parse override 'eval.answer_regex=\(Yes'.*quote .*'eval.answer_regex=\"\(Yes\"'",
+    ),
+    (
+        "module.template=model.layers.{N}.mlp",
+        r"'\{N\}' must be quoted for Hydra: 'module.template=\"model.layers.\{N\}.mlp\"'",
+    ),
+    ("+eval.n_questions=0", r"unknown key of eval .*'n_questions'.* valid: .*repeats"),
+    ("+extract.bs=2", r"unknown key of extract .*'bs'; valid: batch_size, grad_tokens"),
+    ("+nonsense=1", r"unknown key of the config .*'nonsense'"),
+    ("+eval.system=x", r"\+eval.system: eval.system is already a key .* \(eval.system=...\)"),
+    ("method.rg=1", r"unknown key of method .*'rg'; did you mean 'reg'"),
+    ("model.trust_remote_code=maybe", r"model.trust_remote_code='maybe' must be true or false"),
+    ("model.random_init=yes", r"model.random_init='yes' must be true or false"),
+    ("seed=abc", r"^seed='abc' must be an integer$"),
+    ("eval.repeats=abc", r"^eval.repeats='abc' must be an integer$"),
+    ("eval.max_new_tokens=1.5", r"^eval.max_new_tokens=1.5 must be an integer$"),
+    ("report_name=../../x", r"report_name='../../x' must be a plain name"),
+    ("report_name=a,..", r"report_name='..' must be a plain name"),
+    ("hydra.job.name=../../x", r"hydra.job.name='../../x' must be a plain name"),
+    ("hydra.sweep.subdir=../x", r"hydra.sweep.subdir='../x' must stay inside its parent dir"),
+    ("hydra.output_subdir=/tmp/x", r"hydra.output_subdir='/tmp/x' must stay inside"),
+    ("hydra.run.dir=/proc/x/y", r"hydra.run.dir='/proc/x/y': cannot create or write"),
+    ("method=pca_dif", r"unknown method option 'pca_dif'; did you mean 'pca_diff'"),
+]
+
+
+@pytest.mark.parametrize(("arg", "message"), COMMAND_LINE_CASES)
 def test_bad_command_line_one_line_error(arg: str, message: str) -> None:
     with pytest.raises(SteerexpError, match=message) as info:
         check_args([arg])
@@ -140,20 +144,21 @@ def test_default_dirs_carry_a_per_process_id() -> None:
 # --- model-free config checks (pipeline.check_config) ---------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("eval.repeats=0", r"^eval.repeats=0 must be >= 1$"),
-        ("extract.batch_size=0", r"^extract.batch_size=0 must be >= 1$"),
-        ("extract.batch_size=-4", r"^extract.batch_size=-4 must be >= 1$"),
-        ("eval.max_batch_size=0", r"^eval.max_batch_size=0 must be >= 1$"),
-        ("eval.workers=0", r"^eval.workers=0 must be 'auto' or an integer >= 1$"),
-        ("eval.workers=many", r"^eval.workers='many' must be 'auto' or an integer >= 1$"),
-        ("eval.coeffs=[0]", r"eval.coeffs=\[0.0\] has fewer than two distinct coefficients"),
-        ("eval.coeffs=[0,0.0]", r"has fewer than two distinct coefficients"),
-        ("coeff_units=kl", None),
-    ],
-)
+#: (override, message): each fails in check_config (None: passes), and in a run exits 2.
+CONFIG_CASES = [
+    ("eval.repeats=0", r"^eval.repeats=0 must be >= 1$"),
+    ("extract.batch_size=0", r"^extract.batch_size=0 must be >= 1$"),
+    ("extract.batch_size=-4", r"^extract.batch_size=-4 must be >= 1$"),
+    ("eval.max_batch_size=0", r"^eval.max_batch_size=0 must be >= 1$"),
+    ("eval.workers=0", r"^eval.workers=0 must be 'auto' or an integer >= 1$"),
+    ("eval.workers=many", r"^eval.workers='many' must be 'auto' or an integer >= 1$"),
+    ("eval.coeffs=[0]", r"eval.coeffs=\[0.0\] has fewer than two distinct coefficients"),
+    ("eval.coeffs=[0,0.0]", r"has fewer than two distinct coefficients"),
+    ("coeff_units=kl", None),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), CONFIG_CASES)
 def test_bad_values_name_their_key(override: str, message: str | None) -> None:
     cfg = compose_cfg("model=tiny_random", override)
     if message is None:
@@ -162,6 +167,16 @@ def test_bad_values_name_their_key(override: str, message: str | None) -> None:
     with pytest.raises(SteerexpError, match=message) as info:
         check_config(cfg)
     one_line(info)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [arg for arg, _ in COMMAND_LINE_CASES] + [o for o, message in CONFIG_CASES if message],
+)
+def test_every_bad_input_exits_2(args: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The exit-code rule (issue 24): bad input exits 2, on the command line or in a run."""
+    code, line = cli_exit(monkeypatch, capsys, tmp_path, args)
+    assert code == 2 and line.startswith("steerexp: error: "), line
 
 
 def test_kl_prompts_file_must_exist() -> None:

@@ -156,7 +156,7 @@ def test_cli_unknown_option_one_line_did_you_mean() -> None:
 
 def test_cli_bad_value_fails_before_model_load(tmp_path: Path) -> None:
     out = _cli("model=qwen3_14b_bnb4", "eval.coeffs=[1,2]", f"hydra.run.dir={tmp_path}")
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "steerexp: error: eval.coeffs=[1.0, 2.0] has no 0; the unsteered reference is required"
     )

@@ -84,7 +84,8 @@ def test_json_csv_txt_and_alternating_rows(tmp_path: Path) -> None:
     )
     assert len(check("dataset=file", f"dataset.path={tmp_path / 'p.json'}")[0]) == 3
     (tmp_path / "p.csv").write_text('prompt,completion\n"Q, one",kind\nQ2,cruel\n')
-    (pair,) = check("dataset=file", f"dataset.path={tmp_path / 'p.csv'}")[0]
+    # one pair: method=random, the one method that needs no minimum of pairs
+    (pair,) = check("dataset=file", f"dataset.path={tmp_path / 'p.csv'}", "method=random")[0]
     assert pair == Pair("Q, one", "Q2", "kind", "cruel")
     (tmp_path / "s.txt").write_text("I think\n\nThe world is\n")
     pairs = check(

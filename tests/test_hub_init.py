@@ -163,6 +163,7 @@ def test_pipeline_runs_on_a_hub_shaped_model(tmp_path: Path) -> None:
         "eval=white_lie",
         "eval.max_new_tokens=8",
         "eval.repeats=2",
+        "judge=forced",
         "random_null.k=0",
         f"cache_dir={tmp_path / 'extractions'}",
     )

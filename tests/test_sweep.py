@@ -185,6 +185,9 @@ TINY_SWEEP = [
     "eval.repeats=1",
     "eval.max_new_tokens=4",
     "eval.coeffs=[-0.5,0,0.5]",
+    # the random model never answers in 4 tokens: the forced judge keeps its fit defined
+    "judge=forced",
+    "random_null.k=0",
 ]
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import save
 
 from steerexp.core.atomic import atomic_write
 from steerexp.core.columns import DOSE_COLUMNS
+from steerexp.core.config import result_neutral
 from steerexp.core.transforms import transform_x
 
 PACKAGES = (
@@ -83,14 +84,17 @@ def read_status(run_dir: Path) -> str | None:
     return None if status is None else str(status)
 
 
-#: Top-level config keys that cannot change a run's results (where reports and caches go, the
-#: experiment logger): a finished run dir is reused across them.
-RESULT_NEUTRAL_KEYS = ("report_name", "report_overwrite", "cache_dir", "logger")
-
-
 def run_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved task config that identifies a run's results (neutral keys dropped)."""
-    return {k: v for k, v in resolved.items() if k not in RESULT_NEUTRAL_KEYS and k != "hydra"}
+    """The resolved task config that identifies a run's results (neutral keys dropped,
+    :data:`steerexp.core.config.RESULT_NEUTRAL_KEYS`)."""
+    out: dict[str, Any] = {}
+    for k, v in resolved.items():
+        if k == "hydra" or result_neutral(k):
+            continue
+        if isinstance(v, Mapping):
+            v = {name: x for name, x in v.items() if not result_neutral(f"{k}.{name}")}
+        out[k] = v
+    return out
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from steerexp.core.atomic import atomic_dir
@@ -31,7 +32,8 @@ def hash_key(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB chunks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -46,7 +48,7 @@ def load(root: Path, key: str) -> dict[str, torch.Tensor] | None:
         return None
     try:
         meta = json.loads((entry / META).read_text())
-        if meta.get("sha256") != _digest(entry / TENSORS):
+        if meta.get("sha256") != file_digest(entry / TENSORS):
             raise ValueError("digest mismatch")
         return load_file(str(entry / TENSORS))
     except Exception:
@@ -67,16 +69,17 @@ def save(
         with atomic_dir(root / key) as tmp:
             started = True
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-            meta = {"key": key, "sha256": _digest(tmp / TENSORS), "hashed": payload}
+            meta = {"key": key, "sha256": file_digest(tmp / TENSORS), "hashed": payload}
             if info:
                 meta["info"] = info
             (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         where = (
             f"could not write extraction cache entry {key} in {str(root)!r}"
             if started
             else f"extraction cache {str(root)!r} is not writable"
         )
-        warnings.warn(f"{where} ({e.strerror or e}); running uncached", stacklevel=2)
+        why = getattr(e, "strerror", None) or " ".join(str(e).split())
+        warnings.warn(f"{where} ({why}); running uncached", stacklevel=2)
         return None
     return root / key

@@ -6,13 +6,18 @@ the fingerprint hashes a checkpoint's files so cache keys follow its content, no
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import re
+import shutil
+import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
 from steerexp import cache_dir
 from steerexp.core.atomic import atomic_dir
@@ -43,6 +48,31 @@ def check_local_path(path: str) -> None:
         raise SteerexpError(
             f"model.path={path!r} does not exist; give an existing local checkpoint directory "
             "or a hub id such as 'Qwen/Qwen3-4B-Instruct-2507'"
+        )
+
+
+#: Weight files that are Python pickles (loading one can run code).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_no_pickle(path: str, allow_pickle: bool) -> None:
+    """A local checkpoint must hold safetensors weights: pickle weights alone are refused (unless
+    ``model.allow_pickle=true``), with the one-off conversion command in the message."""
+    local = Path(path).expanduser()
+    if allow_pickle or not local.is_dir() or any(local.glob("*.safetensors")):
+        return
+    pickles = sorted(
+        f.name for f in local.iterdir() if f.suffix in PICKLE_SUFFIXES and "model" in f.name
+    )
+    if pickles:
+        out = f"{str(local).rstrip('/')}-safetensors"
+        raise SteerexpError(
+            f"model.path={path!r} has only pickle weights ({', '.join(pickles)}), which can run "
+            'code when loaded; convert them once where you trust the file: python -c "from '
+            "transformers import AutoModelForCausalLM as M, AutoTokenizer as T; "
+            f"M.from_pretrained('{local}', use_safetensors=False).save_pretrained('{out}'); "
+            f"T.from_pretrained('{local}').save_pretrained('{out}')\" and set model.path={out} "
+            "(or set model.allow_pickle=true)"
         )
 
 
@@ -144,11 +174,26 @@ def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict
 
 def _atomic_build(target: Path, make: Any) -> Path:
     """Build into a temp dir beside ``target`` and rename it into place (safe if interrupted);
-    an existing build (its ``config.json`` is written last) is kept."""
-    if not (target / "config.json").exists():
+    an existing build (its ``config.json`` is written last) is kept. A cache that cannot be
+    written (read-only, full) only costs the reuse: one warning, and the build goes to a temp
+    dir removed when the process ends."""
+    if (target / "config.json").exists():
+        return target
+    try:
         with atomic_dir(target, replace=False) as tmp:
             make(tmp)
-    return target
+        return target
+    except (OSError, SafetensorError) as e:
+        why = getattr(e, "strerror", None) or " ".join(str(e).split())
+        warnings.warn(
+            f"steerexp: could not write {str(target)!r} to the cache ({why}); "
+            "building it in a temporary dir for this process only",
+            stacklevel=2,
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="steerexp-uncached-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    make(scratch)
+    return scratch
 
 
 def build_tiny_random() -> Path:

@@ -23,12 +23,75 @@ from omegaconf.errors import ValidationError
 
 from steerexp import CONF_DIR
 from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.schema import GROUPS, VARIANTS, Config
+from steerexp.core.schema import GROUPS, SECTIONS, VARIANTS, Config
+
+#: Config keys that cannot change a run's results: where reports and caches go, the logger,
+#: how the sweep's ranking reads (``ranking.*``), the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;
+#: judged log-probs agree to 1e-5, not bitwise). A finished run dir is reused across them, a
+#: sweep's recorded command ignores them, and job dir names leave them out.
+RESULT_NEUTRAL_KEYS = (
+    "report_name",
+    "report_overwrite",
+    "cache_dir",
+    "logger",
+    "ranking",
+    "sweep_extend",
+    "eval.workers",
+    "eval.max_batch_size",
+)
+#: Overrides that change results but stay out of job dir names (paths and prompt texts hold
+#: ``/`` and braces); the job number in front keeps such names unique.
+UNNAMED_KEYS = (
+    "dataset.path",
+    "eval.path",
+    "dataset.template",
+    "eval.prompt_template",
+    "eval.system",
+)
+
+
+def result_neutral(key: str) -> bool:
+    """Whether an override key (``logger.mode``, ``+eval.workers``) is in :data:`RESULT_NEUTRAL_KEYS`."""
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(f"{k}.") for k in RESULT_NEUTRAL_KEYS)
+
+
+def job_name_excluded_keys() -> list[str]:
+    """Hydra's ``override_dirname.exclude_keys`` (exact keys): :data:`UNNAMED_KEYS` and every
+    result-neutral key, the logger group's own keys spelled out."""
+    keys = [*UNNAMED_KEYS, *RESULT_NEUTRAL_KEYS]
+    for key in RESULT_NEUTRAL_KEYS:
+        if key in GROUPS:
+            keys += [f"{key}.{k}" for k in sorted(group_keys(key))]
+        elif key in SECTIONS:
+            keys += [f"{key}.{f.name}" for f in fields(SECTIONS[key])]
+    return keys
+
+
+#: Seeds torch (and every generator steerexp draws from) accepts: 0 .. 2**63 - 1.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(key: str, value: int, span: int = 1) -> int:
+    """A seed (and the ``span - 1`` seeds after it) must lie in 0 .. :data:`MAX_SEED`."""
+    if not 0 <= value <= MAX_SEED - (span - 1):
+        top = MAX_SEED - (span - 1)
+        raise SteerexpError(
+            f"{key}={value} is out of range: seeds run from 0 to {top} (2**63 - 1"
+            + (f" - {span - 1}, for the {span} seeds from it" if span > 1 else "")
+            + ")"
+        )
+    return value
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore (``steerexp_schema`` and the group bases)."""
+    """Store the schemas in Hydra's ConfigStore (``steerexp_schema`` and the group bases), and
+    the resolver ``conf/config.yaml`` takes the job-name exclusions from."""
     from hydra.core.config_store import ConfigStore
+
+    OmegaConf.register_new_resolver(
+        "steerexp.job_name_excluded", job_name_excluded_keys, replace=True
+    )
 
     cs = ConfigStore.instance()
     cs.store(name="steerexp_schema", node=Config)

@@ -131,7 +131,7 @@ def answer_regex(pattern: str) -> re.Pattern[str]:
 
 
 def check_coeffs(coeffs: Sequence[Any]) -> list[float]:
-    """The grid must be finite numbers and contain 0 (the unsteered reference)."""
+    """The grid must be finite numbers, each once, and contain 0 (the unsteered reference)."""
     try:
         grid = [float(c) for c in coeffs]
     except (TypeError, ValueError):
@@ -140,6 +140,12 @@ def check_coeffs(coeffs: Sequence[Any]) -> list[float]:
         raise SteerexpError(f"eval.coeffs={grid} must be a non-empty list of finite numbers")
     if 0.0 not in grid:
         raise SteerexpError(f"eval.coeffs={grid} has no 0; the unsteered reference is required")
+    repeated = sorted({c for c in grid if grid.count(c) > 1})
+    if repeated and len(set(grid)) >= 2:
+        raise SteerexpError(
+            f"eval.coeffs={grid} repeats {', '.join(map(str, repeated))}; each coefficient once "
+            "(repeated rows would weigh double in the fit; use eval.repeats for more samples)"
+        )
     if len(set(grid)) < 2:
         raise SteerexpError(
             f"eval.coeffs={grid} has fewer than two distinct coefficients; a dose-response slope "

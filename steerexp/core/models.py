@@ -11,8 +11,10 @@ import importlib.util
 import json
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +28,13 @@ from transformers import (
 )
 
 from steerexp.core import hub_init
-from steerexp.core.checkpoints import BUILDERS, check_local_path, check_safetensors, checkpoint_path
+from steerexp.core.checkpoints import (
+    BUILDERS,
+    check_local_path,
+    check_no_pickle,
+    check_safetensors,
+    checkpoint_path,
+)
 from steerexp.core.config import typed
 from steerexp.core.errors import SteerexpError, choice_error
 
@@ -132,6 +140,7 @@ def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
         raise SteerexpError(f"model {cfg['name']!r} has neither a path nor a builder")
     if builder is None:
         check_local_path(str(cfg["path"]))
+        check_no_pickle(str(cfg["path"]), bool(cfg["allow_pickle"]))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -187,14 +196,18 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
         )
         kwargs["device_map"] = {"": str(device)}
     check_safetensors(path)
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=cfg["revision"], trust_remote_code=kwargs["trust_remote_code"]
-    )
-    config = AutoConfig.from_pretrained(
-        path, revision=cfg["revision"], trust_remote_code=kwargs["trust_remote_code"]
-    )
-    _check_architecture(cfg, path, list(config.architectures or []))
-    hf = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+    check_no_pickle(path, bool(cfg["allow_pickle"]))
+    if not cfg["allow_pickle"]:
+        kwargs["use_safetensors"] = True
+    with _hub_errors(cfg, path):
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=cfg["revision"], trust_remote_code=kwargs["trust_remote_code"]
+        )
+        config = AutoConfig.from_pretrained(
+            path, revision=cfg["revision"], trust_remote_code=kwargs["trust_remote_code"]
+        )
+        _check_architecture(cfg, path, list(config.architectures or []))
+        hf = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
     if not cfg["quantization"]:
         hf = hf.to(device)
     if not config.architectures:
@@ -223,6 +236,24 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
     )
     _LOADED[key] = loaded
     return loaded
+
+
+@contextmanager
+def _hub_errors(cfg: Mapping[str, Any], path: str) -> Iterator[None]:
+    """A hub model that cannot be fetched (offline, unknown id, no safetensors) fails in one
+    line naming the model id, with the ways to run without the hub."""
+    try:
+        yield
+    except OSError as e:
+        if Path(path).expanduser().is_dir():
+            raise
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise SteerexpError(
+            f"model {cfg['name']!r}: cannot load {path!r} from the Hugging Face hub, and it is not "
+            f"in the local hub cache ({first.strip()[:200]}); run once online to cache it, or use "
+            "model.random_init=true (its architecture with random weights), or set model.path to "
+            "a local checkpoint dir"
+        ) from None
 
 
 def _keep_4bit_differentiable(hf: PreTrainedModel) -> None:

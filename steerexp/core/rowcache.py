@@ -1,12 +1,15 @@
 """Cache of judged rows (a run's generations, a group's random null): ``dose.csv`` + ``meta.json``.
 
-An entry is a directory written whole (temp dir, then rename); an unreadable entry counts as
-absent and is rebuilt, and a cache that cannot be written only costs the reuse (a warning).
+An entry is a directory written whole (temp dir, then rename). ``meta.json`` records the sha256
+of ``dose.csv`` (as the extraction cache records its tensors'): an entry that is unreadable, or
+whose rows were edited or truncated, counts as absent and is removed and rebuilt. A cache that
+cannot be written (read-only, full) only costs the reuse: one warning, the run goes on.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -17,26 +20,36 @@ import pandas as pd
 
 from steerexp.core import artifacts
 from steerexp.core.atomic import atomic_dir
+from steerexp.core.cache import file_digest
+
+ROWS = "dose.csv"
+META = "meta.json"
 
 
 def store_rows(entry: Path, dose: pd.DataFrame, meta: Mapping[str, Any]) -> None:
     """Write ``dose.csv`` and ``meta.json`` into a temp dir and rename it into place."""
     with atomic_dir(entry) as tmp:
-        artifacts.write_frame(tmp / "dose.csv", dose, float_format="%.17g")
-        artifacts.write_json(tmp / "meta.json", meta)
+        artifacts.write_frame(tmp / ROWS, dose, float_format="%.17g")
+        artifacts.write_json(tmp / META, {**meta, "sha256": file_digest(tmp / ROWS)})
 
 
 def load_rows(entry: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-    """A stored entry, or None when absent or unreadable (then it is rebuilt)."""
+    """A stored entry, or None when absent, unreadable or not what was written (its rows'
+    sha256 differs from the one recorded): then it is removed and rebuilt."""
+    if not entry.exists():
+        return None
     try:
-        meta = json.loads((entry / "meta.json").read_text())
+        meta = json.loads((entry / META).read_text())
+        if not isinstance(meta, dict) or meta.pop("sha256", None) != file_digest(entry / ROWS):
+            raise ValueError("digest mismatch")
         dose = pd.read_csv(
-            entry / "dose.csv",
+            entry / ROWS,
             keep_default_na=False,
             na_values=[""],
             dtype={"question_id": str, "completion": str, "persona": str, "stop_reason": str},
         )
     except (OSError, ValueError):
+        shutil.rmtree(entry, ignore_errors=True)
         return None
     for col in ("completion", "persona"):
         if col in dose:

@@ -33,6 +33,9 @@ class ModelConfig:
     #: auto: cuda when available, else cpu
     device: str = "auto"
     trust_remote_code: bool = False
+    #: load pickle weights (pytorch_model.bin, *.pt): pickle can run code, so steerexp refuses
+    #: them unless this is true; convert once instead (the refusal gives the command)
+    allow_pickle: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     #: the blocks ``module.layers=null`` steers: every i with lo <= i / n_layers <= hi
     layer_frac: list[float] = field(default_factory=lambda: [0.3, 0.9])
@@ -278,6 +281,9 @@ class Config:
     #: the sweep report's folder name under multirun_reports/; null: <date>_<time>-<id>
     report_name: str | None = None
     report_overwrite: bool = False
+    #: let a sweep command that differs from the one recorded in ``hydra.sweep.dir`` add its
+    #: jobs there (one ranking over both); without it such a command is refused
+    sweep_extend: bool = False
 
 
 #: Per group: the schema, and for groups with variants the key that picks one and its schemas.

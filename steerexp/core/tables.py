@@ -167,6 +167,25 @@ def _txt(p: Path, label: str, split: str | None, key: str) -> list[Row]:
     return [Row(i, f"line {n}", {"suffix": s}) for i, (n, s) in enumerate(x for x in lines if x[1])]
 
 
+#: The largest data file steerexp reads (a contrast-pair or question file is kilobytes).
+MAX_FILE_BYTES = 256 << 20
+
+
+def _check_regular_file(p: Path, key: str, path: str) -> None:
+    """Only a regular file of at most :data:`MAX_FILE_BYTES` is read: a FIFO would block forever,
+    ``/dev/zero`` would fill memory."""
+    if not p.is_file():
+        raise SteerexpError(
+            f"{key}={path!r} is not a regular file (a directory, FIFO or device); give a data file"
+        )
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise SteerexpError(
+            f"{key}={path!r} is {size / 2**20:.0f} MiB; data files are read whole, up to "
+            f"{MAX_FILE_BYTES >> 20} MiB: use a smaller file or a Hugging Face dataset dir"
+        )
+
+
 def read_table(path: Any, fmt: str = "auto", split: str | None = None, key: str = "path") -> Table:
     """Every record of ``path`` as a dict; ``key`` (e.g. ``dataset.path``) names it in errors."""
     if path is None or not str(path).strip():
@@ -177,6 +196,8 @@ def read_table(path: Any, fmt: str = "auto", split: str | None = None, key: str 
         raise SteerexpError(f"{key}={str(path)!r}: no such file or directory")
     kind = _format_of(p, fmt, key)
     label = str(path)
+    if kind != "hf":
+        _check_regular_file(p, key, str(path))
     rows = READERS.get(kind)(p, label, split, key)
     table = Table(label, rows)
     for r in rows:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp.core.columns import IDENTITY_GROUPS
+from steerexp.core.config import check_seed
 from steerexp.core.data import (
     Pair,
     Question,
@@ -22,8 +24,8 @@ from steerexp.core.models import validate_model_cfg
 from steerexp.core.questionfiles import prepare_eval
 from steerexp.core.transforms import X_TRANSFORMS
 from steerexp.stages.extract.activations import GRAD_TOKENS
-from steerexp.stages.extract.losses import LOSSES
-from steerexp.stages.fit.methods import METHODS
+from steerexp.stages.extract.losses import LOSS_TERMS, LOSSES
+from steerexp.stages.fit.methods import METHODS, check_pairs
 from steerexp.stages.intervene.scales import COEFF_UNITS
 from steerexp.stages.judge.judges import JUDGES
 from steerexp.sweep.rows import CORRECTIONS
@@ -53,19 +55,71 @@ def check_int(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
     """``cfg.<key>`` as an int; a non-integer or one below ``minimum`` fails naming the key."""
     value = OmegaConf.select(cfg, key)
     try:
-        if isinstance(value, bool) or float(value) != int(value):
+        if isinstance(value, bool):
             raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
+        number = value if isinstance(value, int) else int(value)
+        if not isinstance(value, int) and float(value) != number:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
         raise SteerexpError(f"{key}={value!r} must be an integer") from None
     if minimum is not None and number < minimum:
         raise SteerexpError(f"{key}={number} must be >= {minimum}")
     return number
 
 
+def check_sampling(cfg: DictConfig) -> None:
+    """Sampling and loss weights that would otherwise fail only at generation or after extraction."""
+    ev = cfg.eval
+    if not float(ev.temperature) > 0:
+        raise SteerexpError(f"eval.temperature={ev.temperature} must be > 0")
+    if ev.min_p is not None and not 0 <= float(ev.min_p) <= 1:
+        raise SteerexpError(f"eval.min_p={ev.min_p} must be between 0 and 1 (or null: off)")
+    if ev.repetition_penalty is not None and not float(ev.repetition_penalty) > 0:
+        raise SteerexpError(
+            f"eval.repetition_penalty={ev.repetition_penalty} must be > 0 (or null: off)"
+        )
+    terms = LOSS_TERMS.get(str(cfg.loss.name), {})
+    for _, key in terms.values():
+        if key is None:
+            continue
+        weight = cfg.loss[key]
+        if weight != "auto":
+            try:
+                number = float(weight)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(weight, bool) or not math.isfinite(number):
+                raise SteerexpError(f"loss.{key}={weight!r} must be a finite number or 'auto'")
+    if "balance_target" in cfg.loss and not 0 < float(cfg.loss.balance_target) < 1:
+        raise SteerexpError(
+            f"loss.balance_target={cfg.loss.balance_target} must be strictly between 0 and 1"
+        )
+
+
+#: A finished run whose dose-response fit is undefined (too few valid rows, or one valid dose):
+#: not ``ok``, not ``failed``; its ranking row says why.
+DEGENERATE = "degenerate"
+
+
+def degenerate_reason(metrics: dict[str, Any]) -> str | None:
+    """Why a finished run's fit is undefined (slope, r2 or p not finite), or None when it is not."""
+    stats = {k: metrics.get(k, math.nan) for k in ("slope", "r2", "p_value")}
+    if all(isinstance(v, int | float) and math.isfinite(v) for v in stats.values()):
+        return None
+    n_valid, n_rows = metrics.get("n_valid", "?"), metrics.get("n_rows", "?")
+    return (
+        f"degenerate fit: {n_valid} of {n_rows} rows valid, too few (or at one dose) for a slope; "
+        "slope, r2 and p are undefined (NaN): check eval.coeffs (e.g. smaller magnitudes) and "
+        "the judge's validity"
+    )
+
+
 def check_config(cfg: DictConfig) -> Inputs:
     """Every check that needs no model, so bad input fails before anything loads."""
-    check_int(cfg, "seed")
+    check_seed("seed", check_int(cfg, "seed"))
+    null_k = check_int(cfg, "random_null.k", 0)
+    check_seed("random_null.seed", check_int(cfg, "random_null.seed"), max(null_k, 1))
+    check_sampling(cfg)
     check_int(cfg, "eval.repeats", 1)
     check_int(cfg, "eval.max_new_tokens", 1)
     check_int(cfg, "eval.max_batch_size", 1)
@@ -97,6 +151,7 @@ def check_config(cfg: DictConfig) -> Inputs:
         )
     dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
     inputs = Inputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
+    check_pairs(str(cfg.method.name), str(cfg.method.kind), len(inputs.pairs))
     check_leakage(
         inputs.pairs, inputs.questions, str(cfg.dataset.path or f"dataset={cfg.dataset.name}")
     )

@@ -9,6 +9,7 @@ which decides whether it ends the process (single run) or just the job (multirun
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +23,12 @@ from omegaconf import DictConfig
 from steerexp.core import artifacts, threads
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, error_text
+from steerexp.core.guard import check_output_dir
 from steerexp.core.prompts import check_prompts
 from steerexp.core.questionfiles import record_split
 from steerexp.directions import provenance
 from steerexp.pipeline import steps
-from steerexp.pipeline.checks import check_config, identity, plain
+from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
 from steerexp.pipeline.reference import null_reference
 from steerexp.stages.fit.methods import fit_summary
 from steerexp.stages.regress.coherence import PMASS_MIN
@@ -152,6 +154,7 @@ def run(
 
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
+    check_output_dir("run dir", run_dir, cfg.get("cache_dir"))
     resolved = plain(cfg)
     config_hash = artifacts.config_hash(resolved)
     if _finished(run_dir, resolved, config_hash):
@@ -168,7 +171,10 @@ def run(
         logger.start(cfg, run_dir)
         with threads.restored():
             dose = execute(cfg, run_dir, metrics, progress)
-        metrics["status"] = "ok"
+        why = degenerate_reason(metrics)
+        metrics.update(status=DEGENERATE if why else "ok", error=why)
+        if why:
+            print(f"steerexp: warning: {run_dir}: {why}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         metrics.update(status="interrupted", error="interrupted (Ctrl-C); rerun to resume")
         raise
@@ -178,7 +184,7 @@ def run(
     finally:
         metrics["time_total_s"] = time.perf_counter() - t_start
         artifacts.write_json(run_dir / "metrics.json", metrics)
-        if metrics["status"] == "ok":
+        if metrics["status"] in ("ok", DEGENERATE):
             logger.log(metrics, dose, run_dir / "dose_response.png")
             print(journal_table(pd.DataFrame([metrics])), flush=True)
         logger.finish(str(metrics["status"]))
@@ -190,7 +196,7 @@ def _finished(run_dir: Path, resolved: dict[str, Any], config_hash: str) -> bool
     """True when ``run_dir`` holds a finished run of this very config (skip it); a finished run of
     another config (or of one not recorded) is never reused or overwritten: that raises."""
     status = artifacts.read_status_file(run_dir)
-    if status.get("status") != "ok":
+    if status.get("status") not in ("ok", DEGENERATE):
         return False
     if status.get("config_hash") == config_hash:
         return True
@@ -198,6 +204,8 @@ def _finished(run_dir: Path, resolved: dict[str, Any], config_hash: str) -> bool
         diff = artifacts.config_diff(json.loads((run_dir / "config.json").read_text()), resolved)
     except (OSError, ValueError):
         diff = "its config was not recorded"
+    if not diff:
+        return True  # hashed by an older steerexp that counted a now result-neutral key
     raise SteerexpError(
         f"run dir {str(run_dir)!r} already holds a finished run of a different config ({diff}); "
         "not reusing or overwriting it: choose a new hydra.run.dir/hydra.sweep.dir or delete that dir"

@@ -88,7 +88,7 @@ class RankingCallback(Callback):
                     interrupted=interrupted,
                 )
             runs = df[~df["pooled"].astype(bool)]
-            LAST_SWEEP_FAILED = int((runs["status"] != "ok").sum())
+            LAST_SWEEP_FAILED = int((~runs["status"].isin(["ok", "degenerate"])).sum())
             if self.print_tables:
                 print((sweep_dir / "ranking.md").read_text(), flush=True)
             log.info("ranking written to %s and %s", sweep_dir, df.attrs.get("report_dir"))

@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from steerexp.core.artifacts import dose_curve, draw_dose_curve
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, plain_name
+from steerexp.core.guard import check_writable_dir
 from steerexp.sweep import confirm, order
 from steerexp.sweep.collect import collect
 
@@ -294,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if not args.no_copy:
+            check_writable_dir("--reports-root", args.reports_root)
         build_report(
             args.sweep_dir,
             None if args.no_copy else args.reports_root,

@@ -39,27 +39,39 @@ COMBINES = ("mean", "pos", "neg", "diff")
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: ``fit(cfg, inputs) -> (raw float64 direction, info)``."""
+    """A registered method: ``fit(cfg, inputs) -> (raw float64 direction, info)``; it needs at
+    least ``min_pairs`` contrast pairs (a difference needs two to mean anything, a principal
+    axis of centred rows rank + 1 = 2)."""
 
     fit: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]
     uses_grads: bool
+    min_pairs: int = 2
 
 
 METHODS: Registry[Method] = Registry("method kind")
 
 
-def register(kind: str, uses_grads: bool) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
+def register(
+    kind: str, uses_grads: bool, min_pairs: int = 2
+) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
     """Decorator: ``@register("my_method", uses_grads=False)`` makes ``kind: my_method`` a method
     (``fn(cfg, inputs) -> (raw direction, info)``); see README "Add a method"."""
 
     def deco(fn: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]) -> Method:
-        return METHODS.register(kind)(Method(fn, uses_grads))
+        return METHODS.register(kind)(Method(fn, uses_grads, min_pairs))
 
     return deco
 
 
-def _top_right_singular(x: Tensor) -> Tensor:
-    """First right singular vector of ``x`` (the top principal axis of its rows, uncentred)."""
+def _top_right_singular(x: Tensor, what: str) -> Tensor:
+    """First right singular vector of ``x`` (the top principal axis of its rows, uncentred); an
+    all-zero ``x`` has none (the SVD would return a basis vector), so it is refused, naming
+    ``what`` it holds."""
+    if not float(x.abs().max()) > 0:
+        raise SteerexpError(
+            f"{what} are all zero (no variance), so there is no principal axis to fit; "
+            "use more (or more varied) contrast pairs"
+        )
     return torch.linalg.svd(x, full_matrices=False)[2][0]
 
 
@@ -73,17 +85,18 @@ def _mean_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 def _pca_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """Top right singular vector of ``D − mean(D)``, ``D = A⁺ − A⁻`` (needs variance along the trait)."""
     diff = x.acts[0::2] - x.acts[1::2]
-    return _top_right_singular(diff - diff.mean(dim=0)), {}
+    return _top_right_singular(diff - diff.mean(dim=0), "the centred pair differences"), {}
 
 
 @register("pca_center", uses_grads=False)
 def _pca_center(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """Top right singular vector of the activations minus each pair's own mean (rows ``±D/2``)."""
     pair_mean = (x.acts[0::2] + x.acts[1::2]) / 2
-    return _top_right_singular(x.acts - pair_mean.repeat_interleave(2, dim=0)), {}
+    centred = x.acts - pair_mean.repeat_interleave(2, dim=0)
+    return _top_right_singular(centred, "the pair-centred activations"), {}
 
 
-@register("random", uses_grads=False)
+@register("random", uses_grads=False, min_pairs=0)
 def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """A Gaussian vector from ``torch.Generator().manual_seed(seed)``, ``seed`` = ``method.seed``
     when set, else the run's; uses the data only for d."""
@@ -96,7 +109,7 @@ def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 def _svd_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
     """Top right singular vector of the centred gradients ``G − mean(G)``."""
     assert x.grads is not None
-    return _top_right_singular(x.grads - x.grads.mean(dim=0)), {}
+    return _top_right_singular(x.grads - x.grads.mean(dim=0), "the centred gradients"), {}
 
 
 @register("vjp_steer", uses_grads=False)
@@ -181,6 +194,16 @@ def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool, kind: str) -> tuple[Tensor
     return out, info
 
 
+def check_pairs(name: str, kind: str, n_pairs: int) -> None:
+    """Method ``name`` (of ``kind``) needs at least its ``min_pairs`` contrast pairs."""
+    need = METHODS.get(kind).min_pairs
+    if n_pairs < need:
+        raise SteerexpError(
+            f"method {name!r} needs at least {need} contrast pairs, got {n_pairs}; "
+            "raise dataset.max_pairs (or add rows to the dataset)"
+        )
+
+
 def fit_from_config(
     method_cfg: Mapping[str, Any],
     acts: Tensor,
@@ -199,6 +222,7 @@ def fit_from_config(
     cfg: dict[str, Any] = OmegaConf.to_container(typed_cfg, resolve=True)  # type: ignore[assignment]
     name = str(cfg["kind"] if OmegaConf.is_missing(typed_cfg, "name") else cfg["name"])
     x = method_inputs(name, acts, grads, loss_grad_norms, seed, method.uses_grads)
+    check_pairs(name, str(cfg["kind"]), x.acts.shape[0] // 2)
     raw, info = method.fit(cfg, x)
     raw_norm = float(raw.norm())
     if not (raw_norm > 0 and raw_norm < float("inf")):
