@@ -50,6 +50,28 @@ EXTRA_STAT_COLUMNS = [
     "null_build_s",
     "kl_at_max",
     "coherent_max",
+    "slope_lo",
+    "slope_hi",
+    "slope_se",
+    "slope_df",
+    "slope_se_total",
+    "refit_slope_sd",
+    "fit_cos",
+    "n_refits",
+    "n_scenarios",
+    "p_null",
+    "null_beyond_all",
+    "lof_p",
+    "tanh_slope0",
+    "tanh_plateau",
+    "tanh_intercept",
+    "aic_line",
+    "aic_tanh",
+    "valid_frac_lo",
+    "valid_frac_hi",
+    "steer_score",
+    "budget_coeff",
+    "budget_effect",
 ]
 #: Split-half and bootstrap rank reliability of a ranking (``steerexp.sweep.reliability``).
 RELIABILITY_COLUMNS = [
@@ -63,7 +85,7 @@ RELIABILITY_COLUMNS = [
 IDENTITY_GROUPS = ("model", "module", "method", "loss", "dataset", "eval", "judge")
 IDENTITY_COLUMNS = [*IDENTITY_GROUPS, "coeff_units", "seed"]
 #: The timed stages of a run; each writes ``time_<stage>_s`` (plus ``time_total_s``).
-TIMED_STAGES = ("load", "extract", "fit", "generate", "judge", "regress", "null")
+TIMED_STAGES = ("load", "extract", "fit", "generate", "judge", "regress", "null", "refits")
 TIME_COLUMNS = [f"time_{s}_s" for s in (*TIMED_STAGES, "total")]
 #: How a run was produced (reuse, cache keys) rather than what it measured.
 RUN_COLUMNS = [
@@ -99,6 +121,8 @@ STAT_KEYS = [
     "score",
     "signed_score",
     "spearman",
+    "slope_se",
+    "slope_df",
 ]
 
 

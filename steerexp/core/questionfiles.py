@@ -72,7 +72,8 @@ def _same_file(a: Any, b: Any) -> bool:
 def file_questions(
     eval_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """``(questions as {id, text, trait_answer}, answers)`` from ``eval.path``.
+    """``(questions as {id, text, trait_answer[, scenario]}, answers)`` from ``eval.path``; an
+    optional ``scenario`` field groups paraphrases into one cluster.
 
     When the eval reads the dataset's own file, only the dataset's held-out rows are asked.
     """
@@ -120,7 +121,10 @@ def file_questions(
                 f"field 'options' {options} differs from {answers} ({answers_row.where if answers_row else ''}); "
                 "every question of one eval offers the same answers",
             )
-        questions.append({"id": qid, "text": str(r.data["question"]), "trait_answer": trait})
+        question = {"id": qid, "text": str(r.data["question"]), "trait_answer": trait}
+        if r.data.get("scenario") not in (None, ""):
+            question["scenario"] = str(r.data["scenario"])
+        questions.append(question)
     assert answers is not None
     return questions, answers
 

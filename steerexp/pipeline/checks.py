@@ -90,4 +90,8 @@ def check_config(cfg: DictConfig) -> Inputs:
         raise SteerexpError(
             f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"
         )
+    if int(cfg.fit.bootstrap) != 0 and int(cfg.fit.bootstrap) < 2:
+        raise SteerexpError(
+            f"fit.bootstrap={cfg.fit.bootstrap} must be 0 (no refits) or >= 2 bootstrap refits"
+        )
     return Inputs(load_pairs(plain(cfg.dataset)), load_questions(plain(cfg.eval)), coeffs)
