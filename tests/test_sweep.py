@@ -17,7 +17,7 @@ from wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
 STATS = ["slope", "r2", "valid_frac", "p_value", "score", "min", "max"]
-SMALL = ["eval.repeats=1", "dataset.max_pairs=48"]
+SMALL = ["eval.repeats=1", "dataset.max_pairs=48", "random_null.k=16", "fit.bootstrap=0"]
 
 
 def small_cmd(tmp: Path, *args: str) -> list[str]:
@@ -156,6 +156,8 @@ def test_interrupted_sweep_resumes_to_the_same_ranking(main_sweep, tmp_path: Pat
 
 TINY_SWEEP = [
     "model=tiny_random",
+    "random_null.k=16",
+    "fit.bootstrap=0",
     "dataset.max_pairs=4",
     "eval.repeats=1",
     "eval.max_new_tokens=4",
