@@ -312,9 +312,8 @@ def test_bad_input_fails_before_the_model_loads(
 
 
 def readme_commands() -> list[list[str]]:
-    """The `python -m steerexp` lines of the README's "Bring your own concept" section."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Bring your own concept", 1)[1].split("\n## ", 1)[0]
+    """The `python -m steerexp` lines of the "Bring your own concept" page (docs/own-data.md)."""
+    section = (REPO / "docs" / "own-data.md").read_text()
     lines = [ln for ln in section.splitlines() if ln.startswith("python -m steerexp")]
     return [shlex.split(ln)[3:] for ln in lines]
 
