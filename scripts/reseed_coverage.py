@@ -26,7 +26,8 @@ def sweep(sweep_dir: Path, methods: str | None, seeds: str) -> None:
     axis = ["+experiment=journal"] if methods is None else [f"method={methods}"]
     cmd = [
         sys.executable, "-m", "steerexp", "-m", *axis, "module=hs", f"seed={seeds}",
-        f"hydra.sweep.dir={sweep_dir}", "report_name=reseed_coverage", "report_overwrite=true",
+        f"hydra.sweep.dir={sweep_dir}", f"hydra.callbacks.ranking.reports_root={sweep_dir}",
+        "report_name=report", "report_overwrite=true",
         "hydra.callbacks.ranking.print_tables=false",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -36,7 +37,7 @@ def sweep(sweep_dir: Path, methods: str | None, seeds: str) -> None:
 def metrics(sweep_dir: Path) -> list[dict]:
     return [
         json.loads(p.read_text())
-        for p in sorted(sweep_dir.glob("*/metrics.json"))
+        for p in sorted(sweep_dir.glob("*/metrics.json"))  # job dirs; the report sits beside them
         if json.loads(p.read_text()).get("status") == "ok"
     ]
 

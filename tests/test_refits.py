@@ -10,6 +10,7 @@ import torch
 from helpers import group
 from omegaconf import OmegaConf
 
+from steerexp.core.data import load_neutral_prompts
 from steerexp.core.models import load_model
 from steerexp.core.modules import resolve_modules
 from steerexp.core.results import Extraction
@@ -61,7 +62,7 @@ def test_refits_move_the_direction_on_few_pairs(method: str) -> None:
     assert np.mean(cos_many) > np.mean(cos) and min(cos_many) > 0.95
 
 
-def test_budget_coeff_is_the_kl_calibration(monkeypatch) -> None:
+def test_budget_coeff_is_the_kl_calibration(monkeypatch, tmp_path) -> None:
     """In norm units the budget is calibrate_kl's c* on the neutral prompts (p95 token KL = 1
     nat at the worse sign); in kl units it is 1 by construction; never reached: inf (the
     effect is then read at the grid's edge)."""
@@ -71,13 +72,22 @@ def test_budget_coeff_is_the_kl_calibration(monkeypatch) -> None:
     g = torch.Generator().manual_seed(0)
     st = Steering(
         {m: torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0) for m in modules},
-        {m: 10.0 for m in modules},
+        {m: 4000.0 for m in modules},  # about the organism's activation norm: c* near 1
     )
-    cfg = OmegaConf.create({"coeff_units": "norm", "kl": {"prompts": "neutral_prompts.txt"}})
+    few = tmp_path / "prompts.txt"  # 4 of the neutral prompts keep the test fast
+    few.write_text("\n".join(load_neutral_prompts("neutral_prompts.txt")[:4]))
+    cfg = OmegaConf.create({"coeff_units": "norm", "kl": {"prompts": str(few)}})
     m = steps.Model(model, modules, None)
+    seen: list[dict] = []
+
+    def spy(*a: object) -> dict:
+        seen.append(calibrate_kl(*a))
+        return seen[-1]
+
+    monkeypatch.setattr(steps, "calibrate_kl", spy)
     c = steps.budget_coeff(cfg, m, st)
     prompts = steps.kl_prompts(cfg, m)
-    assert c == pytest.approx(calibrate_kl(model, prompts, st)["c_star"], rel=1e-12)
+    assert len(seen) == 1 and c == seen[0]["c_star"] and 0.05 < c < 20
     ids, mask = left_pad(prompts, model.tokenizer.pad_token_id)
     base = steered_logits(model, ids, mask, None, None)
     worst = max(kl_quantile(model, ids, mask, base, st, s * c) for s in (1, -1))
