@@ -146,6 +146,7 @@ def test_artifacts_follow_the_spec(runs) -> None:
     dose = pd.read_csv(d / "dose_response.csv")
     assert list(dose.columns) == [
         "question_id",
+        "scenario",
         "coeff",
         "repeat",
         "log_ratio",
