@@ -152,6 +152,9 @@ def test_default_dirs_carry_a_per_process_id() -> None:
         ("eval.coeffs=[0]", r"eval.coeffs=\[0.0\] has fewer than two distinct coefficients"),
         ("eval.coeffs=[0,0.0]", r"has fewer than two distinct coefficients"),
         ("coeff_units=kl", None),
+        ("fit.bootstrap=1", r"^fit.bootstrap=1 must be 0 \(no refits\) or >= 2 bootstrap refits$"),
+        ("fit.bootstrap=-3", r"^fit.bootstrap=-3 must be 0"),
+        ("fit.bootstrap=0", None),
     ],
 )
 def test_bad_values_name_their_key(override: str, message: str | None) -> None:
