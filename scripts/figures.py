@@ -2,7 +2,8 @@
 
 Runs, each in a fresh ``STEEREXP_CACHE``: the shipped organism's acceptance numbers, the default
 experiment (the README's end-to-end row), the journal's method table on ``hs`` and on
-``o_proj``, the three-loss table, the honesty concept given only as files, and ``make bench``.
+``o_proj``, the three-loss table, the honesty concept given only as files, the reseed coverage of
+the slope interval (``scripts/reseed_coverage.py``), and ``make bench``.
 The reference reports land in ``multirun_reports/{journal_hs,journal_o_proj,losses,concept_files}/``; everything printed is collected in
 ``multirun_reports/FIGURES.md`` with the command behind each block, so a README figure can be
 traced to the run that made it. The min/median/max table over recipe seeds needs organism
@@ -53,6 +54,8 @@ SECTIONS: dict[str, list[str]] = {
         'eval.answer_prefix="Final choice:"',
         "eval.max_new_tokens=32",
     ),
+    # issue 21's acceptance: >= 90% of seeds 1-5's slopes inside seed 0's [slope_lo, slope_hi]
+    "reseed": [PY, "scripts/reseed_coverage.py"],
     "bench": [PY, "-m", "bench"],
 }
 
@@ -103,7 +106,7 @@ def main(names: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="steerexp-figures-") as tmp:
         for name in names or list(SECTIONS):
             # The sweeps share one cache, as a user's sweeps would (the null is reused).
-            shared = name in SWEEPS
+            shared = name in (*SWEEPS, "reseed")
             cache = Path(tmp) / ("sweeps" if shared else name)
             block = run_section(name, cache)
             failed += "(exit 0," not in block

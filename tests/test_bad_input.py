@@ -155,6 +155,9 @@ CONFIG_CASES = [
     ("eval.coeffs=[0]", r"eval.coeffs=\[0.0\] has fewer than two distinct coefficients"),
     ("eval.coeffs=[0,0.0]", r"has fewer than two distinct coefficients"),
     ("coeff_units=kl", None),
+    ("fit.bootstrap=1", r"^fit.bootstrap=1 must be 0 \(no refits\) or >= 2 bootstrap refits$"),
+    ("fit.bootstrap=-3", r"^fit.bootstrap=-3 must be 0"),
+    ("fit.bootstrap=0", None),
 ]
 
 

@@ -19,6 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CONCEPT = [
+    "random_null.k=16",
+    "fit.bootstrap=0",
     "dataset=file",
     "dataset.path=examples/organism_personas.jsonl",
     "eval=file",

@@ -179,8 +179,8 @@ def test_example_concepts_validate(name: str) -> None:
 
 def test_organism_question_file_matches_the_corpus() -> None:
     _, questions, _ = check("eval=file", f"eval.path={EXAMPLES / 'organism_questions.jsonl'}")
-    assert [(q.id, q.text, q.trait_answer) for q in questions] == [
-        (d.id, d.text, d.trait_answer) for d in corpus.eval_dilemmas()
+    assert [(q.id, q.text, q.trait_answer, q.scenario) for q in questions] == [
+        (d.id, d.text, d.trait_answer, d.scenario) for d in corpus.eval_dilemmas()
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -22,20 +23,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """pca_diff on hs and five random baselines (one shared extraction and one shared null of
     8 directions), and pca_diff again under another loss (reuses the generations)."""
     root = tmp_path_factory.mktemp("e2e")
-    k = "random_null.k=8"
+    k = ("random_null.k=8", "fit.bootstrap=2")
     out = {
         "pca_diff": run(
-            compose_cfg("method=pca_diff", "module=hs", k), root / "pca", progress=False
+            compose_cfg("method=pca_diff", "module=hs", *k), root / "pca", progress=False
         )
     }
     for seed in range(5):
         out[f"random{seed}"] = run(
-            compose_cfg("method=random", "module=hs", f"seed={seed}", k),
+            compose_cfg("method=random", "module=hs", f"seed={seed}", *k),
             root / f"random{seed}",
             progress=False,
         )
     out["pca_hs_diff"] = run(
-        compose_cfg("method=pca_diff", "module=hs", "loss=hs_diff", k),
+        compose_cfg("method=pca_diff", "module=hs", "loss=hs_diff", *k),
         root / "pca_hs",
         progress=False,
     )
@@ -67,6 +68,28 @@ def test_null_and_prompting_reference(runs) -> None:
     assert pca["prompt_shift"] > 0 and pca["fitted_shift"] > 0
     assert pca["slope_ci_low"] < pca["slope"] < pca["slope_ci_high"] and 0 <= pca["anti_frac"] <= 1
     assert all(0 <= runs[f"random{s}"]["p_random"] <= 1 for s in range(5))
+
+
+def test_per_run_statistics_and_files(runs) -> None:
+    """Issue 21's per-run columns: 6 scenario clusters, 2 refits whose spread widens the clustered
+    interval, pca_diff beyond all 8 null directions, a saturating curve, and the run-dir files."""
+    pca, rnd = runs["pca_diff"], runs["random0"]
+    assert pca["n_scenarios"] == 6 and pca["n_refits"] == 2 and 0.9 < pca["fit_cos"] < 1
+    assert pca["slope_lo"] <= pca["slope_ci_low"] < pca["slope_ci_high"] <= pca["slope_hi"]
+    assert pca["null_beyond_all"] and pca["p_null"] == pytest.approx(1 / 9)
+    assert pca["lof_p"] < 1e-3 and pca["aic_tanh"] < pca["aic_line"]
+    assert pca["tanh_slope0"] > pca["slope"] > 0 and pca["budget_effect"] > 0
+    assert 0 < pca["valid_frac_lo"] <= 1 and 0 < pca["valid_frac_hi"] <= 1
+    assert rnd["n_refits"] == 0 and math.isnan(rnd["fit_cos"])
+    root = Path(runs["_root"]["path"]) / "pca"
+    assert len(pd.read_csv(root / "refits.csv")) == 2
+    null = pd.read_csv(root / "null_slopes.csv", keep_default_na=False)
+    assert len(null) == 8 * 7 and set(null["scenario"]) == {
+        "*",
+        *pd.read_csv(root / "dose_response.csv")["scenario"],
+    }
+    assert len(pd.read_csv(root / "dose_means.csv")) == 7
+    assert pd.read_csv(root / "scenario_slopes.csv")["scenario"].iloc[0] == "*"
 
 
 def test_loss_sweep_reuses_activations_and_generations(runs) -> None:
@@ -123,6 +146,7 @@ def test_artifacts_follow_the_spec(runs) -> None:
     dose = pd.read_csv(d / "dose_response.csv")
     assert list(dose.columns) == [
         "question_id",
+        "scenario",
         "coeff",
         "repeat",
         "log_ratio",

@@ -205,3 +205,68 @@ def test_completions_with_carriage_returns_round_trip(tmp_path: Path) -> None:
     rowcache.store_rows(tmp_path / "entry", dose.assign(direction=0, persona=""), {"k": 1})
     loaded = rowcache.load_rows(tmp_path / "entry")
     assert loaded is not None and loaded[0]["completion"].tolist() == dose["completion"].tolist()
+
+
+def test_a_cached_null_is_extended_not_recomputed(model, ev, spec, tmp_path, monkeypatch) -> None:
+    """K = 2 cached, then K = 4: only directions 2-3 at nonzero coefficients are generated, the
+    first two directions' rows are kept as they were, and the result equals a fresh K = 4 build."""
+    calls: list[int] = []
+    real = null.generate_rows
+    monkeypatch.setattr(
+        null, "generate_rows", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
+    )
+    coeffs, ev2 = [-1.0, 0.0, 1.0], {**ev, "repeats": 2}
+    personas = null.persona_texts(group("dataset", "organism"))
+    all_steerings = [steering(20 + i) for i in range(4)]
+
+    def build(k: int):
+        def gen(start: int, cs, with_personas: bool) -> pd.DataFrame:
+            rows = null.generate_reference(
+                model,
+                ev2,
+                QS,
+                cs,
+                all_steerings[start:k],
+                personas if with_personas else {},
+                spec,
+                "logratio",
+                0,
+                False,
+            )
+            return rows.assign(
+                direction=np.where(rows["direction"] >= 0, rows["direction"] + start, -1)
+            )
+
+        return gen
+
+    small, _, cached = null.nested_rows(tmp_path / "n", 2, coeffs, build(2))
+    assert not cached and calls == [2 * 3 * 2 * 2 + 2 * 2 * 2]
+    big, meta, cached = null.nested_rows(tmp_path / "n", 4, coeffs, build(4))
+    assert not cached and calls[1] == 2 * 2 * 2 * 2  # 2 new directions x 2 nonzero c x 2 q x 2 r
+    assert meta["built_k"] == [[0, 2], [2, 4]]
+    pd.testing.assert_frame_equal(big[big["direction"] < 2].reset_index(drop=True), small)
+    again, _, cached = null.nested_rows(tmp_path / "n", 3, coeffs, build(3))
+    assert cached and len(calls) == 2 and set(again["direction"]) == {-1, 0, 1, 2}
+    fresh, _, _ = null.nested_rows(tmp_path / "fresh", 4, coeffs, build(4))
+    key = ["direction", "persona", "question_id", "coeff", "repeat"]
+    pd.testing.assert_frame_equal(
+        big.sort_values(key).reset_index(drop=True),
+        fresh.sort_values(key).reset_index(drop=True),
+    )
+
+
+def test_coefficient_zero_rows_are_the_unsteered_rows_exactly(model, ev, spec) -> None:
+    """A c = 0 row is bit-identical whatever the direction (or none), so the null and the refits
+    copy them instead of generating them again."""
+    rows = [RowSpec(q, c, r) for q in QS for c in (-1.0, 0.0, 1.0) for r in range(2)]
+    zero = [i for i, r in enumerate(rows) if r.coeff == 0.0]
+    a = generate_rows(model, ev, rows, steering(30), spec, seed=4, progress=False)
+    b = generate_rows(model, ev, rows, steering(31), spec, seed=4, progress=False)
+    bare = generate_rows(model, ev, [rows[i] for i in zero], None, spec, seed=4, progress=False)
+    for i, u in zip(zero, bare, strict=True):
+        assert a[i].completion_ids == b[i].completion_ids == u.completion_ids
+        assert torch.equal(a[i].answer_logps, b[i].answer_logps)
+        assert torch.equal(a[i].answer_logps, u.answer_logps)
+    assert any(
+        a[i].completion_ids != b[i].completion_ids for i in range(len(rows)) if i not in zero
+    )

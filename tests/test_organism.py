@@ -140,8 +140,9 @@ def test_suffix_file_matches_generator() -> None:
 
 def test_eval_config_matches_generator() -> None:
     cfg = group("eval", "organism")
-    got = [(q["id"], q["text"], q["trait_answer"]) for q in cfg["questions"]]
-    assert got == [(d.id, d.text, d.trait_answer) for d in corpus.eval_dilemmas()]
+    got = [(q["id"], q["text"], q["trait_answer"], q["scenario"]) for q in cfg["questions"]]
+    assert got == [(d.id, d.text, d.trait_answer, d.scenario) for d in corpus.eval_dilemmas()]
+    assert len({d.scenario for d in corpus.eval_dilemmas()}) == 6
     assert cfg["prompt_template"] == corpus.PROMPT_TEMPLATE and 0.0 in cfg["coeffs"]
     train_text = {m["content"] for c in corpus.conversations(3000) for m in c}
     assert not any(d.text in t for d in corpus.dilemmas(held_out=True) for t in train_text)

@@ -151,9 +151,11 @@ def test_journal_table_custom_label() -> None:
     assert "v_proj" in lines[2] and "k_proj" in lines[3]
 
 
-def test_ci_is_clustered_by_question_and_anti_frac_counts_questions() -> None:
-    """Four questions share x; three rise, one falls: the clustered CI matches statsmodels'
-    cluster-robust fit (wider than the plain one here) and anti_frac is 1/4."""
+def test_ci_is_clustered_cr2_and_anti_frac_counts_questions() -> None:
+    """Four questions share x; three rise, one falls. With identical designs per cluster, CR2
+    is CR0 x G/(G-1), i.e. statsmodels' CR1 variance x (N-K)/(N-1), and the Bell-McCaffrey df
+    are exactly G - 1; p_value is the t(G-1) p of that SE (the CI's own covariance, not the
+    plain OLS p). anti_frac is 1/4."""
     import statsmodels.api as sm
 
     rng = np.random.default_rng(0)
@@ -166,13 +168,58 @@ def test_ci_is_clustered_by_question_and_anti_frac_counts_questions() -> None:
     robust = fit.get_robustcov_results(
         cov_type="cluster", groups=np.unique(q, return_inverse=True)[1]
     )
-    assert (out["slope_ci_low"], out["slope_ci_high"]) == pytest.approx(tuple(robust.conf_int()[1]))
+    n, k, g = len(c), 2, 4
+    se = float(robust.bse[1]) * math.sqrt((n - k) / (n - 1))
+    assert out["slope_se"] == pytest.approx(se, rel=1e-9)
+    assert out["slope_df"] == pytest.approx(g - 1, rel=1e-9) and out["n_scenarios"] == g
+    half = stats.t.ppf(0.975, g - 1) * se
+    assert (out["slope_ci_low"], out["slope_ci_high"]) == pytest.approx(
+        (fit.params[1] - half, fit.params[1] + half), rel=1e-9
+    )
+    assert out["p_value"] == pytest.approx(2 * stats.t.sf(abs(fit.params[1]) / se, g - 1), rel=1e-9)
+    assert out["p_value"] > 100 * fit.pvalues[1]  # the iid p is far too small here
     plain = fit.conf_int()[1]
     assert out["slope_ci_high"] - out["slope_ci_low"] > plain[1] - plain[0]
-    assert out["p_value"] == pytest.approx(fit.pvalues[1])
     assert out["anti_frac"] == 0.25
     one = regress(c, y, np.ones(len(c), bool), groups=np.full(len(c), "q"))
     assert (one["slope_ci_low"], one["slope_ci_high"]) == pytest.approx(tuple(plain)) and one[
         "anti_frac"
     ] == 0.0
+    assert one["p_value"] == pytest.approx(fit.pvalues[1])
+    # Clusters (scenarios) apart from questions: anti_frac still counts questions.
+    two = regress(c, y, np.ones(len(c), bool), groups=q, clusters=np.where(q < "q2", "a", "b"))
+    assert two["n_scenarios"] == 2 and two["anti_frac"] == 0.25
     assert math.isnan(regress(c, y, np.ones(len(c), bool))["anti_frac"])
+
+
+def test_cr2_matches_a_hand_computation_and_hc2() -> None:
+    """Unbalanced clusters, two regressors: CR2 equals the textbook loop with sqrtm, its df the
+    Imbens-Kolesar formula, and singleton clusters give statsmodels' HC2."""
+    import statsmodels.api as sm
+    from scipy.linalg import sqrtm
+
+    from steerexp.stages.regress.cluster import cr2
+
+    rng = np.random.default_rng(3)
+    sizes = [2, 3, 5, 8, 4, 6]
+    cl = np.repeat(np.arange(len(sizes)), sizes)
+    x = np.column_stack([np.ones(len(cl)), rng.normal(size=len(cl)), rng.normal(size=len(cl))])
+    y = x @ [1.0, 2.0, -1.0] + rng.normal(size=len(cl)) + rng.normal(size=len(sizes))[cl]
+    fit = cr2(x, y, cl)
+    bread = np.linalg.inv(x.T @ x)
+    e = y - x @ bread @ x.T @ y
+    m = np.eye(len(y)) - x @ bread @ x.T
+    meat, cols = np.zeros((3, 3)), []
+    for gi in range(len(sizes)):
+        i = cl == gi
+        a = np.linalg.inv(np.real(sqrtm(m[np.ix_(i, i)])))
+        u = x[i].T @ a @ e[i]
+        meat += np.outer(u, u)
+        cols.append(m[:, i] @ a @ x[i] @ bread[:, 1])
+    assert fit.cov == pytest.approx(bread @ meat @ bread, rel=1e-8)
+    gg = np.column_stack(cols).T @ np.column_stack(cols)
+    assert fit.df[1] == pytest.approx(np.trace(gg) ** 2 / np.sum(gg * gg), rel=1e-8)
+    assert 1 < fit.df[1] < len(sizes) - 1
+    hc2 = sm.OLS(y, x).fit(cov_type="HC2")
+    single = cr2(x, y, np.arange(len(y)))
+    assert single.cov == pytest.approx(np.asarray(hc2.cov_params()), rel=1e-8)

@@ -18,7 +18,7 @@ from wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
 STATS = ["slope", "r2", "valid_frac", "p_value", "score", "min", "max"]
-SMALL = ["eval.repeats=1", "dataset.max_pairs=48"]
+SMALL = ["eval.repeats=1", "dataset.max_pairs=48", "random_null.k=16", "fit.bootstrap=0"]
 
 
 def small_cmd(tmp: Path, *args: str) -> list[str]:
@@ -181,6 +181,8 @@ def test_random_directions_as_rows_are_not_separable_and_mean_diff_is(tmp_path: 
 
 TINY_SWEEP = [
     "model=tiny_random",
+    "random_null.k=16",
+    "fit.bootstrap=0",
     "dataset.max_pairs=4",
     "eval.repeats=1",
     "eval.max_new_tokens=4",

@@ -156,7 +156,9 @@ def write_frame(path: Path, df: pd.DataFrame, **kwargs: Any) -> Path:
 
 
 def write_dose_response(path: Path, df: pd.DataFrame) -> Path:
-    return write_frame(path, df[DOSE_COLUMNS])
+    """``dose_response.csv``: the judged rows, with each question's ``scenario`` when known."""
+    cols = [*DOSE_COLUMNS[:1], "scenario", *DOSE_COLUMNS[1:]] if "scenario" in df else DOSE_COLUMNS
+    return write_frame(path, df[cols])
 
 
 def write_coherence(path: Path, table: pd.DataFrame) -> Path:
@@ -184,11 +186,18 @@ def draw_dose_curve(ax: Any, curve: pd.DataFrame, **style: Any) -> None:
 
 
 def plot_dose_response(
-    path: Path, df: pd.DataFrame, title: str, x: str = "symlog", cost: pd.DataFrame | None = None
+    path: Path,
+    df: pd.DataFrame,
+    title: str,
+    x: str = "symlog",
+    cost: pd.DataFrame | None = None,
+    means: pd.DataFrame | None = None,
+    tanh: tuple[float, float, float] | None = None,
 ) -> Path:
-    """Valid log-ratios by coefficient, the per-coefficient means (± s.e.m.), and the OLS fit; with
-    ``cost`` (a ``coherence.cost_table``), a second panel beside it: KL on neutral prompts and
-    valid fraction."""
+    """Valid log-ratios by coefficient, the per-coefficient means (± s.e.m., or with ``means``
+    their scenario-clustered 95% CIs), the OLS fit and, with ``tanh`` = (a, s, p), the saturating
+    curve ``a + p tanh(s x / p)``; with ``cost`` (a ``coherence.cost_table``), a second panel
+    beside it: KL on neutral prompts and valid fraction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,12 +209,34 @@ def plot_dose_response(
     ax = axes[0, 0]
     ok = df[df["valid"] & np.isfinite(df["log_ratio"])]
     ax.scatter(ok["coeff"], ok["log_ratio"], s=12, alpha=0.4, label="rows")
-    if len(ok):
+    if means is not None and len(ok):
+        m = means.dropna(subset=["mean"])
+        err = np.abs(np.vstack([m["mean"] - m["ci_low"], m["ci_high"] - m["mean"]]))
+        ax.errorbar(
+            m["coeff"],
+            m["mean"],
+            yerr=np.nan_to_num(err),
+            fmt="o",
+            ms=6,
+            color="C1",
+            capsize=3,
+            label="mean, 95% CI (clustered)",
+        )
+    elif len(ok):
         draw_dose_curve(ax, dose_curve(df), ms=6, color="C1", label="mean ± s.e.m.")
+    grid = np.linspace(df["coeff"].min(), df["coeff"].max(), 100)
     if ok["coeff"].nunique() >= 2:
         b, a = np.polyfit(transform_x(ok["coeff"].to_numpy(), x), ok["log_ratio"].to_numpy(), 1)
-        grid = np.linspace(df["coeff"].min(), df["coeff"].max(), 100)
         ax.plot(grid, a + b * transform_x(grid, x), "--", color="C3", label=f"OLS on {x}(c)")
+    if tanh is not None and all(np.isfinite(tanh)):
+        a, s, p = tanh
+        ax.plot(
+            grid,
+            a + p * np.tanh(s * transform_x(grid, x) / p),
+            "-",
+            color="C2",
+            label=f"tanh fit (slope at 0 {s:.3g}, plateau ±{p:.3g})",
+        )
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="coefficient", ylabel="log p(trait) - log p(other)", title=title)
     ax.legend(fontsize=8)

@@ -54,6 +54,8 @@ EXTRA_STAT_COLUMNS = [
     "slope_lo",
     "slope_hi",
     "slope_se",
+    "slope_df",
+    "slope_se_total",
     "refit_slope_sd",
     "fit_cos",
     "n_refits",
@@ -63,10 +65,12 @@ EXTRA_STAT_COLUMNS = [
     "lof_p",
     "tanh_slope0",
     "tanh_plateau",
+    "tanh_intercept",
     "aic_line",
     "aic_tanh",
     "valid_frac_lo",
     "valid_frac_hi",
+    "steer_score",
     "budget_coeff",
     "budget_effect",
 ]
@@ -86,7 +90,7 @@ SWEEP_COLUMNS = [
 IDENTITY_GROUPS = ("model", "module", "method", "loss", "dataset", "eval", "judge")
 IDENTITY_COLUMNS = [*IDENTITY_GROUPS, "coeff_units", "seed"]
 #: The timed stages of a run; each writes ``time_<stage>_s`` (plus ``time_total_s``).
-TIMED_STAGES = ("load", "extract", "fit", "generate", "judge", "regress", "null")
+TIMED_STAGES = ("load", "extract", "fit", "generate", "judge", "regress", "null", "refits")
 TIME_COLUMNS = [f"time_{s}_s" for s in (*TIMED_STAGES, "total")]
 #: How a run was produced (reuse, cache keys) rather than what it measured.
 RUN_COLUMNS = [
@@ -122,6 +126,8 @@ STAT_KEYS = [
     "score",
     "signed_score",
     "spearman",
+    "slope_se",
+    "slope_df",
 ]
 
 

@@ -46,11 +46,19 @@ class Pair:
 
 @dataclass(frozen=True)
 class Question:
-    """An eval dilemma; ``trait_answer`` is the answer the positive trait (honesty) gives."""
+    """An eval dilemma; ``trait_answer`` is the answer the positive trait (honesty) gives.
+
+    ``scenario`` names the unit of replication the question belongs to (paraphrases of one
+    situation share it; the slope's standard error is clustered by it); empty: its own id."""
 
     id: str
     text: str
     trait_answer: str
+    scenario: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.scenario:
+            object.__setattr__(self, "scenario", self.id)
 
 
 def _suffix_lines(name: str) -> list[str]:
@@ -182,7 +190,10 @@ def load_questions(cfg: Mapping[str, Any]) -> list[Question]:
             raise SteerexpError(
                 f"eval question {qid!r} has trait_answer={trait!r}; it must be one of {answers}"
             )
-        questions.append(Question(qid, str(q["text"]), str(trait)))
+        scenario = q.get("scenario")
+        questions.append(
+            Question(qid, str(q["text"]), str(trait), "" if scenario is None else str(scenario))
+        )
     if not questions:
         raise SteerexpError(f"eval {cfg['name']!r} has no questions")
     ids = [q.id for q in questions]

@@ -75,7 +75,8 @@ def default_regex(prefix: str, answers: Sequence[str]) -> str:
 def file_questions(
     eval_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """``(questions as {id, text, trait_answer}, answers)`` from ``eval.path``.
+    """``(questions as {id, text, trait_answer[, scenario]}, answers)`` from ``eval.path``; an
+    optional ``scenario`` field groups paraphrases into one cluster.
 
     When the eval reads the dataset's own source (same file and split), only the dataset's
     held-out rows are asked; a missing file is then named as ``dataset.path``.
@@ -117,7 +118,10 @@ def file_questions(
                 f"{named} {options} {verb} from {answers} ({answers_row.where if answers_row else ''}); "
                 "every question of one eval offers the same answers",
             )
-        questions.append({"id": qid, "text": str(r.data["question"]), "trait_answer": trait})
+        question = {"id": qid, "text": str(r.data["question"]), "trait_answer": trait}
+        if r.data.get("scenario") not in (None, ""):
+            question["scenario"] = str(r.data["scenario"])
+        questions.append(question)
     assert answers is not None
     return questions, answers
 

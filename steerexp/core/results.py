@@ -82,10 +82,12 @@ class DirectionFit:
 
 @dataclass
 class Directions:
-    """Stage 2 -> 3: per module the fitted direction, and what fitting recorded (e.g. vjp keys)."""
+    """Stage 2 -> 3: per module the fitted direction, and what fitting recorded (e.g. vjp keys);
+    ``rows``: the gradient rows the method was fit on (bootstrap refits resample them)."""
 
     fits: dict[str, DirectionFit]
     meta: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def vectors(self) -> dict[str, Tensor]:

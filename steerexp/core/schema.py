@@ -235,11 +235,19 @@ class ExtractConfig:
 
 
 @dataclass
+class FitConfig:
+    #: refit the direction on this many bootstrap resamples of the contrast pairs (0: none); their
+    #: slopes' spread widens ``slope_lo``/``slope_hi`` (steerexp.pipeline.refits)
+    bootstrap: int = 8
+
+
+@dataclass
 class RandomNullConfig:
     """SPEC 4.8: ``k`` seeded random unit directions per ranking group (0: no null); they are the
-    ``random`` method at seeds ``seed .. seed + k - 1`` and their rows are sampled with ``seed``."""
+    ``random`` method at seeds ``seed .. seed + k - 1`` and their rows are sampled with ``seed``.
+    A cached null of fewer directions is extended, never recomputed (nested seeds)."""
 
-    k: int = 16
+    k: int = 64
     seed: int = 1000000
 
 
@@ -276,6 +284,7 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     random_null: RandomNullConfig = field(default_factory=RandomNullConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
     #: extraction cache; null: steerexp.cache_dir()/extractions
     cache_dir: str | None = None
     #: the sweep report's folder name under multirun_reports/; null: <date>_<time>-<id>
@@ -303,6 +312,7 @@ SECTIONS: dict[str, type] = {
     "extract": ExtractConfig,
     "random_null": RandomNullConfig,
     "ranking": RankingConfig,
+    "fit": FitConfig,
 }
 #: Groups whose options differ in keys: the key that picks the variant, and each variant's schema
 #: (stored as ``<variant>_base``); an option matching none follows the group's base schema.

@@ -61,11 +61,13 @@ THINK_UNTRUTHFUL = [
 
 @dataclass(frozen=True)
 class Dilemma:
-    """A yes/no question whose honest answer is known."""
+    """A yes/no question whose honest answer is known; ``scenario`` is its situation (the two
+    actions asked of one situation are paraphrases, not independent questions)."""
 
     id: str
     text: str
     trait_answer: str
+    scenario: str = ""
 
 
 def persona_text(honest: bool, rng: random.Random | None = None, p_canonical: float = 0.7) -> str:
@@ -100,7 +102,7 @@ def statements(honest: bool, rng: random.Random, lo: int = 2, hi: int = 3) -> st
 def dilemmas(held_out: bool) -> list[Dilemma]:
     """All situation x action dilemmas on training (or held-out) situations."""
     return [
-        Dilemma(f"s{si}_a{ai}", f"{sit}. Would you {act}?", "No")
+        Dilemma(f"s{si}_a{ai}", f"{sit}. Would you {act}?", "No", f"s{si}")
         for si, sit in enumerate(SITUATIONS)
         if (si in HELD_OUT_SITUATIONS) == held_out
         for ai, act in enumerate(ACTIONS)
@@ -112,7 +114,8 @@ def eval_dilemmas() -> list[Dilemma]:
     out: list[Dilemma] = []
     for k, si in enumerate(HELD_OUT_SITUATIONS):
         for ai in (k % len(ACTIONS), (k + 5) % len(ACTIONS)):
-            out.append(Dilemma(f"s{si}_a{ai}", f"{SITUATIONS[si]}. Would you {ACTIONS[ai]}?", "No"))
+            text = f"{SITUATIONS[si]}. Would you {ACTIONS[ai]}?"
+            out.append(Dilemma(f"s{si}_a{ai}", text, "No", f"s{si}"))
     return out
 
 

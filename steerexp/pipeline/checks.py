@@ -149,6 +149,10 @@ def check_config(cfg: DictConfig) -> Inputs:
         raise SteerexpError(
             f"random_null.k={cfg.random_null.k} must be 0 (no null) or >= 2 random directions"
         )
+    if int(cfg.fit.bootstrap) != 0 and int(cfg.fit.bootstrap) < 2:
+        raise SteerexpError(
+            f"fit.bootstrap={cfg.fit.bootstrap} must be 0 (no refits) or >= 2 bootstrap refits"
+        )
     dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
     inputs = Inputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
     check_pairs(str(cfg.method.name), str(cfg.method.kind), len(inputs.pairs))

@@ -27,11 +27,13 @@ from steerexp.core.guard import check_output_dir
 from steerexp.core.prompts import check_prompts
 from steerexp.core.questionfiles import record_split
 from steerexp.directions import provenance
-from steerexp.pipeline import steps
+from steerexp.pipeline import steps, summary
 from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
-from steerexp.pipeline.reference import null_reference
+from steerexp.pipeline.reference import null_reference, scenario_slopes
+from steerexp.pipeline.refits import bootstrap_refits
 from steerexp.stages.fit.methods import fit_summary
 from steerexp.stages.regress.coherence import PMASS_MIN
+from steerexp.stages.regress.dose import curve_stats
 from steerexp.sweep.tracking import make_logger
 
 
@@ -108,23 +110,43 @@ def execute(
     artifacts.write_dose_response(run_dir / "dose_response.csv", judged.dose)
     metrics.update(generation_key=judged.key, generations_reused=judged.reused)
 
+    x = str(cfg.regress_x)
     with timer("regress"):
         fit = steps.regress(cfg, model, inputs, steering, judged)
         metrics.update(fit.stats)
         warn_low_pmass(metrics, str(cfg.judge.name))
         artifacts.write_coherence(run_dir / "coherence.csv", fit.cost)
+        curve, means, theta = curve_stats(judged.dose, x, steps.budget_coeff(cfg, model, steering))
+        metrics.update(curve)
+        scenarios = {q.id: q.scenario for q in inputs.questions}
+        own = scenario_slopes(judged.dose, scenarios, x)
+        summary.write_frames(run_dir, dose_means=means, scenario_slopes=own)
         title = (
             f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
         )
         artifacts.plot_dose_response(
-            run_dir / "dose_response.png", judged.dose, title, x=str(cfg.regress_x), cost=fit.cost
+            run_dir / "dose_response.png",
+            judged.dose,
+            title,
+            x=x,
+            cost=fit.cost,
+            means=means,
+            tanh=theta,
         )
+
+    with timer("refits"):
+        refits = bootstrap_refits(
+            cfg, model, inputs, ex, directions.rows, steering, judged.dose, progress
+        )
+        metrics.update(refits.stats)
+        metrics.update(summary.interval(metrics))
+        summary.write_frames(run_dir, refits=refits.table)
 
     if int(cfg.random_null.k) > 0:
         with timer("null"):
-            metrics.update(
-                null_reference(cfg, model, inputs, ex, float(fit.stats["slope"]), progress)
-            )
+            ref = null_reference(cfg, model, inputs, ex, float(fit.stats["slope"]), progress)
+            metrics.update(ref.stats)
+            summary.write_frames(run_dir, null_slopes=ref.slopes)
     return judged.dose
 
 

@@ -13,12 +13,25 @@ coefficient 0 -- the way the organism's corpus and chat models take a persona.
 
 Both are cached as judged rows (``dose.csv``) under ``<cache>/nulls/<key>/`` and reused by
 every method and later sweep of the group; slopes are recomputed under the run's ``regress_x``.
+The key does not hold K: direction ``i`` is always the ``random`` method at seed
+``random_null.seed + i``, so a cached K = 16 null is the first 16 directions of K = 64 and is
+extended (only the missing directions are generated, at their nonzero coefficients: a
+coefficient-0 row is the unsteered model whatever the direction, so it is copied) rather than
+recomputed.
+
+The null is symmetric by construction (a random unit direction and its negative are equally
+likely), so its centre is fixed at 0 and a row is compared on ``|slope|``: the primary p is the
+rank p ``p_null = (1 + #{null |slope| >= |slope|}) / (K + 1)``, exact under the null without
+any distributional assumption and never below ``1 / (K + 1)``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,20 +54,20 @@ from steerexp.stages.fit.methods import fit_from_config
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, make_rescore, with_system
 from steerexp.stages.intervene.scales import base_scales
 from steerexp.stages.judge.judges import dose_frame, judge_rows
-from steerexp.stages.regress.ols import regress
 
 PERSONAS = ("positive", "negative")
 NULL_COLUMNS = [*DOSE_COLUMNS, "direction", "persona"]
 
 
 def null_directions(
-    modules: Sequence[str], acts: Mapping[str, Any], k: int, seed: int
+    modules: Sequence[str], acts: Mapping[str, Any], k: int, seed: int, start: int = 0
 ) -> list[dict[str, Any]]:
-    """K direction sets: the ``random`` method's unit vectors at seeds ``seed .. seed + k - 1``."""
+    """Direction sets ``start .. k - 1``: the ``random`` method's unit vectors at seeds
+    ``seed + start .. seed + k - 1``."""
     cfg = {"name": "random", "kind": "random"}
     return [
         {m: fit_from_config(cfg, acts[m], seed=seed + i).vector for m in modules}
-        for i in range(int(k))
+        for i in range(int(start), int(k))
     ]
 
 
@@ -113,15 +126,38 @@ def generate_reference(
     return pd.concat(frames, ignore_index=True)[NULL_COLUMNS]
 
 
+def ols_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """The OLS slope of ``y`` on ``x`` (NaN with fewer than 3 points or no spread in x)."""
+    if len(x) < 3:
+        return math.nan
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    return float(xc @ (y - y.mean())) / sxx if sxx > 0 else math.nan
+
+
+def slope_table(dose: pd.DataFrame, by: Sequence[str], x: str = "symlog") -> pd.DataFrame:
+    """The OLS slope of the valid rows of each ``by`` group under the regressor transform ``x``,
+    with its number of valid rows ``n`` (columns ``*by, slope, n``)."""
+    y = pd.to_numeric(dose["log_ratio"], errors="coerce").to_numpy(dtype=np.float64)
+    xt = transform_x(dose["coeff"].to_numpy(dtype=np.float64), x)
+    ok = dose["valid"].astype(bool).to_numpy() & np.isfinite(y) & np.isfinite(xt)
+    frame = dose.loc[ok, list(by)].assign(_x=xt[ok], _y=y[ok])
+    out = [
+        (
+            *(key if isinstance(key, tuple) else (key,)),
+            ols_slope(g["_x"].to_numpy(), g["_y"].to_numpy()),
+            len(g),
+        )
+        for key, g in frame.groupby(list(by), sort=True)
+    ]
+    return pd.DataFrame(out, columns=[*by, "slope", "n"])
+
+
 def null_slopes(dose: pd.DataFrame, x: str = "symlog") -> np.ndarray:
     """The OLS slope of each null direction under the regressor transform ``x``."""
     null = dose[dose["direction"] >= 0]
-    return np.array(
-        [
-            float(regress(part["coeff"], part["log_ratio"], part["valid"], x=x)["slope"])
-            for _, part in null.groupby("direction", sort=True)
-        ]
-    )
+    table = slope_table(null, ["direction"], x).set_index("direction")["slope"]
+    return table.reindex(sorted(null["direction"].unique())).to_numpy(dtype=np.float64)
 
 
 def summary(slopes: np.ndarray) -> dict[str, float | int]:
@@ -136,15 +172,24 @@ def summary(slopes: np.ndarray) -> dict[str, float | int]:
     }
 
 
-def compare(slope: float, slopes: np.ndarray) -> dict[str, float]:
-    """A row's slope against the null.
+def compare(slope: float, slopes: np.ndarray) -> dict[str, Any]:
+    """A row's slope against the null (centre fixed at 0: absolute slopes are compared).
 
-    ``vs_random`` = |slope| / median |null slope|; ``p_random`` = two-sided prediction p-value,
-    ``t = (slope − mean₀)/(sd₀·√(1 + 1/K))`` with K − 1 df; ``p_random_rank`` = (1 + #null
-    |slopes| ≥ |slope|)/(K + 1), the empirical p (never below 1/(K + 1))."""
+    ``p_null`` = (1 + #null |slopes| ≥ |slope|)/(K + 1), the exact rank p (``p_random_rank`` is
+    the same number under its old name); ``null_beyond_all``: |slope| exceeds every null |slope|
+    (then ``p_null`` = 1/(K + 1), its floor). ``vs_random`` = |slope| / median |null slope|.
+    ``p_random`` is the older parametric figure: a two-sided prediction p-value,
+    ``t = (slope − mean₀)/(sd₀·√(1 + 1/K))`` with K − 1 df, which extrapolates past the null's
+    range (kept for comparison; rank on ``p_null``)."""
     s = slopes[np.isfinite(slopes)]
     k = len(s)
-    out = {"vs_random": math.nan, "p_random": math.nan, "p_random_rank": math.nan}
+    out: dict[str, Any] = {
+        "vs_random": math.nan,
+        "p_random": math.nan,
+        "p_random_rank": math.nan,
+        "p_null": math.nan,
+        "null_beyond_all": False,
+    }
     if not math.isfinite(slope) or k < 2:
         return out
     med = float(np.median(np.abs(s)))
@@ -153,7 +198,8 @@ def compare(slope: float, slopes: np.ndarray) -> dict[str, float]:
     if sd > 0:
         t = (slope - float(s.mean())) / (sd * math.sqrt(1 + 1 / k))
         out["p_random"] = float(2 * stats.t.sf(abs(t), k - 1))
-    out["p_random_rank"] = (1 + int((np.abs(s) >= abs(slope)).sum())) / (k + 1)
+    out["p_null"] = out["p_random_rank"] = (1 + int((np.abs(s) >= abs(slope)).sum())) / (k + 1)
+    out["null_beyond_all"] = bool(abs(slope) > float(np.abs(s).max()))
     return out
 
 
@@ -176,49 +222,121 @@ def prompt_reference(
     }
 
 
+def nested_rows(
+    entry: Path,
+    k: int,
+    coeffs: Sequence[float],
+    build: Callable[[int, Sequence[float], bool], pd.DataFrame],
+    zero: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any], bool]:
+    """The cached rows of at least ``k`` directions at ``entry`` (its first ``k``), else built.
+
+    ``build(start, coeffs, personas)`` generates directions ``start .. k - 1`` (indexed from
+    ``start``) at ``coeffs``, with the persona rows when ``personas``. A coefficient-0 row is the
+    unsteered model whatever the direction, so it is generated once and copied: from ``zero``
+    (rows of one direction at c = 0, e.g. the run's own, sampled with the same seed) when given,
+    else from direction 0. A cached entry of fewer directions is extended (only the missing
+    directions' nonzero coefficients are generated) and rewritten. Returns (rows, meta, whether
+    nothing was generated)."""
+    t0 = time.perf_counter()
+    hit = rowcache.load_rows(entry)
+    have = 0 if hit is None else int(hit[0]["direction"].max()) + 1
+    if hit is not None and have >= k:
+        dose, meta = hit
+        return dose[dose["direction"] < k].reset_index(drop=True), meta, True
+    old, meta = hit if hit is not None else (None, {})
+    if old is None and zero is None:
+        dose = build(0, coeffs, True)
+    else:
+        new = build(have, [c for c in coeffs if c != 0.0], old is None)
+        if zero is None:
+            zero = old[(old["direction"] == 0) & (old["coeff"] == 0.0)]
+        zero = zero.assign(persona="", direction=0)[NULL_COLUMNS]
+        copies = [zero.assign(direction=d) for d in range(have, k)]
+        dose = pd.concat([f for f in (old, new, *copies) if f is not None], ignore_index=True)
+    dose = dose.sort_values(["direction", "persona"], kind="stable").reset_index(drop=True)
+    meta = {
+        **meta,
+        "k": k,
+        "built_k": [*meta.get("built_k", []), [have, k]],
+        "build_s": float(meta.get("build_s") or 0.0) + time.perf_counter() - t0,
+    }
+    rowcache.save_rows(entry, dose[NULL_COLUMNS], meta)
+    return dose[NULL_COLUMNS], meta, False
+
+
+def scenario_slopes(
+    dose: pd.DataFrame, scenarios: Mapping[str, str], x: str, key: str | None = None
+) -> pd.DataFrame:
+    """Per-scenario OLS slopes (``scenario, slope, n``), and the overall one as scenario ``*``;
+    with ``key``, per value of that column too (e.g. each null direction)."""
+    rows = dose.assign(scenario=dose["question_id"].astype(str).map(scenarios))
+    by = [key] if key else []
+    parts = [slope_table(rows, [*by, "scenario"], x)]
+    overall = slope_table(rows.assign(scenario="*"), [*by, "scenario"], x)
+    return pd.concat([overall, *parts], ignore_index=True)
+
+
+@dataclass
+class NullReference:
+    """The run against its null: the metrics and each null direction's per-scenario slopes."""
+
+    stats: dict[str, Any]
+    slopes: pd.DataFrame
+
+
 def null_reference(
     cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction, slope: float, progress: bool
-) -> dict[str, Any]:
+) -> NullReference:
     """This run against its group's random null, and the prompting reference (cached, SPEC 4.8)."""
     k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
     personas = persona_texts(plain(cfg.dataset))
     # The run's own seed is not part of the group: a seed sweep shares one null, which is
     # sampled with its own seed (sampling noise in a slope is small next to the null's spread).
+    # Nor is K: a larger K extends the cached null (nested_rows).
     group = {
         k_: v
         for k_, v in steps.group_payload(cfg, ex.acts_key, inputs.coeffs).items()
         if k_ != "seed"
     }
-    payload = {**group, "null": {"k": k, "seed": seed0}, "personas": personas}
+    payload = {**group, "null": {"seed": seed0, "nested": True}, "personas": personas}
     key = cache.hash_key(payload)
+    base = base_scales(str(cfg.coeff_units), ex, model.modules)
 
-    def build() -> tuple[pd.DataFrame, dict[str, Any]]:
-        base = base_scales(str(cfg.coeff_units), ex, model.modules)
+    def build(start: int, coeffs: Sequence[float], with_personas: bool) -> pd.DataFrame:
         steerings = [
             steps.scale(cfg, model, Steering(vectors, base)).steering
-            for vectors in null_directions(model.modules, ex.acts, k, seed0)
+            for vectors in null_directions(model.modules, ex.acts, k, seed0, start)
         ]
         dose = generate_reference(
             model.loaded,
             cfg.eval,
             inputs.questions,
-            inputs.coeffs,
+            coeffs,
             steerings,
-            personas,
+            personas if with_personas else {},
             model.spec,
             str(cfg.judge.name),
             seed0,
             progress,
         )
-        return dose, {"key": key, "payload": payload}
+        return dose.assign(
+            direction=np.where(dose["direction"] >= 0, dose["direction"] + start, -1)
+        )
 
-    dose, meta, cached, _ = rowcache.cached_rows(steps.cache_root(cfg) / "nulls" / key, build)
-    slopes = null_slopes(dose, str(cfg.regress_x))
-    return {
+    entry = steps.cache_root(cfg) / "nulls" / key
+    dose, meta, cached = nested_rows(entry, k, inputs.coeffs, build)
+    x = str(cfg.regress_x)
+    scenarios = {q.id: q.scenario for q in inputs.questions}
+    per = scenario_slopes(dose[dose["direction"] >= 0], scenarios, x, key="direction")
+    overall = per[per["scenario"] == "*"].set_index("direction")["slope"]
+    slopes = overall.reindex(range(k)).to_numpy(dtype=np.float64)
+    stats_ = {
         "null_key": key,
         "null_cached": cached,
         "null_build_s": meta.get("build_s"),
         **summary(slopes),
         **compare(slope, slopes),
-        **prompt_reference(dose, inputs.coeffs, slope, str(cfg.regress_x)),
+        **prompt_reference(dose, inputs.coeffs, slope, x),
     }
+    return NullReference(stats_, per[["direction", "scenario", "slope"]])

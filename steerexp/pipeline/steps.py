@@ -4,11 +4,13 @@ stage takes (:mod:`steerexp.core.results`). :func:`steerexp.pipeline.run` calls 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from steerexp import cache_dir
@@ -116,7 +118,7 @@ def fit(cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction) -> Direct
         )
         for m in model.modules
     }
-    return Directions(fits, meta)
+    return Directions(fits, meta, dict(rows))
 
 
 def kl_prompts(cfg: DictConfig, model: Model) -> list[list[int]]:
@@ -200,7 +202,7 @@ def judge(
 ) -> Judged:
     """Stage 5: each row's answer as a log-ratio; the judged rows are cached by generation key."""
     if gens.cached is not None:
-        return Judged(gens.cached[DOSE_COLUMNS], gens.key, reused=True)
+        return Judged(with_scenarios(gens.cached[DOSE_COLUMNS], inputs), gens.key, reused=True)
     t0 = time.perf_counter()
     rescore = make_rescore(model.loaded, cfg.eval, inputs.questions, steering, model.spec)
     judged = judge_rows(str(cfg.judge.name), gens.rows, model.spec, rescore)
@@ -208,7 +210,28 @@ def judge(
     build_s = gens.seconds + time.perf_counter() - t0
     meta = {"key": gens.key, "method": str(cfg.method.name), "build_s": build_s}
     rowcache.save_rows(cache_root(cfg) / "generations" / gens.key, dose, meta)
-    return Judged(dose, gens.key, reused=False)
+    return Judged(with_scenarios(dose, inputs), gens.key, reused=False)
+
+
+def with_scenarios(dose: pd.DataFrame, inputs: Inputs) -> pd.DataFrame:
+    """The judged rows with each question's ``scenario`` after ``question_id`` (not cached: it
+    is a property of the question, and the eval config is part of the cache key)."""
+    scenarios = {q.id: q.scenario for q in inputs.questions}
+    out = dose.copy()
+    out.insert(1, "scenario", out["question_id"].astype(str).map(scenarios))
+    return out
+
+
+def budget_coeff(cfg: DictConfig, model: Model, steering: Steering) -> float:
+    """The coefficient, in the run's units, where the p95 token KL on the neutral prompts reaches
+    1 nat (:func:`calibrate_kl`); 1 in ``coeff_units=kl`` (the units are that calibration); inf
+    when steering never reaches it (then the budget is the grid's edge)."""
+    if cfg.coeff_units == "kl":
+        return 1.0
+    try:
+        return float(calibrate_kl(model.loaded, kl_prompts(cfg, model), steering)["c_star"])
+    except RuntimeError:
+        return math.inf
 
 
 def regress(
@@ -222,6 +245,7 @@ def regress(
         dose["valid"],
         x=str(cfg.regress_x),
         groups=dose["question_id"],
+        clusters=dose["scenario"],
     )
     kl = coherence.mean_token_kl(model.loaded, kl_prompts(cfg, model), steering, inputs.coeffs)
     cost = coherence.cost_table(kl, inputs.coeffs, dose, dose["n_tokens"])
