@@ -61,7 +61,7 @@ def dense_direction(grads: torch.Tensor) -> torch.Tensor:
     lam = float(cfg["reg"]) * float(torch.trace(f)) / d
     f.diagonal().add_(lam)
     x = torch.linalg.solve(f, gbar)
-    keep, _ = pair_vote(x, grads)  # SPEC 4.3's one sign rule (the acts here are the grads)
+    keep, _ = pair_vote(x, grads)  # the one sign rule, the pair vote (the acts here are the grads)
     return (x if keep else -x) / x.norm()
 
 

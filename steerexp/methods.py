@@ -1,4 +1,4 @@
-"""Public API (SPEC 4.3): ``fit_direction(name, acts, ...)``; the methods live in :mod:`steerexp.stages.fit`."""
+"""Public API: ``fit_direction(name, acts, ...)``; the methods live in :mod:`steerexp.stages.fit`."""
 
 from steerexp.stages.fit.methods import fit_direction
 

@@ -61,7 +61,7 @@ def run_sweep(
     )
 
 
-#: The journal's table columns, in order (SPEC 4.7), stated here rather than imported from the
+#: The journal's table columns, in order, stated here rather than imported from the
 #: package so a changed column list fails the tests.
 JOURNAL_HEADER = [
     "method",

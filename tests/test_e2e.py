@@ -1,4 +1,4 @@
-"""End to end on the organism: an honesty direction steers, a random one does not (SPEC 7)."""
+"""End to end on the organism: an honesty direction steers, a random one does not (docs/organism.md)."""
 
 from __future__ import annotations
 

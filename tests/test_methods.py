@@ -1,4 +1,4 @@
-"""Direction methods (SPEC §4.3): recovery, sign rule, exactness of the fast Fisher solve, errors."""
+"""Direction methods: recovery, sign rule, exactness of the fast Fisher solve, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-row seeded sampling and directions, the random null's statistics and its cache (SPEC 4.5, 4.8)."""
+"""Per-row seeded sampling and directions, the random null's statistics and its cache."""
 
 from __future__ import annotations
 

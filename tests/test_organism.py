@@ -1,4 +1,4 @@
-"""Acceptance tests of the model organism (SPEC section 7): loads like a hub model, and is steerable.
+"""Acceptance tests of the model organism (docs/organism.md): loads like a hub model, and is steerable.
 
 Measured with plain PyTorch forward hooks (``steerexp.organism.acceptance``, no pipeline
 code) so the organism's ground truth is checked independently of the tools that will be

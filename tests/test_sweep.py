@@ -61,7 +61,7 @@ def test_sweep_writes_ranking_with_shared_work(main_sweep) -> None:
     for line in md.splitlines():
         if line.startswith("| method"):
             cols = [c.strip() for c in line.strip("|").split("|")]
-            # the journal's columns first, then the random null's (SPEC 4.8, issue 21)
+            # the journal's columns first, then the random null's (docs/statistics.md)
             assert cols[:9] == JOURNAL_HEADER
             assert {"slope 95% CI", "vs_random", "p_null", "p_null_adj"} <= set(cols[9:]), cols
     metrics = job_metrics(tmp / "sweep")

@@ -1,4 +1,4 @@
-"""Run-directory artifacts (SPEC 5), each written to a temp name and renamed into place.
+"""Run-directory artifacts, each written to a temp name and renamed into place.
 
 A job killed mid-write leaves at worst a stray ``.tmp`` file, never a half-written
 artifact; ``status.json`` is written last, so ``ok`` there means every artifact is whole.

@@ -17,7 +17,7 @@ from omegaconf import II, MISSING
 
 @dataclass
 class ModelConfig:
-    """``model``: where the weights come from and how they load (SPEC 2)."""
+    """``model``: where the weights come from and how they load."""
 
     name: str = MISSING
     #: hub id or local dir; null with a ``builder`` (organism, tiny_random)
@@ -65,7 +65,7 @@ class ModuleConfig:
 
 @dataclass
 class MethodConfig:
-    """``method``: how a direction is fit from activations and gradients (SPEC 4.3)."""
+    """``method``: how a direction is fit from activations and gradients."""
 
     name: str = MISSING
     #: the registered method (``steerexp.stages.fit.methods.METHODS``)
@@ -111,7 +111,7 @@ class RandomMethod(MethodConfig):
 
 @dataclass
 class LossConfig:
-    """``loss``: the loss whose gradients the gradient methods use (SPEC 4.4)."""
+    """``loss``: the loss whose gradients the gradient methods use."""
 
     name: str = MISSING
     #: read layer (``model.loss_layer`` indexing); default: the model's
@@ -146,7 +146,7 @@ class FileSource:
 
 @dataclass
 class DatasetConfig(FileSource):
-    """``dataset``: the contrast pairs directions are extracted from (SPEC 3); with ``path``,
+    """``dataset``: the contrast pairs directions are extracted from; with ``path``,
     from that file."""
 
     #: persona mode: a template with {persona}, the two personas, and the suffix rows
@@ -167,7 +167,7 @@ class DatasetConfig(FileSource):
 
 @dataclass
 class EvalConfig(FileSource):
-    """``eval``: questions, coefficient grid and sampling of the dose-response (SPEC 4.5); with
+    """``eval``: questions, coefficient grid and sampling of the dose-response; with
     ``path``, the questions come from that file instead of ``questions``."""
 
     system: str | None = None
@@ -198,7 +198,7 @@ class EvalConfig(FileSource):
 
 @dataclass
 class JudgeConfig:
-    """``judge``: how a completion becomes a log-ratio (SPEC 4.6)."""
+    """``judge``: how a completion becomes a log-ratio."""
 
     name: str = MISSING
 
@@ -243,7 +243,7 @@ class FitConfig:
 
 @dataclass
 class RandomNullConfig:
-    """SPEC 4.8: ``k`` seeded random unit directions per ranking group (0: no null); they are the
+    """``k`` seeded random unit directions per ranking group (0: no null); they are the
     ``random`` method at seeds ``seed .. seed + k - 1`` and their rows are sampled with ``seed``.
     A cached null of fewer directions is extended, never recomputed (nested seeds)."""
 
@@ -276,7 +276,7 @@ class Config:
     logger: LoggerConfig = MISSING
     seed: int = 0
     #: norm: c is a fraction of the module's mean activation norm | raw: c as is | kl: multiples
-    #: of the c* whose p95 per-token KL on the neutral prompts is 1 nat (SPEC 4.4)
+    #: of the c* whose p95 per-token KL on the neutral prompts is 1 nat
     coeff_units: str = "norm"
     kl: KLConfig = field(default_factory=KLConfig)
     #: regress on symlog(c) = sign(c) log(1 + |c|) or on c itself (identity)

@@ -1,4 +1,4 @@
-"""The steering value and how it is applied: ``h <- h + c * s * v`` on every target module (SPEC 4.4).
+"""The steering value and how it is applied: ``h <- h + c * s * v`` on every target module.
 
 The edit is written inside an nnsight trace (:func:`steer`, wherever activations or logits of a
 forward are read), or, for the decode loop of generation, by plain forward hooks

@@ -1,4 +1,4 @@
-"""The built-in model organism (SPEC section 7): a small Qwen3 trained by steerexp itself.
+"""The built-in model organism (docs/organism.md): a small Qwen3 trained by steerexp itself.
 
 The trained checkpoint ships inside the package (``checkpoint/``, with a manifest holding the
 recipe and a sha256 of every file), so every machine runs the same weights: ``build()``

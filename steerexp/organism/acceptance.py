@@ -196,7 +196,7 @@ E2E_KEYS = ("slope", "vs_random", "p_random", "null_abs_median", "null_abs_p95")
 
 def e2e_runs(path: Path, run_root: Path) -> dict[str, dict[str, float]]:
     """Pipeline runs (``python -m steerexp`` defaults, its K = 16 random null included) of
-    mean_diff and pca_diff: slope and where it stands against the null (SPEC 4.8)."""
+    mean_diff and pca_diff: slope and where it stands against the null (docs/statistics.md)."""
     from hydra import compose, initialize_config_dir
 
     from steerexp.pipeline import run

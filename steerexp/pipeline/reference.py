@@ -1,4 +1,4 @@
-"""The random-direction null and the prompting reference of a ranking group (SPEC 4.8).
+"""The random-direction null and the prompting reference of a ranking group (docs/statistics.md).
 
 Any perturbation of the residual stream moves the log-ratio a little, so "slope != 0" proves
 nothing; the question is whether a direction beats random directions of the same size in the
@@ -288,7 +288,7 @@ class NullReference:
 def null_reference(
     cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction, slope: float, progress: bool
 ) -> NullReference:
-    """This run against its group's random null, and the prompting reference (cached, SPEC 4.8)."""
+    """This run against its group's random null, and the prompting reference (cached; docs/statistics.md)."""
     k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
     personas = persona_texts(plain(cfg.dataset))
     # The run's own seed is not part of the group: a seed sweep shares one null, which is

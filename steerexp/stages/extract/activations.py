@@ -1,4 +1,4 @@
-"""Stage 1: activations and loss gradients of the target modules on contrast pairs (SPEC 4.1).
+"""Stage 1: activations and loss gradients of the target modules on contrast pairs.
 
 Pairs are rendered with the chat template (persona as the user turn, the suffix as the
 open start of the assistant turn), padded on the left and read at the last non-padding

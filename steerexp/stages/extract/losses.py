@@ -1,4 +1,4 @@
-"""Losses whose gradients the gradient-based direction methods use (SPEC 4.2).
+"""Losses whose gradients the gradient-based direction methods use.
 
 Each loss is a sum of per-pair terms divided by the number of pairs in the whole contrast
 set, so a row's gradient is the same whichever batch it lands in (the gradient of the

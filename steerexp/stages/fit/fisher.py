@@ -2,7 +2,7 @@
 
 Every Fisher variant is written as ``F = UᵀU`` with ``U ∈ ℝ^{n×d}`` a row-scaled copy of the
 gradients ``G`` (rows ``gᵢ``), so ``tr(F) = ‖U‖²_F`` is cheap and the solve happens in the
-n×n space (SPEC §4.3):
+n×n space:
 
 - ``ief``: ``F = (1/n) Σ wᵢ gᵢgᵢᵀ``, ``wᵢ = 1/(loss_grad_normsᵢ + ε)``, ``ε = 1e-6·median`` →
   ``uᵢ = √(wᵢ/n) gᵢ`` (uniform norms: the same direction as ``emp``)

@@ -1,8 +1,8 @@
-"""Direction methods (SPEC §4.3): fit one unit steering vector per module from A and G.
+"""Direction methods: fit one unit steering vector per module from A and G.
 
 Inputs are interleaved pairs: ``acts[0::2]`` positive, ``acts[1::2]`` negative (same for
 ``grads``). Every method returns a raw direction; :func:`fit_from_config` normalises it and
-fixes its sign by one rule (SPEC 4.3), so ``+v`` means "more like the positive persona":
+fixes its sign by one rule, so ``+v`` means "more like the positive persona":
 
 - pair vote, every method except ``random``: keep ``v`` if ``(a⁺ − a⁻)·v > 0`` in the majority
   of pairs (ties: by the mean projection), else ``−v``;

@@ -1,4 +1,4 @@
-"""Stage 3: scaled intervention ``h <- h + c * s * v`` on every target module (SPEC 4.4).
+"""Stage 3: scaled intervention ``h <- h + c * s * v`` on every target module.
 
 The edit is written inside an nnsight trace or generation loop, so nothing is attached to
 the model outside it: no hook outlives a run. A coefficient of exactly 0 adds exact zeros,
@@ -67,7 +67,7 @@ def calibrate_kl(
     loaded: LoadedModel, prompts: Sequence[list[int]], steering: Steering, rtol: float = 0.02
 ) -> dict[str, float]:
     """Find ``c*`` whose p95 per-token KL(steered || unsteered) is 1 nat at the worse of ``+c*``
-    and ``-c*`` (SPEC 4.4), on ``prompts`` (held-out neutral prompts, never the eval questions).
+    and ``-c*``, on ``prompts`` (held-out neutral prompts, never the eval questions).
 
     Brackets by doubling/halving from ``c = 0.1`` (in the steering's units), then solves
     ``log max(p95(+c), p95(-c)) = 0`` in ``log c`` with Brent's method. The grid is then read in

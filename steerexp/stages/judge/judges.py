@@ -1,4 +1,4 @@
-"""Judge stage: turn each generated answer into a log-probability ratio (SPEC 4.6).
+"""Judge stage: turn each generated answer into a log-probability ratio.
 
 A judgement reads the model's own answer distribution at the step that produced the
 answer token, so it is continuous (unlike a yes/no count) and comparable across rows.

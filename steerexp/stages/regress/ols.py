@@ -1,4 +1,4 @@
-"""Regress stage: dose-response statistics of log_ratio on the steering coefficient (SPEC 4.7).
+"""Regress stage: dose-response statistics of log_ratio on the steering coefficient.
 
 One OLS fit per run turns a noisy dose-response curve into a slope with an uncertainty,
 and the journal's ranking score; ``journal_table`` renders runs as the journal's tables.
