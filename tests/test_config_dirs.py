@@ -115,14 +115,14 @@ def test_own_option_via_config_dir_and_searchpath(tmp_path: Path) -> None:
     check_args([f"--config-dir={root}", "-m", "model=my_llama,organism"])
     check_args([f"hydra.searchpath=[file://{root}]", "model=my_llama"])
     cfg = compose_cfg(f"hydra.searchpath=[file://{root}]", "model=my_llama")
-    assert cfg.model.path == "meta-llama/Llama-3.2-1B-Instruct" and cfg.model.dtype == "bfloat16"
+    assert cfg.model.path == "meta-llama/Llama-3.2-1B-Instruct" and cfg.model.dtype == "auto"
     assert config.group_config("model", "my_llama", f"hydra.searchpath=[file://{root}]")[
         "architecture"
     ] == ("LlamaForCausalLM")
 
     out = steerexp_cli(tmp_path, "--config-dir", "conf", "model=my_llama", "--cfg", "job")
     assert out.returncode == 0, out.stderr
-    assert "name: my_llama" in out.stdout and "dtype: bfloat16" in out.stdout
+    assert "name: my_llama" in out.stdout and "dtype: auto" in out.stdout
 
 
 def test_unknown_option_lists_the_users_options_too(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import io
 import itertools
+import os
 import re
 import shlex
 import subprocess
@@ -207,8 +208,13 @@ def run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
+    """``make`` as a user types it: no variables inherited from a ``make`` this test runs under
+    (``make test ARGS=...`` would pass its ARGS on to the documented command)."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")
+    }
     return subprocess.run(
-        ["make", *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+        ["make", *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False, env=env
     )
 
 

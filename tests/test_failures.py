@@ -80,7 +80,7 @@ BAD_VALUES = [
     ("seed=-1", r"^seed=-1 is out of range"),
     (
         "random_null.seed=9223372036854775807",
-        r"random_null.seed=9223372036854775807 is out of range.* for the 16 seeds from it",
+        r"random_null.seed=9223372036854775807 is out of range.* for the 64 seeds from it",
     ),
     # 1: a method's minimum input
     ("dataset.max_pairs=1", r"method 'pca_diff' needs at least 2 contrast pairs, got 1"),

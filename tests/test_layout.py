@@ -48,6 +48,14 @@ def layer(module: str) -> str:
     return parts[1] if parts[1] in ("core", "stages", "sweep", "pipeline", "organism") else "entry"
 
 
+#: Imports that cross the rules on purpose, each with its reason.
+ALLOWED = {
+    # ranking.confirm re-runs the top rows of a finished sweep: the report side calls the
+    # pipeline once the ranking exists (a lazy import inside the function; no cycle at import)
+    ("steerexp.sweep.confirm", "steerexp.pipeline.experiment"),
+}
+
+
 def violations(extra: dict[str, str] | None = None) -> list[str]:
     """One line per forbidden import in the package (plus ``extra``: module name -> source)."""
     sources = {module_name(p): p.read_text() for p in sorted(PACKAGE.rglob("*.py"))}
@@ -55,6 +63,8 @@ def violations(extra: dict[str, str] | None = None) -> list[str]:
     for me, source in {**sources, **(extra or {})}.items():
         mine = layer(me)
         for target in sorted(imported(source)):
+            if (me, target) in ALLOWED:
+                continue
             theirs = layer(target)
             if (
                 mine == "core"

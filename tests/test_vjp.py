@@ -30,7 +30,8 @@ def test_linear_toy_closed_form() -> None:
     read = (x * mask[..., None]).cumsum(1) @ w.T
     last = pullback({"m": x}, read[:, -1], u, mask, "last")["m"]
     assert torch.allclose(last, want.expand(3, d), rtol=1e-5)
-    v = fit_direction("vjp_steer", torch.stack([want, 0 * want]), got[:2])
+    # two identical pairs (a method needs at least two): the mean pulled-back row is still Wᵀu
+    v = fit_direction("vjp_steer", torch.stack([want, 0 * want] * 2), torch.cat([got[:2]] * 2))
     assert torch.allclose(v, want / want.norm(), atol=1e-6)
     with pytest.raises(SteerexpError, match="method.tokens='first'; valid: all, last"):
         pullback({"m": x}, h_read, u, mask, "first")
