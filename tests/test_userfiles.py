@@ -389,9 +389,8 @@ def test_data_errors_fail_before_the_model_loads(
 
 
 def test_data_error_from_the_command_line_is_one_line(tmp_path: Path) -> None:
-    """Item 7: through the CLI, a data-file problem ends the process non-zero with one
-    'steerexp: error:' line and no traceback (the exit code itself, 2 for bad input, is the
-    `fail` helper's rule and tested there)."""
+    """Item 7: through the CLI, a data-file problem is bad input: exit 2, one
+    'steerexp: error:' line and no traceback."""
     import subprocess
     import sys
 
@@ -402,7 +401,7 @@ def test_data_error_from_the_command_line_is_one_line(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("steerexp: error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
