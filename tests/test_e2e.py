@@ -31,7 +31,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     }
     for seed in range(5):
         out[f"random{seed}"] = run(
-            compose_cfg("method=random", "module=hs", f"seed={seed}", *k),
+            compose_cfg("method=random", "module=hs", f"method.seed={seed}", *k),
             root / f"random{seed}",
             progress=False,
         )
@@ -58,7 +58,8 @@ def test_random_directions_do_not(runs) -> None:
 
 
 def test_null_and_prompting_reference(runs) -> None:
-    """One null per group, built once and shared by seeds; pca_diff beats it, prompting the honest
+    """One null per group, built once and shared by every direction of the same sampling seed
+    (random directions of other method.seed); pca_diff beats it, prompting the honest
     persona is more honest than prompting the untruthful one."""
     pca = runs["pca_diff"]
     assert pca["null_k"] == 8 and not pca["null_cached"] and pca["null_build_s"] > 0

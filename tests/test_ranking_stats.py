@@ -321,3 +321,26 @@ def test_order_test_falls_back_when_the_null_names_other_scenarios() -> None:
     assert ref == "row_spread" and p < 1e-3
     p, ref = order.pair_test(a, b, null.set_axis(list(a.index), axis=1))
     assert ref == "null_pairs" and p == pytest.approx(1.0), "every null gap (4, 8, 4) is wider"
+
+
+def test_reachable_says_when_the_null_is_too_small_for_the_family() -> None:
+    """A rank p cannot go below 1/(K+1): six rows under Holm over K = 64 can never reach 0.05
+    (6/65 = 0.092), and the report says which K can; BH's floor is 1/(K+1) itself."""
+    from steerexp.sweep import rows
+
+    def frame(m: int, k: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "in_table": [True] * (m + 1),
+                "status": ["ok"] * (m + 1),
+                "p_null": [1 / (k + 1)] * (m + 1),
+                "method": [f"m{i}" for i in range(m)] + ["random"],
+                "null_k": [k] * (m + 1),
+            }
+        )
+
+    floor, needed = rows.reachable(frame(6, 64), "holm")
+    assert floor == pytest.approx(6 / 65) and needed == 120
+    assert rows.reachable(frame(6, 120), "holm")[0] < 0.05
+    assert rows.reachable(frame(6, 64), "bh") == (pytest.approx(1 / 65), 64)
+    assert rows.reachable(frame(6, 64).drop(columns="null_k"), "holm") is None

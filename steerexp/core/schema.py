@@ -244,7 +244,8 @@ class FitConfig:
 @dataclass
 class RandomNullConfig:
     """``k`` seeded random unit directions per ranking group (0: no null); they are the
-    ``random`` method at seeds ``seed .. seed + k - 1`` and their rows are sampled with ``seed``.
+    ``random`` method at seeds ``seed .. seed + k - 1``; their rows are sampled with the run's
+    ``seed`` (common random numbers with the run).
     A cached null of fewer directions is extended, never recomputed (nested seeds)."""
 
     k: int = 64

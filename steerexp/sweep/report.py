@@ -27,7 +27,7 @@ from steerexp.core.artifacts import dose_curve, draw_dose_curve
 from steerexp.core.columns import journal_table
 from steerexp.core.errors import SteerexpError, plain_name
 from steerexp.core.guard import check_writable_dir
-from steerexp.sweep import confirm, order
+from steerexp.sweep import confirm, order, rows
 from steerexp.sweep.collect import collect
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,13 @@ def header(df: pd.DataFrame, keys: list[str], sweep_dir: Path) -> list[str]:
         f"p_null_adj: {df.attrs['correction']} correction of p_null over one family of "
         f"{df.attrs['family_size']} rows, every table of this sweep ({controls})",
     ]
+    reach = rows.reachable(df, str(df.attrs["correction"]))
+    if reach is not None and reach[0] >= 0.05:
+        lines[-1] += (
+            f"; with this null no row can reach p_null_adj < 0.05 (the smallest possible is "
+            f"{reach[0]:.2g}, every row beyond all K directions): set random_null.k={reach[1]} or "
+            "more (the cached null is extended, not rebuilt)"
+        )
     if df["pooled"].astype(bool).any():
         lines += [
             "",

@@ -173,6 +173,26 @@ def family(df: pd.DataFrame) -> pd.Series:
     return members if members.any() else scored
 
 
+def reachable(df: pd.DataFrame, correction: str, level: float = 0.05) -> tuple[float, int] | None:
+    """The smallest ``p_null_adj`` the family can reach at all (every member beyond all K null
+    directions, ``p_null = 1/(K+1)``), and the smallest K whose floor is below ``level``; None
+    without a family or a recorded K. A rank p cannot go below ``1/(K+1)``, so a large family
+    over a small null can never be significant, however well its rows steer."""
+    members = family(df)
+    k = pd.to_numeric(df.loc[members, "null_k"], errors="coerce") if "null_k" in df else None
+    if k is None or not k.notna().any():
+        return None
+    m = int(members.sum())
+
+    def floor(k_: int) -> float:
+        return float(multipletests([1 / (k_ + 1)] * m, method=CORRECTIONS[correction])[1].min())
+
+    needed = int(k.min())
+    while floor(needed) >= level:
+        needed += 1
+    return floor(int(k.min())), needed
+
+
 def adjust(df: pd.DataFrame, correction: str) -> pd.Series:
     """``p_null_adj``: ``p_null`` corrected over :func:`family` (NaN outside it)."""
     out = pd.Series(math.nan, index=df.index)
