@@ -9,6 +9,7 @@ to exit non-zero when a job failed or the ranking could not be written, and call
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -68,25 +69,21 @@ class RankingCallback(Callback):
             name = OmegaConf.select(config, "report_name")
             overwrite = bool(OmegaConf.select(config, "report_overwrite"))
             root = Path(self.reports_root) if self.reports_root else DEFAULT_REPORTS_ROOT
-            df = build_report(
+            report = functools.partial(
+                build_report,
                 sweep_dir,
                 reports_root=root,
                 name=str(name) if name else None,
                 overwrite=overwrite,
                 interrupted=interrupted,
             )
+            df = report()
             k = int(OmegaConf.select(config, "ranking.confirm", default=0) or 0)
             if k > 0:
                 from steerexp.sweep.confirm import confirm
 
                 confirm(sweep_dir, df, k)
-                df = build_report(
-                    sweep_dir,
-                    reports_root=root,
-                    name=str(name) if name else None,
-                    overwrite=overwrite,
-                    interrupted=interrupted,
-                )
+                df = report()  # with the confirmation section
             runs = df[~df["pooled"].astype(bool)]
             LAST_SWEEP_FAILED = int((~runs["status"].isin(["ok", "degenerate"])).sum())
             if self.print_tables:
