@@ -254,8 +254,10 @@ def test_confirm_reruns_the_top_row_on_a_fresh_seed_and_half_the_scenarios(
     assert asked == -(-full["question_id"].nunique() // 2)
     md = (tmp_path / "sweep" / "ranking.md").read_text()
     assert "## Confirmation" in md and "- pca_diff: " in md
-    # the tiny random model never answers, so there is no slope to judge
-    assert "not judged (no slope or no interval)" in md
+    # the forced judge gives the tiny model a slope, so the row gets a verdict, and it is the
+    # confirmation run's own slope against the row's interval
+    verdict = "replicates" if table["replicates"].iloc[0] else "does NOT replicate"
+    assert f"- pca_diff: {verdict}: slope {table['confirm_slope'].iloc[0]:.2f}" in md
     assert (
         pd.read_csv(tmp_path / "sweep" / "ranking.csv")["job"].str.startswith("confirm").sum() == 0
     )
