@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from helpers import JOURNAL_HEADER
 from omegaconf import OmegaConf
+from statsmodels.stats.multitest import multipletests
 from wandb_offline import read_offline_run
 
 from steerexp import CONF_DIR
@@ -372,6 +373,7 @@ def test_null_columns_family_duplicates_and_footer(tmp_path: Path) -> None:
         metrics = json.loads((job / "metrics.json").read_text())
         metrics.update(
             p_null=p,
+            p_random=p / 2,
             vs_random=slope / 0.8,
             null_key="n1",
             null_k=16,
@@ -388,6 +390,9 @@ def test_null_columns_family_duplicates_and_footer(tmp_path: Path) -> None:
     assert list(df["method"]) == ["pca_diff", "fisher_steer_emp_reg2", "random"]
     assert df["p_null_adj"].tolist()[:2] == pytest.approx([2e-4, 0.02])
     assert math.isnan(df["p_null_adj"].iloc[2])
+    # SPEC 4.8's within-table Holm of the t-based p_random (random rows included) stays in the CSV
+    want = multipletests((df["p_null"] / 2).to_numpy(), method="holm")[1]
+    assert df["p_random_holm"].tolist() == pytest.approx(list(want))
     assert df["dup_of"].tolist() == ["", "pca_diff", ""]
     md = (sweep / "ranking.md").read_text()
     table = tables(md)[""]

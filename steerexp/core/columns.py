@@ -32,6 +32,7 @@ EXTRA_STAT_COLUMNS = [
     "slope_ci_high",
     "vs_random",
     "p_random",
+    "p_random_holm",
     "p_random_rank",
     "anti_frac",
     "fitted_shift",

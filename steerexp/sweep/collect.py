@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from safetensors.torch import load_file
+from statsmodels.stats.multitest import multipletests
 
 from steerexp.core.columns import (
     EXTRA_STAT_COLUMNS,
@@ -273,6 +274,7 @@ def collect(
     for group in df["_group"].unique():
         idx = df.index[(df["_group"] == group) & shown]
         df.loc[idx, "dup_of"] = duplicates(df.loc[idx], sweep_dir)
+        df.loc[idx, "p_random_holm"] = holm(df.loc[idx, "p_random"])
         null = next(
             (
                 n
@@ -297,6 +299,18 @@ def collect(
         order_null_k=null_k,
     )
     return df, keys
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm-adjusted p-values over the finite entries of ``p`` (NaN stays NaN): ``p_random_holm``,
+    the t-based ``p_random`` adjusted within one table, kept for readers of the older column; the
+    ranking's own family-wide correction is ``p_null_adj``."""
+    p = pd.to_numeric(p, errors="coerce")
+    out = pd.Series(np.nan, index=p.index)
+    ok = p.notna()
+    if ok.any():
+        out[ok] = multipletests(p[ok].to_numpy(), method="holm")[1]
+    return out
 
 
 #: Two rows are duplicates when their directions' mean |cos| over the same modules is at least this.
