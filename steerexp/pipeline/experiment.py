@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from steerexp.core import artifacts, threads
-from steerexp.core.columns import journal_table
+from steerexp.core.columns import DOSE_COLUMNS, journal_table
 from steerexp.core.errors import SteerexpError, error_text
 from steerexp.core.guard import check_output_dir
 from steerexp.core.prompts import check_prompts
@@ -144,7 +144,8 @@ def execute(
 
     if int(cfg.random_null.k) > 0:
         with timer("null"):
-            ref = null_reference(cfg, model, inputs, ex, float(fit.stats["slope"]), progress)
+            zero = judged.dose.loc[judged.dose["coeff"] == 0.0, DOSE_COLUMNS]
+            ref = null_reference(cfg, model, inputs, ex, float(fit.stats["slope"]), zero, progress)
             metrics.update(ref.stats)
             summary.write_frames(run_dir, null_slopes=ref.slopes)
     return judged.dose

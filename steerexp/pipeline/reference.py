@@ -292,9 +292,17 @@ class NullReference:
 
 
 def null_reference(
-    cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction, slope: float, progress: bool
+    cfg: DictConfig,
+    model: Model,
+    inputs: Inputs,
+    ex: Extraction,
+    slope: float,
+    zero: pd.DataFrame,
+    progress: bool,
 ) -> NullReference:
-    """This run against its group's random null, and the prompting reference (cached; docs/statistics.md)."""
+    """This run against its group's random null, and the prompting reference (cached;
+    docs/statistics.md). ``zero``: the run's own coefficient-0 rows, which every null direction
+    shares (the unsteered model, sampled with the same seed), so they are copied, not generated."""
     k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
     personas = persona_texts(plain(cfg.dataset))
     # The group holds the run's sampling seed (common random numbers with the run, see the
@@ -326,7 +334,7 @@ def null_reference(
         )
 
     entry = steps.cache_root(cfg) / "nulls" / key
-    dose, meta, cached = nested_rows(entry, k, inputs.coeffs, build)
+    dose, meta, cached = nested_rows(entry, k, inputs.coeffs, build, zero=zero)
     x = str(cfg.regress_x)
     scenarios = {q.id: q.scenario for q in inputs.questions}
     per = scenario_slopes(dose[dose["direction"] >= 0], scenarios, x, key="direction")
