@@ -8,15 +8,16 @@ import nnsight.intervention.interleaver as interleaver
 import pytest
 import torch
 from helpers import group
+from transformers import LogitsProcessorList
 
 import steerexp.stages.generate.rows as gen
 from steerexp.core.answers import make_answer_spec
 from steerexp.core.data import Question, load_questions
 from steerexp.core.models import load_model
-from steerexp.core.steering import Steering
+from steerexp.core.steering import Steering, added, hooked
 from steerexp.core.tokens import left_pad
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
-from steerexp.stages.generate.sampling import sampling_kwargs
+from steerexp.stages.generate.sampling import RowSampler, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids
 
 
@@ -151,3 +152,46 @@ def test_zero_coefficient_rows_are_generated_once_and_shared(monkeypatch) -> Non
         assert [r.completion_ids for r in mine] == [r.completion_ids for r in alone]
         for a, b in zip(mine, alone, strict=True):
             torch.testing.assert_close(a.answer_logps, b.answer_logps, rtol=0, atol=1e-4)
+
+
+def test_finished_rows_leave_the_batch_and_samples_stay_those_of_generate(organism, ev) -> None:
+    """Steered, sampled rows that stop at different steps: the decode loop shrinks the batch as
+    rows end (fewer rows per step), and every row's tokens and stop are those of transformers'
+    ``generate`` running the whole batch to the end with the same shifts, seeds and criterion."""
+    questions = load_questions(ev)[:4]
+    prompts = [prompt_ids(organism, ev, q) for q in questions for _ in range(2)]
+    coeffs = [-0.5, 0.5, -0.25, 0.25, 0.0, 0.1, -0.1, 0.5]
+    g = torch.Generator().manual_seed(1)
+    mods = ["model.layers.2"]
+    d = organism.hf.config.hidden_size
+    steering = Steering({m: torch.randn(d, generator=g) for m in mods}, {m: 20.0 for m in mods})
+    spec = make_answer_spec(organism.tokenizer, ev["answer_regex"], ev["answers"], "Final:")
+    kwargs = sampling_kwargs({**ev, "do_sample": True, "temperature": 1.0, "max_new_tokens": 40})
+    seeds = list(range(100, 108))
+    sizes: list[int] = []
+    with hooked(organism.hf.lm_head, lambda out: sizes.append(out.shape[0])):
+        out = gen.generate_chunk(organism, prompts, coeffs, steering, spec, kwargs, seeds=seeds)
+    decode_sizes = sizes[1:]  # the first forward fills the prompt cache
+    assert decode_sizes[0] == len(prompts) and decode_sizes[-1] < len(prompts)
+    assert decode_sizes == sorted(decode_sizes, reverse=True)
+    pad = organism.tokenizer.pad_token_id
+    ids, mask = left_pad(prompts, pad)
+    stop = RowStop(organism.tokenizer, stop_ids(organism), spec.regex, ids.shape[1])
+    sampler = RowSampler(seeds, 40, ids.shape[1], 1.0, None)
+    deltas = gen.row_shifts([steering], [0] * len(prompts), coeffs, organism.device)
+    plain = {k: v for k, v in kwargs.items() if k != "sample"}
+    with added(organism, deltas):
+        full = organism.hf.generate(
+            ids,
+            attention_mask=mask,
+            stopping_criteria=[stop],
+            logits_processor=LogitsProcessorList([sampler]),
+            pad_token_id=pad,
+            **plain,
+        )[:, ids.shape[1] :]
+    ends = {stop.cut(i, full.shape[1])[0] for i in range(len(prompts))}
+    assert len(ends) > 1  # the rows really stop at different steps
+    for i, (toks, lps, reason) in enumerate(out):
+        end, why = stop.cut(i, full.shape[1])
+        assert (toks, reason) == (full[i, :end].tolist(), why)
+        assert len(lps) == len(toks)

@@ -91,12 +91,13 @@ def untraced(model: torch.nn.Module) -> Iterator[None]:
 def added(loaded: LoadedModel, deltas: dict[str, Tensor]) -> Iterator[None]:
     """Inside the block, every forward of the plain HF model adds each module's shift to its
     output (the hook form of :func:`steer`, for loops that need no tracing; run
-    :func:`untraced`)."""
+    :func:`untraced`). The hooks read ``deltas`` at every forward, so a decode loop may shrink
+    its rows in place as rows leave the batch."""
     with ExitStack() as stack:
         stack.enter_context(untraced(loaded.hf))
-        for m, delta in deltas.items():
+        for m in deltas:
             stack.enter_context(
-                hooked(loaded.hf.get_submodule(m), lambda out, d=delta: _shift(out, d))
+                hooked(loaded.hf.get_submodule(m), lambda out, m=m: _shift(out, deltas[m]))
             )
         yield
 

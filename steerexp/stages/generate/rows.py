@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from steerexp.core.answers import AnswerSpec
 from steerexp.core.config import typed
@@ -30,13 +30,13 @@ from steerexp.core.results import GenRow
 from steerexp.core.steering import (
     Steering,
     added,
-    hooked,
     shifts,
     steered_logits,
     steered_prefix_cache,
 )
 from steerexp.core.threads import config_width, one_thread
 from steerexp.core.tokens import left_pad
+from steerexp.stages.generate.decode import decode, shrink
 from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids
@@ -117,7 +117,7 @@ def generate_chunk(
     steerings = [steering] if isinstance(steering, Steering) else list(steering or [])
     dirs = list(directions) if directions is not None else [0] * len(prompts)
     deltas = row_shifts(steerings, dirs, coeffs, loaded.device) if steerings else {}
-    prefix: dict[str, Any] = {}
+    cache = None
     if min(map(len, prompts)) >= 2:
         # Every prompt is prefilled once per distinct (prompt, coefficient, direction): the
         # repeats of a row share it. Every row takes this path, whatever its chunk holds.
@@ -131,33 +131,33 @@ def generate_chunk(
             if steerings
             else {}
         )
-        prefix["cache"] = steered_prefix_cache(loaded, ids[own], mask[own], sub, rows)
+        cache = steered_prefix_cache(loaded, ids[own], mask[own], sub, rows)
     last = RowStop(loaded.tokenizer, stop_ids(loaded), spec.regex, ids.shape[1])
-    gen_kwargs = {k: v for k, v in kwargs.items() if k != "sample"}
     processors = LogitsProcessorList()
+    if kwargs.get("repetition_penalty") is not None:
+        processors.append(RepetitionPenaltyLogitsProcessor(float(kwargs["repetition_penalty"])))
     n = int(kwargs["max_new_tokens"])
     if "sample" in kwargs:
         row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
-    steps: list[Tensor] = []
     index = [torch.tensor(v, dtype=torch.long, device=loaded.device) for v in spec.variant_ids]
+    live = dict(deltas)
     # The decode loop needs no tracing: the shifts are plain forward hooks, and each step's
-    # answer log-probs are read off the LM head's output as it is produced.
-    with (
-        added(loaded, deltas),
-        hooked(loaded.hf.lm_head, lambda out: steps.append(answer_logps(out[:, -1], spec, index))),
-    ):
-        result = loaded.hf.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            stopping_criteria=StoppingCriteriaList([last]),
-            logits_processor=processors,
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            **prefix,
-            **gen_kwargs,
+    # answer log-probs are read off the last logits as they are produced.
+    with added(loaded, live):
+        new, lps = decode(
+            loaded.hf,
+            ids,
+            mask,
+            cache,
+            n,
+            processors,
+            last,
+            shrink(live),
+            lambda logits: answer_logps(logits, spec, index),
+            len(spec.answers),
+            loaded.tokenizer.pad_token_id,
         )
-    new = result[:, ids.shape[1] :].cpu()
-    lps = torch.stack(steps, 1) if steps else torch.zeros(len(prompts), 0, len(spec.answers))
     out = []
     for i in range(len(prompts)):
         end, reason = last.cut(i, new.shape[1])

@@ -48,6 +48,8 @@ class RowSampler(LogitsProcessor):
             ]
         )
         self.width = prompt_width
+        #: the original row of each batch row (rows leave the batch as they stop)
+        self.rows = torch.arange(len(seeds))
         self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
         if min_p:
             self.warpers.append(MinPLogitsWarper(min_p=float(min_p)))
@@ -56,7 +58,7 @@ class RowSampler(LogitsProcessor):
         for w in self.warpers:
             scores = w(input_ids, scores)
         cdf = torch.softmax(scores.double(), -1).cumsum(-1)
-        u = self.u[:, input_ids.shape[1] - self.width].to(cdf.device)
+        u = self.u[self.rows, input_ids.shape[1] - self.width].to(cdf.device)
         tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(
             scores.shape[-1] - 1
         )

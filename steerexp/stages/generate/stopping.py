@@ -25,21 +25,27 @@ class RowStop(StoppingCriteria):
         self.reason: dict[int, str] = {}
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        """The ``StoppingCriteria`` form, for a batch that keeps every row (``generate``)."""
+        return self.update(input_ids, torch.arange(input_ids.shape[0]))
+
+    def update(self, input_ids: Tensor, rows: Tensor) -> Tensor:
+        """Record which of the batch's rows (``rows[i]``: the original row of batch row ``i``)
+        end with the token just written; returns, per batch row, whether it has ended."""
         n = input_ids.shape[1] - self.width
         last = input_ids[:, -1].tolist()
-        live = [i for i in range(len(last)) if i not in self.end]
+        ids = rows.tolist()
+        live = [i for i in range(len(ids)) if ids[i] not in self.end]
         for i in live:
             if last[i] in self.stop:
-                self.end[i], self.reason[i] = n - 1, "stop_token"
-        live = [i for i in live if i not in self.end]
+                self.end[ids[i]], self.reason[ids[i]] = n - 1, "stop_token"
+        live = [i for i in live if ids[i] not in self.end]
         if self.regex is not None and live:
             new = input_ids[live, self.width :].cpu()
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(live, texts, strict=True):
                 if self.regex.search(text):
-                    self.end[i], self.reason[i] = n, "regex"
-        done = torch.zeros(len(last), dtype=torch.bool)
-        done[list(self.end)] = True
+                    self.end[ids[i]], self.reason[ids[i]] = n, "regex"
+        done = torch.tensor([i in self.end for i in ids], dtype=torch.bool)
         return done.to(input_ids.device)
 
     def cut(self, i: int, n: int) -> tuple[int, str]:
