@@ -31,7 +31,7 @@ organism: $(STAMP)  ## retrain the organism recipe (SEED=0) and refresh the ship
 	$(PY) -m steerexp.organism --rebuild --seed $(or $(SEED),0) --ship
 
 test: $(STAMP)  ## run the default test suite (no slow or GPU tests)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-slow: $(STAMP)  ## run only the slow tests
 	$(PY) -m pytest -q -m slow $(ARGS)
