@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from steerexp import CONF_DIR
-from steerexp.core.config import group_config
-from steerexp.core.models import LoadedModel, load_model
+from steerexp.config.compose import group_config
+from steerexp.models.loading import LoadedModel, load_model
 
 
 def compose_cfg(*overrides: str) -> DictConfig:

@@ -1,7 +1,7 @@
 """The package tree is the architecture: imports flow entry point -> pipeline -> stages -> core.
 
 A stage never imports another stage (what one stage hands the next is a typed value in
-``steerexp.core.results``), core imports no stage, and neither imports the pipeline or the
+``steerexp.store.results``), core imports no stage, and neither imports the pipeline or the
 sweep side. Every import counts, including those inside functions.
 """
 
@@ -39,13 +39,15 @@ def imported(source: str) -> set[str]:
 
 
 def layer(module: str) -> str:
-    """``core``, ``stages.<name>``, ``sweep``, ``pipeline``, ``organism`` or ``entry``."""
+    """``core`` (config, models, data, store, render), ``stages.<name>``, ``sweep``, ``pipeline``, ``organism`` or ``entry``."""
     parts = module.split(".")
     if len(parts) < 2:
         return "entry"
     if parts[1] == "stages" and len(parts) > 2:
         return f"stages.{parts[2]}"
-    return parts[1] if parts[1] in ("core", "stages", "sweep", "pipeline", "organism") else "entry"
+    if parts[1] in ("config", "models", "data", "store", "render"):
+        return "core"
+    return parts[1] if parts[1] in ("stages", "sweep", "pipeline", "organism") else "entry"
 
 
 #: Imports that cross the rules on purpose, each with its reason.
@@ -94,11 +96,11 @@ def test_the_walk_sees_forbidden_imports() -> None:
     """The checker itself: a stage importing another stage, or core importing a stage, is reported."""
     probe = {
         "steerexp.stages.generate.probe": "from steerexp.stages.judge import judge_rows\n"
-        "from steerexp.core import cache\n",
-        "steerexp.core.probe": "def f():\n    from steerexp.stages.fit import fisher\n",
+        "from steerexp.store import cache\n",
+        "steerexp.store.probe": "def f():\n    from steerexp.stages.fit import fisher\n",
     }
     assert violations(probe) == [
         "steerexp.stages.generate.probe (stages.generate) imports steerexp.stages.judge",
-        "steerexp.core.probe (core) imports steerexp.stages.fit",
-        "steerexp.core.probe (core) imports steerexp.stages.fit.fisher",
+        "steerexp.store.probe (core) imports steerexp.stages.fit",
+        "steerexp.store.probe (core) imports steerexp.stages.fit.fisher",
     ]

@@ -16,9 +16,9 @@ from statsmodels.stats.multitest import multipletests
 from wandb_offline import read_offline_run
 
 from steerexp import CONF_DIR
-from steerexp.core.artifacts import dose_curve
-from steerexp.core.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
+from steerexp.render.plots import dose_curve
+from steerexp.store.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.sweep import callbacks, report
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import steerexp
-from steerexp.core.atomic import atomic_dir
-from steerexp.core.errors import SteerexpError
-from steerexp.core.threads import one_thread
+from steerexp.config.errors import SteerexpError
+from steerexp.models.threads import one_thread
+from steerexp.store.atomic import atomic_dir
 
 #: Bump whenever the corpus, tokenizer or training recipe changes (and run `make organism`).
 RECIPE_VERSION = "v4"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.config.errors import SteerexpError, choice_error
 
 #: ``ranking.correction`` -> statsmodels' ``multipletests`` method.
 CORRECTIONS = {"holm": "holm", "bh": "fdr_bh"}
@@ -138,7 +138,7 @@ def correction_of(job_dirs: Sequence[Path], given: str | None) -> str:
     if given is None:
         import yaml
 
-        from steerexp.core.schema import RankingConfig
+        from steerexp.config.schema import RankingConfig
 
         seen = set()
         for job in job_dirs:

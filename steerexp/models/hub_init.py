@@ -7,7 +7,7 @@ runs), ``model.config_overrides`` sets any other config field (tests shrink the 
 and the weights are drawn by transformers' own initialiser under ``torch.manual_seed(SEED)``.
 The result is saved unquantized in ``model.dtype`` with ``save_pretrained`` (a 4-bit/8-bit config
 quantizes it while loading, as it would hub weights) under ``<cache>/random_init/`` and then loads through
-the same ``from_pretrained`` path as every model (the hook is :func:`steerexp.core.checkpoints.checkpoint_path`).
+the same ``from_pretrained`` path as every model (the hook is :func:`steerexp.models.checkpoints.checkpoint_path`).
 
 Tokenizer: a hub model's own tokenizer cannot be downloaded, so hub-shaped models get the
 organism's byte-level BPE tokenizer (1026 ids, Qwen-style ChatML template; shipped with the
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from steerexp import cache_dir
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 ORGANISM_TOKENIZER = Path(__file__).resolve().parents[1] / "organism" / "checkpoint"
@@ -70,7 +70,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 def source(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     """The architecture's config dict and the directory its tokenizer comes from."""
-    from steerexp.core.checkpoints import checkpoint_path
+    from steerexp.models.checkpoints import checkpoint_path
 
     cfg = typed("model", cfg)
     if cfg["builder"] is not None or Path(str(cfg["path"])).expanduser().is_dir():
@@ -116,8 +116,8 @@ def build(cfg: Mapping[str, Any]) -> Path:
     """Build (or reuse) the random-weight checkpoint of ``cfg``; returns its directory."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from steerexp.core.checkpoints import _atomic_build
-    from steerexp.core.models import DTYPES
+    from steerexp.models.checkpoints import _atomic_build
+    from steerexp.models.loading import DTYPES
 
     cfg = typed("model", cfg)
     base, tok_dir = source(cfg)

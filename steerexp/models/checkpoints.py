@@ -20,12 +20,12 @@ import torch
 from safetensors import SafetensorError
 
 from steerexp import cache_dir
-from steerexp.core.atomic import atomic_dir
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
+from steerexp.store.atomic import atomic_dir
 
 if TYPE_CHECKING:
-    from steerexp.core.models import LoadedModel
+    from steerexp.models.loading import LoadedModel
 
 
 TINY_RANDOM_VERSION = "v1"
@@ -101,7 +101,7 @@ def checkpoint_path(cfg: Mapping[str, Any]) -> str:
     """The directory or hub id ``from_pretrained`` reads, building local models when missing."""
     cfg = typed("model", cfg)
     if cfg["random_init"]:
-        from steerexp.core import hub_init
+        from steerexp.models import hub_init
 
         return str(hub_init.build(cfg))
     builder = cfg["builder"]

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from steerexp import DATA_DIR
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError, choice_error
 
 Message = dict[str, str]
 
@@ -96,7 +96,7 @@ def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     """
     cfg = typed("dataset", cfg)
     if cfg.path is not None or cfg.suffixes is None:
-        from steerexp.core.datafiles import file_pairs
+        from steerexp.data.files import file_pairs
 
         return file_pairs(cfg)
     template = str(cfg["template"])

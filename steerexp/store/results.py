@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from steerexp.core.steering import Steering
+from steerexp.models.steering import Steering
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Generations:
 
 @dataclass
 class Judged:
-    """Stage 5 -> 6: the judged rows (:data:`~steerexp.core.columns.DOSE_COLUMNS`)."""
+    """Stage 5 -> 6: the judged rows (:data:`~steerexp.store.columns.DOSE_COLUMNS`)."""
 
     dose: pd.DataFrame
     key: str
