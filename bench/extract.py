@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from bench.generate import group, single_thread
-from steerexp.data.pairs import Pair, load_pairs
+from steerexp.data.pairs import load_pairs
+from steerexp.data.records import Pair
 from steerexp.models.loading import LoadedModel, load_model
 from steerexp.models.modules import resolve_modules
 from steerexp.stages.extract import activations as extract_mod

@@ -38,7 +38,8 @@ import torch
 from steerexp import CONF_DIR, cache_dir
 from steerexp.config.compose import group_config
 from steerexp.data.answers import make_answer_spec
-from steerexp.data.pairs import Question, load_questions
+from steerexp.data.pairs import load_questions
+from steerexp.data.records import Question
 from steerexp.models.checkpoints import checkpoint_path
 from steerexp.models.loading import LoadedModel, load_model
 from steerexp.models.modules import resolve_modules

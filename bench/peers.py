@@ -45,7 +45,8 @@ from transformers import AutoModelForCausalLM
 from bench.generate import single_thread
 from steerexp.config.compose import group_config
 from steerexp.data.answers import make_answer_spec
-from steerexp.data.pairs import Pair, Question, load_pairs, load_questions
+from steerexp.data.pairs import load_pairs, load_questions
+from steerexp.data.records import Pair, Question
 from steerexp.models import tokens
 from steerexp.models.loading import LoadedModel, load_model
 from steerexp.models.modules import resolve_modules

@@ -39,7 +39,8 @@ from transformers import AutoModelForCausalLM
 from bench.fisher import dense_direction, fast_direction, make_grads
 from bench.generate import group, random_steering, single_thread, timed
 from steerexp.data.answers import make_answer_spec
-from steerexp.data.pairs import Question, load_pairs, load_questions
+from steerexp.data.pairs import load_pairs, load_questions
+from steerexp.data.records import Question
 from steerexp.models.loading import LoadedModel, load_model
 from steerexp.models.modules import resolve_modules
 from steerexp.models.steering import Steering

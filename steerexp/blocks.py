@@ -42,8 +42,8 @@ class Activations:
 
 def _pairs(pairs: Sequence[Any]) -> list[Any]:
     """``(positive, negative)`` texts -> the project's pairs (each text a user turn, the
-    assistant turn opened empty); :class:`steerexp.data.pairs.Pair` objects pass through."""
-    from steerexp.data.pairs import Pair
+    assistant turn opened empty); :class:`steerexp.data.records.Pair` objects pass through."""
+    from steerexp.data.records import Pair
 
     out = []
     for i, p in enumerate(pairs):

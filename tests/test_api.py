@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM
 import steerexp
 from steerexp.config.errors import SteerexpError
 from steerexp.data.pairs import load_pairs
-from steerexp.models.checkpoints import build_organism
 from steerexp.models.loading import load_model
 from steerexp.models.steering import Steering, steered_logits
 from steerexp.models.tokens import left_pad, model_inputs
+from steerexp.organism import build as build_organism
 from steerexp.stages.extract.activations import extract as extract_rows
 
 FAST = [

@@ -10,8 +10,9 @@ import pytest
 from helpers import compose_cfg, group
 
 from steerexp.config.errors import SteerexpError
-from steerexp.data.pairs import Pair, load_pairs
+from steerexp.data.pairs import load_pairs
 from steerexp.data.questionfiles import default_regex, record_split
+from steerexp.data.records import Pair
 from steerexp.organism import corpus
 from steerexp.pipeline import check_config
 from steerexp.store import cache

@@ -9,7 +9,8 @@ import torch
 from helpers import group, tiny
 
 from steerexp.config.errors import SteerexpError
-from steerexp.data.pairs import Pair, load_pairs
+from steerexp.data.pairs import load_pairs
+from steerexp.data.records import Pair
 from steerexp.models.modules import resolve_modules
 from steerexp.models.tokens import encode, last_token_index, left_pad
 from steerexp.stages.extract import activations as ex_mod

@@ -288,14 +288,14 @@ def test_row_cache_disk_full_warns_and_goes_on(tmp_path: Path, monkeypatch) -> N
 def test_model_build_into_a_full_cache_goes_to_a_temp_dir(tmp_path: Path, monkeypatch) -> None:
     import errno
 
-    from steerexp.models import checkpoints
+    from steerexp.models import builders
 
     def full(target: Path, replace: bool = True):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints, "atomic_dir", full)
+    monkeypatch.setattr(builders, "atomic_dir", full)
     with pytest.warns(UserWarning, match=r"could not write .*No space left on device.*temporary"):
-        built = checkpoints._atomic_build(
+        built = builders.atomic_build(
             tmp_path / "m", lambda out: (out / "config.json").write_text("{}")
         )
     assert built != tmp_path / "m" and (built / "config.json").read_text() == "{}"

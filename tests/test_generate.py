@@ -11,7 +11,8 @@ from helpers import group
 
 import steerexp.stages.generate.rows as gen
 from steerexp.data.answers import make_answer_spec
-from steerexp.data.pairs import Question, load_questions
+from steerexp.data.pairs import load_questions
+from steerexp.data.records import Question
 from steerexp.models.loading import load_model
 from steerexp.models.steering import Steering
 from steerexp.models.tokens import left_pad

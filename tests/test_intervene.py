@@ -8,7 +8,7 @@ from helpers import group, tiny
 
 from steerexp.config.errors import SteerexpError
 from steerexp.data.answers import make_answer_spec
-from steerexp.data.pairs import Question
+from steerexp.data.records import Question
 from steerexp.models.steering import Steering, steered_logits
 from steerexp.models.tokens import left_pad, model_inputs
 from steerexp.stages.generate.rows import RowSpec, generate_rows, prompt_ids

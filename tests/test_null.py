@@ -13,7 +13,7 @@ from helpers import group, tiny
 from scipy import stats
 
 from steerexp.data.answers import make_answer_spec
-from steerexp.data.pairs import Question
+from steerexp.data.records import Question
 from steerexp.models.steering import Steering
 from steerexp.pipeline import reference as null
 from steerexp.stages.generate.rows import RowSpec, generate_rows

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from steerexp import CONF_DIR
 from steerexp.config.errors import SteerexpError
-from steerexp.data.pairs import Question
+from steerexp.data.records import Question
 from steerexp.models import loading as models_mod
 from steerexp.models import modules as modules_mod
 from steerexp.models.loading import LoadedModel, load_model, validate_model_cfg

@@ -206,8 +206,8 @@ def test_long_prompts_are_skipped_counted_and_recorded(tmp_path: Path) -> None:
     written once with its length, and nothing left to ask is an error."""
     from helpers import tiny
 
-    from steerexp.data.pairs import Question
     from steerexp.data.prompts import check_prompts, prompt_text
+    from steerexp.data.records import Question
 
     loaded = tiny()
     cfg = compose_cfg("model=tiny_random", "eval.max_new_tokens=16")

@@ -252,6 +252,10 @@ class RandomNullConfig:
     seed: int = 1000000
 
 
+#: ``ranking.correction`` name -> its statsmodels ``multipletests`` method.
+CORRECTIONS = {"holm": "holm", "bh": "fdr_bh"}
+
+
 @dataclass
 class RankingConfig:
     """How a sweep's ranking reads across its runs (``steerexp.sweep``)."""

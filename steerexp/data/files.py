@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
-from steerexp.data.pairs import Pair, Question, subsample
+from steerexp.data.records import Pair, Question, subsample
 from steerexp.data.tables import (
     Row,
     Table,

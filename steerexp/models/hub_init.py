@@ -29,6 +29,7 @@ import torch
 from steerexp import cache_dir
 from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
+from steerexp.models.builders import DTYPES, atomic_build, base_path
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 ORGANISM_TOKENIZER = Path(__file__).resolve().parents[1] / "organism" / "checkpoint"
@@ -70,11 +71,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 def source(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     """The architecture's config dict and the directory its tokenizer comes from."""
-    from steerexp.models.checkpoints import checkpoint_path
-
     cfg = typed("model", cfg)
     if cfg["builder"] is not None or Path(str(cfg["path"])).expanduser().is_dir():
-        local = Path(checkpoint_path({**cfg, "random_init": False})).expanduser()
+        local = Path(base_path(cfg)).expanduser()
         return json.loads((local / "config.json").read_text()), local
     return json.loads(hub_config_path(str(cfg["path"])).read_text()), ORGANISM_TOKENIZER
 
@@ -116,9 +115,6 @@ def build(cfg: Mapping[str, Any]) -> Path:
     """Build (or reuse) the random-weight checkpoint of ``cfg``; returns its directory."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from steerexp.models.checkpoints import _atomic_build
-    from steerexp.models.loading import DTYPES
-
     cfg = typed("model", cfg)
     base, tok_dir = source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -147,4 +143,4 @@ def build(cfg: Mapping[str, Any]) -> Path:
         tokenizer.save_pretrained(out)
         (out / "random_init.json").write_text(key)
 
-    return _atomic_build(cache_dir() / "random_init" / name, make)
+    return atomic_build(cache_dir() / "random_init" / name, make)

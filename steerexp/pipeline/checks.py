@@ -9,10 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from steerexp.config.compose import check_seed
 from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.config.schema import CORRECTIONS
 from steerexp.data.files import check_leakage, with_holdout
 from steerexp.data.pairs import (
-    Pair,
-    Question,
     answer_regex,
     check_coeffs,
     load_neutral_prompts,
@@ -20,6 +19,7 @@ from steerexp.data.pairs import (
     load_questions,
 )
 from steerexp.data.questionfiles import prepare_eval
+from steerexp.data.records import Pair, Question
 from steerexp.data.transforms import X_TRANSFORMS
 from steerexp.models.loading import validate_model_cfg
 from steerexp.stages.extract.activations import GRAD_TOKENS
@@ -28,7 +28,6 @@ from steerexp.stages.fit.methods import METHODS, check_pairs
 from steerexp.stages.intervene.scales import COEFF_UNITS
 from steerexp.stages.judge.judges import JUDGES
 from steerexp.store.columns import IDENTITY_GROUPS
-from steerexp.sweep.rows import CORRECTIONS
 
 
 class Inputs(NamedTuple):

@@ -29,6 +29,7 @@ from steerexp.pipeline import steps, summary
 from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
 from steerexp.pipeline.reference import null_reference, scenario_slopes
 from steerexp.pipeline.refits import bootstrap_refits
+from steerexp.pipeline.tracking import make_logger
 from steerexp.render import plots
 from steerexp.render.journal import journal_table
 from steerexp.stages.fit.methods import fit_summary
@@ -37,7 +38,6 @@ from steerexp.stages.regress.dose import curve_stats
 from steerexp.store import artifacts
 from steerexp.store.columns import DOSE_COLUMNS
 from steerexp.store.guard import check_output_dir
-from steerexp.sweep.tracking import make_logger
 
 
 class StageTimer:

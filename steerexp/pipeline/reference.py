@@ -47,7 +47,7 @@ from scipy import stats
 
 from steerexp.config.compose import typed
 from steerexp.data.answers import AnswerSpec
-from steerexp.data.pairs import Question
+from steerexp.data.records import Question
 from steerexp.data.transforms import transform_x
 from steerexp.models.steering import Steering
 from steerexp.pipeline import steps

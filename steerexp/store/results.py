@@ -7,13 +7,15 @@ extract -> :class:`Extraction` -> fit -> :class:`Directions` -> intervene -> :cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from steerexp.models.steering import Steering
+if TYPE_CHECKING:
+    # Only a type here: the stages that build an Intervention import models, the store does not.
+    from steerexp.models.steering import Steering
 
 
 @dataclass

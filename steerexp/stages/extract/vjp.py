@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from steerexp.config.errors import SteerexpError
-from steerexp.data.pairs import Pair
+from steerexp.data.records import Pair
 from steerexp.models.loading import LoadedModel
 from steerexp.models.tokens import (
     encode_many,

@@ -23,8 +23,8 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from steerexp.config.compose import typed
 from steerexp.data.answers import AnswerSpec
-from steerexp.data.pairs import Question
 from steerexp.data.prompts import prompt_text
+from steerexp.data.records import Question
 from steerexp.models.loading import LoadedModel
 from steerexp.models.steering import (
     Steering,
