@@ -50,9 +50,10 @@ test-slurm: $(STAMP)  ## start a one-node SLURM cluster (apt-installs it as root
 bench: $(STAMP)  ## print speed and memory ratios measured in one run
 	$(PY) -m bench $(ARGS)
 
-lint: $(STAMP)  ## ruff check and ruff format --check (what CI runs)
+lint: $(STAMP)  ## ruff check, ruff format --check and the import contracts of pyproject.toml (what CI runs)
 	$(PY) -m ruff check steerexp tests bench scripts
 	$(PY) -m ruff format --check steerexp tests bench scripts
+	$(dir $(PY))lint-imports
 
 sweep-smoke: $(STAMP)  ## tiny sweep on the organism (CPU, minutes): 3 methods x 2 modules -> ranking.md
 	$(PY) -m steerexp -m model=$(MODEL) method=pca_diff,vjp_steer,random module=hs,o_proj $(ARGS)

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from bench.generate import group, single_thread
-from steerexp.core.data import Pair, load_pairs
-from steerexp.core.models import LoadedModel, load_model
-from steerexp.core.modules import resolve_modules
-from steerexp.core.results import Extraction
+from steerexp.data.pairs import load_pairs
+from steerexp.data.records import Pair
+from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.modules import resolve_modules
 from steerexp.stages.extract import activations as extract_mod
 from steerexp.stages.extract.activations import extract
+from steerexp.store.results import Extraction
 
 LOSSES = ["nll", "hs_diff", "reprpo_margin"]
 REPEATS = 5

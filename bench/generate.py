@@ -36,14 +36,15 @@ from unittest import mock
 import torch
 
 from steerexp import CONF_DIR, cache_dir
-from steerexp.core.answers import make_answer_spec
-from steerexp.core.checkpoints import checkpoint_path
-from steerexp.core.config import group_config
-from steerexp.core.data import Question, load_questions
-from steerexp.core.models import LoadedModel, load_model
-from steerexp.core.modules import resolve_modules
-from steerexp.core.steering import Steering
-from steerexp.core.tokens import left_pad
+from steerexp.config.compose import group_config
+from steerexp.data.answers import make_answer_spec
+from steerexp.data.pairs import load_questions
+from steerexp.data.records import Question
+from steerexp.models.checkpoints import checkpoint_path
+from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.modules import resolve_modules
+from steerexp.models.steering import Steering
+from steerexp.models.tokens import left_pad
 from steerexp.stages.generate import rows as gen_rows
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
 

@@ -43,14 +43,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench.generate import single_thread
-from steerexp.core import tokens
-from steerexp.core.answers import make_answer_spec
-from steerexp.core.config import group_config
-from steerexp.core.data import Pair, Question, load_pairs, load_questions
-from steerexp.core.models import LoadedModel, load_model
-from steerexp.core.modules import resolve_modules
-from steerexp.core.steering import Steering
-from steerexp.core.tokens import left_pad
+from steerexp.config.compose import group_config
+from steerexp.data.answers import make_answer_spec
+from steerexp.data.pairs import load_pairs, load_questions
+from steerexp.data.records import Pair, Question
+from steerexp.models import tokens
+from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.modules import resolve_modules
+from steerexp.models.steering import Steering
+from steerexp.models.tokens import left_pad
 from steerexp.stages.extract import activations
 from steerexp.stages.fit.methods import fit_from_config
 from steerexp.stages.generate import rows as gen_rows

@@ -38,12 +38,13 @@ from transformers import AutoModelForCausalLM
 
 from bench.fisher import dense_direction, fast_direction, make_grads
 from bench.generate import group, random_steering, single_thread, timed
-from steerexp.core.answers import make_answer_spec
-from steerexp.core.data import Question, load_pairs, load_questions
-from steerexp.core.models import LoadedModel, load_model
-from steerexp.core.modules import resolve_modules
-from steerexp.core.steering import Steering
-from steerexp.core.tokens import encode, left_pad
+from steerexp.data.answers import make_answer_spec
+from steerexp.data.pairs import load_pairs, load_questions
+from steerexp.data.records import Question
+from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.modules import resolve_modules
+from steerexp.models.steering import Steering
+from steerexp.models.tokens import encode, left_pad
 from steerexp.stages.extract.activations import extract
 from steerexp.stages.generate.rows import RowSpec, generate_rows, prompt_ids
 

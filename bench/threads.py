@@ -1,7 +1,7 @@
 """The default experiment beside a CPU-burning process: what sharing the machine costs a run.
 
 Two ``python -m steerexp`` runs from an empty extraction cache, torch threads left to steerexp
-(no ``OMP_NUM_THREADS`` in the child's environment, so :mod:`steerexp.core.threads` sizes
+(no ``OMP_NUM_THREADS`` in the child's environment, so :mod:`steerexp.models.threads` sizes
 them), one alone and one beside a process that spins on one core. The slowdown (wall time
 beside / alone) is reported against the share of the machine the burner leaves: with ``n``
 usable CPUs and one burner a run is owed ``(n - 1) / n`` of the machine, so the target is a
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.generate import REPO, child_env, organism_ready, run_overrides, seeded_cache
-from steerexp.core.threads import USER_VARS, usable_cpus
+from steerexp.models.threads import USER_VARS, usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import steerexp
-from steerexp.core.checkpoints import build_organism
-from steerexp.core.data import load_pairs
+from steerexp.data.pairs import load_pairs
 from steerexp.export import export
+from steerexp.organism import build as build_organism
 
 SMALL = ["eval.repeats=1", "random_null.k=0", "eval.coeffs=[-1,0,1]", "eval.max_new_tokens=8"]
 

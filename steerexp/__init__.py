@@ -79,7 +79,7 @@ def __getattr__(name: str) -> object:
 
 
 def _register_configs() -> None:
-    from steerexp.core.config import register_configs
+    from steerexp.config.compose import register_configs
 
     register_configs()
 

@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 from steerexp.directions import Directions
 
 
@@ -111,7 +111,7 @@ def _with_dir(overrides: Iterable[str], config_dir: str | Path | None) -> list[s
 def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None) -> DictConfig:
     """The typed config of ``steerexp <overrides>``: ``conf/config.yaml`` with the overrides, after
     the CLI's checks (unknown keys and options, wrong types and unparsable values are one-line
-    :class:`~steerexp.core.errors.SteerexpError`s). ``compose(["method=random"]).method.kind``.
+    :class:`~steerexp.config.errors.SteerexpError`s). ``compose(["method=random"]).method.kind``.
     ``config_dir``: a dir of your own options (``<dir>/model/my_llama.yaml``), as ``--config-dir``."""
     args = _with_dir(overrides, config_dir)
     return _compose(_check(args, "hydra.run.dir", tempfile.gettempdir()))

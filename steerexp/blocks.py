@@ -5,7 +5,7 @@ gradients), ``fit`` a direction, ``steer`` with plain forward hooks.
 caller's model and tokenizer (wrapped for the call, left as they were afterwards); ``fit`` the
 pipeline's methods and sign rule (:func:`steerexp.stages.fit.methods.fit_from_config`); ``steer``
 adds ``coeff * s * v`` to each module's output at every position, as the pipeline's steering
-does (:mod:`steerexp.core.steering`), with ``torch`` hooks removed when the block ends.
+does (:mod:`steerexp.models.steering`), with ``torch`` hooks removed when the block ends.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.config.errors import SteerexpError, choice_error
 from steerexp.directions import Directions
 
 
@@ -42,8 +42,8 @@ class Activations:
 
 def _pairs(pairs: Sequence[Any]) -> list[Any]:
     """``(positive, negative)`` texts -> the project's pairs (each text a user turn, the
-    assistant turn opened empty); :class:`steerexp.core.data.Pair` objects pass through."""
-    from steerexp.core.data import Pair
+    assistant turn opened empty); :class:`steerexp.data.records.Pair` objects pass through."""
+    from steerexp.data.records import Pair
 
     out = []
     for i, p in enumerate(pairs):
@@ -75,7 +75,7 @@ def _modules(model: nn.Module, modules: Sequence[str | int]) -> list[str]:
 
 
 def _loss_config(loss: str | Mapping[str, Any] | None, loss_layer: int) -> dict[str, Any] | None:
-    from steerexp.core.config import group_config
+    from steerexp.config.compose import group_config
 
     if loss is None:
         return None
@@ -93,12 +93,12 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
 
 @contextmanager
 def _wrapped(model: nn.Module, tokenizer: Any, need_grads: bool) -> Iterator[Any]:
-    """The caller's model as a :class:`~steerexp.core.models.LoadedModel` for one extraction;
+    """The caller's model as a :class:`~steerexp.models.loading.LoadedModel` for one extraction;
     every attribute nnsight adds to its modules is removed afterwards (so the model is plain again
     and can be wrapped anew)."""
     from nnsight.modeling.transformers import TransformersModel
 
-    from steerexp.core.models import LoadedModel
+    from steerexp.models.loading import LoadedModel
 
     if tokenizer.pad_token_id is None:
         tokenizer = copy.deepcopy(tokenizer)  # the caller's tokenizer keeps no pad token
@@ -137,8 +137,8 @@ def extract(
     config dict) the gradients of that loss. ``model``: any HF causal LM; ``modules``: names
     (``"model.layers.3.mlp"``) or block indices (``3`` = ``model.layers.3``, the residual stream).
     ``loss_layer`` is the loss's read layer (``output_hidden_states`` index) for a named loss."""
-    from steerexp.core.cache import hash_key
     from steerexp.stages.extract.activations import extract as extract_rows
+    from steerexp.store.cache import hash_key
 
     rows = _pairs(pairs)
     names = _modules(model, modules)
@@ -182,7 +182,7 @@ def fit(
     ``[2n, d]`` tensors (rows interleaved, positive first) or one tensor; gradient methods take
     ``grads`` (default: those in ``acts``). The result is in raw units (scale 1), so
     ``steer(model, direction, c)`` adds ``c * v``."""
-    from steerexp.core.config import group_config
+    from steerexp.config.compose import group_config
     from steerexp.stages.fit.methods import fit_from_config
 
     cfg = group_config("method", method) if isinstance(method, str) else dict(method)

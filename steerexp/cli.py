@@ -26,9 +26,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from steerexp import CONF_DIR
-from steerexp.core import config, schema
-from steerexp.core.errors import SteerexpError, choice_error, error_text, plain_name
-from steerexp.core.guard import check_output_dir, check_writable_dir
+from steerexp.config import compose as config
+from steerexp.config import schema
+from steerexp.config.errors import SteerexpError, choice_error, error_text, plain_name
+from steerexp.store.guard import check_output_dir, check_writable_dir
 
 log = logging.getLogger("steerexp")
 
@@ -128,7 +129,7 @@ def _values(override: Any) -> list[Any]:
 
 def _check_key_value(key: str, values: list[Any], add: bool) -> None:
     """``group.key`` / ``section.key`` / ``key`` must be a key of its schema and each value fit its
-    type (``steerexp.core.config``), and ``+`` (add) is only for keys the schema lacks; Hydra
+    type (``steerexp.config.compose``), and ``+`` (add) is only for keys the schema lacks; Hydra
     would answer each with a traceback."""
     from dataclasses import fields
 

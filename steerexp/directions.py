@@ -21,10 +21,10 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 
 if TYPE_CHECKING:
-    from steerexp.core.models import LoadedModel
+    from steerexp.models.loading import LoadedModel
 
 FILE = "directions.safetensors"
 #: A residual-stream module: the output of decoder block N (module template ``model.layers.{N}``).
@@ -40,8 +40,8 @@ def steerexp_version() -> str:
 
 
 def checkpoint_hash(fingerprint: Mapping[str, Any]) -> str:
-    """A short hash of a model fingerprint (``steerexp.core.checkpoints.model_fingerprint``)."""
-    from steerexp.core.cache import hash_key
+    """A short hash of a model fingerprint (``steerexp.models.checkpoints.model_fingerprint``)."""
+    from steerexp.store.cache import hash_key
 
     return hash_key(dict(fingerprint))
 
@@ -51,7 +51,7 @@ def provenance(
 ) -> dict[str, Any]:
     """Where a run's directions came from: model id and type, checkpoint hash (content of the
     weights, not their path), modules, dataset hash (of the contrast pairs) and steerexp version."""
-    from steerexp.core.checkpoints import model_fingerprint
+    from steerexp.models.checkpoints import model_fingerprint
 
     return {
         "model": str(model_cfg.get("name")),
@@ -103,7 +103,7 @@ class Directions:
 
     def save(self, path: str | Path) -> Path:
         """Write as ``directions.safetensors`` (``path`` a dir or a file name); :meth:`load` reads it."""
-        from steerexp.core.artifacts import write_directions
+        from steerexp.store.artifacts import write_directions
 
         path = Path(path)
         file = path / FILE if path.suffix != ".safetensors" else path

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.config.errors import SteerexpError, choice_error
 from steerexp.directions import FILE, Directions
 
 FORMATS = ("gguf", "repeng", "steering-vectors", "safetensors")

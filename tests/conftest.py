@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Registers the organism and tiny_random model builders (steerexp.models.builders.BUILDERS).
+import steerexp.organism  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 # A fresh, empty cache for each test session (tiny_random checkpoint, extractions; the organism

@@ -10,9 +10,11 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+# Registers the organism and tiny_random model builders (also for scripts that import helpers).
+import steerexp.organism  # noqa: F401
 from steerexp import CONF_DIR
-from steerexp.core.config import group_config
-from steerexp.core.models import LoadedModel, load_model
+from steerexp.config.compose import group_config
+from steerexp.models.loading import LoadedModel, load_model
 
 
 def compose_cfg(*overrides: str) -> DictConfig:

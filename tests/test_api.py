@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 import steerexp
-from steerexp.core.checkpoints import build_organism
-from steerexp.core.data import load_pairs
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import load_model
-from steerexp.core.steering import Steering, steered_logits
-from steerexp.core.tokens import left_pad, model_inputs
+from steerexp.config.errors import SteerexpError
+from steerexp.data.pairs import load_pairs
+from steerexp.models.loading import load_model
+from steerexp.models.steering import Steering, steered_logits
+from steerexp.models.tokens import left_pad, model_inputs
+from steerexp.organism import build as build_organism
 from steerexp.stages.extract.activations import extract as extract_rows
 
 FAST = [
@@ -233,7 +233,7 @@ def test_notebook_example_runs(tmp_path: Path) -> None:
 
 def test_own_config_dir(tmp_path: Path) -> None:
     """An option of the user's own config dir composes, checked like the built-in ones."""
-    from steerexp.core import config
+    from steerexp.config import compose as config
 
     if not hasattr(config, "user_dirs"):
         pytest.skip("own config dirs arrive with the pkg branch")

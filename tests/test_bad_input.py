@@ -20,13 +20,13 @@ from omegaconf import OmegaConf
 
 from steerexp import CONF_DIR
 from steerexp.cli import RUN_ID, check_args, job_dir_name
-from steerexp.core import cache
-from steerexp.core.artifacts import write_json
-from steerexp.core.checkpoints import model_fingerprint
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import load_model
+from steerexp.config.errors import SteerexpError
+from steerexp.models.checkpoints import model_fingerprint
+from steerexp.models.loading import load_model
 from steerexp.pipeline import check_config
 from steerexp.stages.extract.activations import loss_layer_path
+from steerexp.store import cache
+from steerexp.store.artifacts import write_json
 from steerexp.sweep import report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -396,8 +396,8 @@ ORDER_SCRIPT = """
 import torch
 from omegaconf import OmegaConf
 from helpers import tiny
-from steerexp.core.tokens import left_pad
-from steerexp.core.steering import Steering, steered_logits
+from steerexp.models.tokens import left_pad
+from steerexp.models.steering import Steering, steered_logits
 m = tiny()
 mods = ["model.layers.1.mlp", "model.layers.1.self_attn.o_proj"]
 g = torch.Generator().manual_seed(0)
@@ -426,8 +426,8 @@ def test_two_targets_in_one_layer_work_under_any_hash_seed() -> None:
 def test_kl_calibrates_on_neutral_prompts_at_both_signs() -> None:
     from nnsight.modeling.transformers import TransformersModel
 
-    from steerexp.core.data import load_neutral_prompts
-    from steerexp.core.steering import Steering
+    from steerexp.data.pairs import load_neutral_prompts
+    from steerexp.models.steering import Steering
     from steerexp.stages.intervene.scales import calibrate_kl, neutral_prompt_ids
 
     texts = load_neutral_prompts("neutral_prompts.txt")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp.core.data import load_pairs
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
+from steerexp.data.pairs import load_pairs
 from steerexp.stages.extract.activations import extract
 
 MODULES = ["model.layers.1", "model.layers.2.mlp"]

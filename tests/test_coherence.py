@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import group
 
-from steerexp.core.data import load_neutral_prompts
-from steerexp.core.models import load_model
-from steerexp.core.steering import Steering
+from steerexp.data.pairs import load_neutral_prompts
+from steerexp.models.loading import load_model
+from steerexp.models.steering import Steering
 from steerexp.stages.intervene.scales import neutral_prompt_ids
 from steerexp.stages.regress import coherence
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import compose_cfg
 
 from steerexp import CONF_DIR
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 from steerexp.pipeline import check_config
 from steerexp.stages.fit.methods import METHODS
 

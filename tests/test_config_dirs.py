@@ -18,9 +18,9 @@ from helpers import compose_cfg
 import steerexp
 from steerexp import CONF_DIR, cli
 from steerexp.cli import check_args
-from steerexp.core import config
-from steerexp.core.errors import SteerexpError
-from steerexp.core.schema import GROUPS
+from steerexp.config import compose as config
+from steerexp.config.errors import SteerexpError
+from steerexp.config.schema import GROUPS
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import pytest
 from helpers import compose_cfg
 from omegaconf import OmegaConf
 
-from steerexp.core.schema import EvalConfig
+from steerexp.config.schema import EvalConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SUFFIXES = REPO / "steerexp" / "data" / "honesty_suffixes.txt"

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from helpers import compose_cfg, group
 
-from steerexp.core import cache
-from steerexp.core.data import Pair, load_pairs
-from steerexp.core.errors import SteerexpError
-from steerexp.core.questionfiles import default_regex, record_split
+from steerexp.config.errors import SteerexpError
+from steerexp.data.pairs import load_pairs
+from steerexp.data.questionfiles import default_regex, record_split
+from steerexp.data.records import Pair
 from steerexp.organism import corpus
 from steerexp.pipeline import check_config
+from steerexp.store import cache
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

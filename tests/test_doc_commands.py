@@ -44,8 +44,8 @@ from omegaconf import DictConfig, open_dict
 
 from steerexp import CONF_DIR
 from steerexp.cli import check_args
-from steerexp.core import config
-from steerexp.core.schema import GROUPS
+from steerexp.config import compose as config
+from steerexp.config.schema import GROUPS
 from steerexp.pipeline import check_config
 
 REPO = Path(__file__).resolve().parent.parent

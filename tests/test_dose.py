@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from steerexp.core.transforms import symlog
+from steerexp.data.transforms import symlog
 from steerexp.pipeline import reference as null
 from steerexp.pipeline.summary import interval
 from steerexp.stages.regress.dose import (

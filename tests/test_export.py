@@ -12,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import steerexp
-from steerexp.core.checkpoints import build_organism
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 from steerexp.directions import Directions
 from steerexp.export import export, load_steering_vector, main, read_gguf_provenance
+from steerexp.organism import build as build_organism
 
 MODULES = ["model.layers.2", "model.layers.3", "model.layers.4"]
 TOL = 1e-4

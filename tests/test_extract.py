@@ -8,10 +8,11 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp.core.data import Pair, load_pairs
-from steerexp.core.errors import SteerexpError
-from steerexp.core.modules import resolve_modules
-from steerexp.core.tokens import encode, last_token_index, left_pad
+from steerexp.config.errors import SteerexpError
+from steerexp.data.pairs import load_pairs
+from steerexp.data.records import Pair
+from steerexp.models.modules import resolve_modules
+from steerexp.models.tokens import encode, last_token_index, left_pad
 from steerexp.stages.extract import activations as ex_mod
 from steerexp.stages.extract.activations import extract, loss_layer_path
 from steerexp.stages.extract.losses import LOSSES, LossInputs

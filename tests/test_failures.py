@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import cli_exit, compose_cfg
 
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 from steerexp.pipeline import check_config, experiment
 from steerexp.stages.fit.methods import fit_direction
 from steerexp.sweep import report
@@ -221,7 +221,7 @@ def _rows() -> pd.DataFrame:
 @pytest.mark.parametrize("damage", ["edit", "truncate", "no_digest"])
 def test_damaged_row_cache_entry_is_rebuilt(tmp_path: Path, damage: str) -> None:
     """An edited log-ratio used to change the slope, a truncated file to drop rows (status ok)."""
-    from steerexp.core import rowcache
+    from steerexp.store import rowcache
 
     entry = tmp_path / "generations" / "key"
     rowcache.store_rows(entry, _rows(), {"n": 4})
@@ -257,7 +257,7 @@ def test_extraction_cache_disk_full_warns_once_and_goes_on(tmp_path: Path, monke
     """safetensors reports a full disk as SafetensorError, not OSError: it used to end the run."""
     from safetensors import SafetensorError
 
-    from steerexp.core import cache
+    from steerexp.store import cache
 
     def full(*args, **kwargs) -> None:
         raise SafetensorError("Error while serializing: No space left on device (os error 28)")
@@ -274,7 +274,7 @@ def test_row_cache_disk_full_warns_and_goes_on(tmp_path: Path, monkeypatch) -> N
     import errno
     import os
 
-    from steerexp.core import rowcache
+    from steerexp.store import rowcache
 
     def full(*args, **kwargs) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -288,14 +288,14 @@ def test_row_cache_disk_full_warns_and_goes_on(tmp_path: Path, monkeypatch) -> N
 def test_model_build_into_a_full_cache_goes_to_a_temp_dir(tmp_path: Path, monkeypatch) -> None:
     import errno
 
-    from steerexp.core import checkpoints
+    from steerexp.models import builders
 
     def full(target: Path, replace: bool = True):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints, "atomic_dir", full)
+    monkeypatch.setattr(builders, "atomic_dir", full)
     with pytest.warns(UserWarning, match=r"could not write .*No space left on device.*temporary"):
-        built = checkpoints._atomic_build(
+        built = builders.atomic_build(
             tmp_path / "m", lambda out: (out / "config.json").write_text("{}")
         )
     assert built != tmp_path / "m" and (built / "config.json").read_text() == "{}"
@@ -307,7 +307,7 @@ def test_model_build_into_a_full_cache_goes_to_a_temp_dir(tmp_path: Path, monkey
 def test_pickle_only_checkpoint_is_refused_with_the_conversion_command(tmp_path: Path) -> None:
     from helpers import group, tiny
 
-    from steerexp.core.models import load_model
+    from steerexp.models.loading import load_model
 
     ckpt = tmp_path / "ckpt"
     src = tiny()
@@ -334,7 +334,7 @@ def test_pickle_only_checkpoint_is_refused_with_the_conversion_command(tmp_path:
 def test_offline_hub_model_names_the_id_and_the_ways_out(monkeypatch) -> None:
     from helpers import group
 
-    from steerexp.core.models import load_model
+    from steerexp.models.loading import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = {**group("model", "qwen3_0_6b"), "path": "steerexp-tests/no-such-model", "device": "cpu"}
@@ -384,7 +384,7 @@ def test_sweep_dir_inside_the_cache_is_refused(tmp_path: Path) -> None:
 
 
 def test_api_run_into_the_package_is_refused(tmp_path: Path) -> None:
-    from steerexp.core.guard import PACKAGE_DIR
+    from steerexp.store.guard import PACKAGE_DIR
 
     with pytest.raises(SteerexpError, match=r"run dir=.* is inside the steerexp package"):
         experiment.run(compose_cfg("model=tiny_random"), PACKAGE_DIR / "runs" / "x", progress=False)
@@ -423,7 +423,7 @@ def _sweep_cfg(*task: str, extend: bool = False, params: dict | None = None):
 
 
 def test_sweep_command_record_refuses_another_command(tmp_path: Path) -> None:
-    from steerexp.core.guard import RECORD, check_sweep_command, sweep_command
+    from steerexp.store.guard import RECORD, check_sweep_command, sweep_command
 
     sweep = tmp_path / "sweep"
     first = _sweep_cfg("method=pca_diff,mean_diff", "eval.repeats=1", "hydra.sweep.dir=x")
@@ -450,7 +450,7 @@ def test_sweep_command_record_refuses_another_command(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_different_sweep_into_a_recorded_dir(tmp_path: Path) -> None:
-    from steerexp.core.guard import check_sweep_command
+    from steerexp.store.guard import check_sweep_command
 
     sweep = tmp_path / "sweep"
     check_sweep_command(sweep, _sweep_cfg("method=pca_diff,mean_diff"))
@@ -465,8 +465,8 @@ def test_job_dir_names_and_run_identity_ignore_result_neutral_overrides() -> Non
     from hydra import compose, initialize_config_dir
 
     from steerexp import CONF_DIR
-    from steerexp.core import artifacts
     from steerexp.pipeline.checks import plain
+    from steerexp.store import artifacts
 
     neutral = [
         "report_name=x",
@@ -501,7 +501,7 @@ def test_data_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None
     """A FIFO used to hang forever and /dev/zero to end in a bare MemoryError."""
     import os
 
-    from steerexp.core.tables import read_table
+    from steerexp.data.tables import read_table
 
     fifo = tmp_path / "pairs.jsonl"
     os.mkfifo(fifo)
@@ -512,7 +512,7 @@ def test_data_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None
 
 
 def test_data_file_too_big_or_not_text_names_the_file(tmp_path: Path, monkeypatch) -> None:
-    from steerexp.core import tables
+    from steerexp.data import tables
 
     noise = tmp_path / "pairs.jsonl"
     noise.write_bytes(bytes(range(128, 256)) * 8)
@@ -580,8 +580,8 @@ def test_matplotlib_and_wandb_caches_live_under_steerexp_cache(tmp_path: Path) -
 
 def test_finished_run_hashed_with_a_now_neutral_key_is_still_reused(tmp_path: Path, capsys) -> None:
     """Runs finished before eval.workers/max_batch_size became result-neutral are not refused."""
-    from steerexp.core import artifacts
     from steerexp.pipeline.checks import plain
+    from steerexp.store import artifacts
 
     cfg = compose_cfg("model=tiny_random", "eval.workers=2")
     resolved = plain(cfg)

@@ -11,11 +11,12 @@ from helpers import group
 from transformers import LogitsProcessorList
 
 import steerexp.stages.generate.rows as gen
-from steerexp.core.answers import make_answer_spec
-from steerexp.core.data import Question, load_questions
-from steerexp.core.models import load_model
-from steerexp.core.steering import Steering, added, hooked
-from steerexp.core.tokens import left_pad
+from steerexp.data.answers import make_answer_spec
+from steerexp.data.pairs import load_questions
+from steerexp.data.records import Question
+from steerexp.models.loading import load_model
+from steerexp.models.steering import Steering, added, hooked
+from steerexp.models.tokens import left_pad
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
 from steerexp.stages.generate.sampling import RowSampler, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids

@@ -12,10 +12,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from steerexp import CONF_DIR
-from steerexp.core import hub_init
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel, load_model
-from steerexp.core.modules import resolve_modules
+from steerexp.config.errors import SteerexpError
+from steerexp.models import hub_init
+from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.modules import resolve_modules
 from tests.helpers import compose_cfg, group
 
 HUB_MODELS = sorted(
@@ -187,9 +187,9 @@ def test_cuda_qwen3_4b_shape(quant: str | None, max_gib: float) -> None:
     import time
 
     from bench.generate import random_steering
-    from steerexp.core.answers import make_answer_spec
-    from steerexp.core.data import load_questions
-    from steerexp.core.tokens import left_pad
+    from steerexp.data.answers import make_answer_spec
+    from steerexp.data.pairs import load_questions
+    from steerexp.models.tokens import left_pad
     from steerexp.stages.generate.rows import generate_rows, grid, prompt_ids
 
     base = torch.cuda.memory_allocated()

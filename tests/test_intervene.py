@@ -6,11 +6,11 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp.core.answers import make_answer_spec
-from steerexp.core.data import Question
-from steerexp.core.errors import SteerexpError
-from steerexp.core.steering import Steering, steered_logits
-from steerexp.core.tokens import left_pad, model_inputs
+from steerexp.config.errors import SteerexpError
+from steerexp.data.answers import make_answer_spec
+from steerexp.data.records import Question
+from steerexp.models.steering import Steering, steered_logits
+from steerexp.models.tokens import left_pad, model_inputs
 from steerexp.stages.generate.rows import RowSpec, generate_rows, prompt_ids
 from steerexp.stages.intervene.scales import base_scales
 

@@ -9,10 +9,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from steerexp.core.answers import AnswerSpec, answer_variants, make_answer_spec
-from steerexp.core.errors import SteerexpError
-from steerexp.core.results import GenRow, Judgement
+from steerexp.config.errors import SteerexpError
+from steerexp.data.answers import AnswerSpec, answer_variants, make_answer_spec
 from steerexp.stages.judge.judges import JUDGES, forced_suffix, judge_rows, token_at_char
+from steerexp.store.results import GenRow, Judgement
 
 REGEX = "Final choice: (Yes|No)"
 PREFIX = "Final choice:"
@@ -205,7 +205,7 @@ def test_organism_tokenizer_variants() -> None:
 
 def test_any_answer_set_with_the_derived_regex(tok: PreTrainedTokenizerFast) -> None:
     """Letters A/B/C with eval=file's default regex: the trait option against all the others."""
-    from steerexp.core.questionfiles import default_regex
+    from steerexp.data.questionfiles import default_regex
 
     spec = make_answer_spec(
         tok, default_regex("Answer:", ["A", "B", "C"]), ["A", "B", "C"], "Answer:"

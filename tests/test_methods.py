@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import steerexp
 import steerexp.stages.fit.fisher as fisher_module
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 from steerexp.stages.fit.fisher import fisher_factor, solve_fisher
 from steerexp.stages.fit.methods import (
     fit_direction,

@@ -12,14 +12,14 @@ import torch
 from helpers import group, tiny
 from scipy import stats
 
-from steerexp.core import rowcache
-from steerexp.core.answers import make_answer_spec
-from steerexp.core.data import Question
-from steerexp.core.steering import Steering
+from steerexp.data.answers import make_answer_spec
+from steerexp.data.records import Question
+from steerexp.models.steering import Steering
 from steerexp.pipeline import reference as null
 from steerexp.stages.generate.rows import RowSpec, generate_rows
 from steerexp.stages.generate.sampling import row_seed
 from steerexp.stages.regress.ols import regress
+from steerexp.store import rowcache
 
 MODULES = ["model.layers.1", "model.layers.2"]
 QS = [
@@ -162,7 +162,7 @@ def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
     import sys
 
     code = (
-        "import sys, torch; from pathlib import Path; from steerexp.core.artifacts import write_directions; "
+        "import sys, torch; from pathlib import Path; from steerexp.store.artifacts import write_directions; "
         "write_directions(Path(sys.argv[1]), {'model.layers.3': torch.ones(4), 'model.layers.2': torch.zeros(4)}, "
         "{'method': 'm', 'loss': 'l', 'raw_norms': {'b': 1, 'a': 2}, 'scales': {'x': 1.5}, 'cache_key': 'k', "
         "'fit_info': {'z': {'b': 1, 'a': True}}, 'coeff_units': 'norm'})"
@@ -181,7 +181,7 @@ def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
 
 def test_completions_with_carriage_returns_round_trip(tmp_path: Path) -> None:
     """A sampled completion may hold a bare ``\\r``; every row must read back as written."""
-    from steerexp.core import artifacts
+    from steerexp.store import artifacts
 
     dose = pd.DataFrame(
         {

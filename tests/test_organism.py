@@ -28,7 +28,7 @@ from transformers import (
 
 import steerexp
 from steerexp import CONF_DIR
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 from steerexp.organism import MANIFEST, RECIPE_VERSION, SHIPPED, build, corpus, verify
 from steerexp.organism import acceptance as acc
 from steerexp.organism.acceptance import (

@@ -12,8 +12,8 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 from test_report import tables, write_job
 
-from steerexp.core.errors import SteerexpError
-from steerexp.core.transforms import symlog
+from steerexp.config.errors import SteerexpError
+from steerexp.data.transforms import symlog
 from steerexp.sweep import report
 
 COEFFS = [-1.0, -0.5, 0.0, 0.5, 1.0]

@@ -17,13 +17,13 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from steerexp import CONF_DIR
-from steerexp.core import models as models_mod
-from steerexp.core import modules as modules_mod
-from steerexp.core.data import Question
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel, load_model, validate_model_cfg
-from steerexp.core.modules import resolve_modules
-from steerexp.core.tokens import encode
+from steerexp.config.errors import SteerexpError
+from steerexp.data.records import Question
+from steerexp.models import loading as models_mod
+from steerexp.models import modules as modules_mod
+from steerexp.models.loading import LoadedModel, load_model, validate_model_cfg
+from steerexp.models.modules import resolve_modules
+from steerexp.models.tokens import encode
 from steerexp.stages.generate.rows import prompt_ids
 from tests.helpers import compose_cfg, group
 
@@ -294,7 +294,7 @@ def test_4bit_pipeline_end_to_end(tmp_path: Path, fresh_extractions: str) -> Non
 
 
 def test_4bit_extraction_gradients_flow(fresh_extractions: str) -> None:
-    from steerexp.core.data import load_pairs
+    from steerexp.data.pairs import load_pairs
     from steerexp.stages.extract.activations import extract
 
     cfg = compose_cfg(*PIPE, "model.quantization=4bit", "model.device=cpu", "module=up_proj")

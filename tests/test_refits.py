@@ -10,16 +10,16 @@ import torch
 from helpers import group
 from omegaconf import OmegaConf
 
-from steerexp.core.data import load_neutral_prompts
-from steerexp.core.models import load_model
-from steerexp.core.modules import resolve_modules
-from steerexp.core.results import Extraction
-from steerexp.core.steering import Steering
-from steerexp.core.tokens import left_pad
+from steerexp.data.pairs import load_neutral_prompts
+from steerexp.models.loading import load_model
+from steerexp.models.modules import resolve_modules
+from steerexp.models.steering import Steering
+from steerexp.models.tokens import left_pad
 from steerexp.pipeline import steps
 from steerexp.pipeline.refits import mean_cos, refit_directions, resample_rows
 from steerexp.stages.fit.methods import fit_from_config
 from steerexp.stages.intervene.scales import calibrate_kl, kl_quantile, steered_logits
+from steerexp.store.results import Extraction
 
 MODULES = ["model.layers.1", "model.layers.2"]
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from steerexp.core.columns import journal_table
-from steerexp.core.errors import SteerexpError
-from steerexp.core.transforms import symlog
+from steerexp.config.errors import SteerexpError
+from steerexp.data.transforms import symlog
+from steerexp.render.journal import journal_table
 from steerexp.stages.regress.ols import regress
 
 HEADER_COLS = ["slope", "r2", "valid_frac", "effect_size", "p_value", "score", "min", "max"]

@@ -16,9 +16,9 @@ from statsmodels.stats.multitest import multipletests
 from wandb_offline import read_offline_run
 
 from steerexp import CONF_DIR
-from steerexp.core.artifacts import dose_curve
-from steerexp.core.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
+from steerexp.render.plots import dose_curve
+from steerexp.store.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.sweep import callbacks, report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -292,7 +292,7 @@ def test_launcher_presets_compose(launcher: str) -> None:
 def test_wandb_offline_logger_summary(
     sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from steerexp.sweep import tracking
+    from steerexp.pipeline import tracking
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
@@ -343,7 +343,7 @@ def test_wandb_offline_logger_summary(
 
 
 def test_none_logger_and_unknown_logger() -> None:
-    from steerexp.sweep import tracking
+    from steerexp.pipeline import tracking
 
     logger = tracking.make_logger(OmegaConf.create({"name": "none"}))
     logger.start(OmegaConf.create({}), Path("."))

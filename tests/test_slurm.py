@@ -20,7 +20,7 @@ from helpers import run_sweep
 from hydra import compose, initialize_config_dir
 
 from steerexp import CONF_DIR, organism
-from steerexp.core.columns import TIME_COLUMNS as TIME_COLS
+from steerexp.store.columns import TIME_COLUMNS as TIME_COLS
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / ".slurm" / "slurm.conf"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerexp.core import threads
+from steerexp.models import threads
 
 
 @pytest.fixture

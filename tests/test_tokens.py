@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from steerexp.core import tokens
+from steerexp.models import tokens
 from steerexp.organism.tokenizer import build_tokenizer
 
 

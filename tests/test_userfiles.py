@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import compose_cfg
 
-from steerexp.core.errors import SteerexpError
-from steerexp.core.questionfiles import record_split
+from steerexp.config.errors import SteerexpError
+from steerexp.data.questionfiles import record_split
 from steerexp.pipeline import check_config
 
 
@@ -206,8 +206,8 @@ def test_long_prompts_are_skipped_counted_and_recorded(tmp_path: Path) -> None:
     written once with its length, and nothing left to ask is an error."""
     from helpers import tiny
 
-    from steerexp.core.data import Question
-    from steerexp.core.prompts import check_prompts, prompt_text
+    from steerexp.data.prompts import check_prompts, prompt_text
+    from steerexp.data.records import Question
 
     loaded = tiny()
     cfg = compose_cfg("model=tiny_random", "eval.max_new_tokens=16")
@@ -232,9 +232,9 @@ def test_mean_len_counts_generated_tokens_and_pmass_is_summarised() -> None:
     rows with almost no mass on the options are summarised and flagged."""
     import torch
 
-    from steerexp.core.results import GenRow, Judgement
     from steerexp.stages.judge.judges import dose_frame
     from steerexp.stages.regress import coherence
+    from steerexp.store.results import GenRow, Judgement
 
     rows = [
         GenRow("q1", c, 0, "A", [7] * n, "", torch.zeros(n, 2), "length")
@@ -257,7 +257,7 @@ def test_hub_models_load_float32_on_cpu_unless_dtype_is_set() -> None:
     user sets is kept."""
     from helpers import group
 
-    from steerexp.core.models import load_model, resolve_dtype
+    from steerexp.models.loading import load_model, resolve_dtype
 
     assert group("model", "qwen3_0_6b")["dtype"] == "auto"
     assert resolve_dtype("auto", "cpu") == "float32"
@@ -333,7 +333,7 @@ def test_caa_generate_and_test_files_run_end_to_end(tmp_path: Path) -> None:
 def test_hf_dir_hash_follows_its_content(tmp_path: Path) -> None:
     """Item 12: a save_to_disk dir gets a sha256 (of its arrow files) that changes with its rows."""
     datasets = pytest.importorskip("datasets")
-    from steerexp.core.tables import file_hash
+    from steerexp.data.tables import file_hash
 
     datasets.Dataset.from_list(caa_rows(4, "One")).save_to_disk(str(tmp_path / "a"))
     datasets.Dataset.from_list(caa_rows(4, "One")).save_to_disk(str(tmp_path / "b"))
@@ -412,7 +412,7 @@ def test_letter_options_are_read_in_their_own_case() -> None:
     not the article ' a'; word answers stay case-insensitive."""
     from helpers import tiny
 
-    from steerexp.core.answers import answer_variants
+    from steerexp.data.answers import answer_variants
 
     tok = tiny().tokenizer
     lower = [i for i in range(len(tok)) if tok.decode([i]).strip() == "a"]

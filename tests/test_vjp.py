@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import group, tiny
 
-from steerexp.core.data import load_pairs
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
+from steerexp.data.pairs import load_pairs
 from steerexp.stages.extract.vjp import pullback, vjp_rows
 from steerexp.stages.fit.methods import fit_direction
 

@@ -1,5 +1,9 @@
 """The built-in model organism (docs/organism.md): a small Qwen3 trained by steerexp itself.
 
+Importing this package registers two ``model.builder``s (:data:`steerexp.models.builders.BUILDERS`):
+``organism`` (:func:`build`) and ``tiny_random`` (:func:`build_tiny_random`, a random 4-layer
+Qwen3 with the organism's tokenizer, the fast test model).
+
 The trained checkpoint ships inside the package (``checkpoint/``, with a manifest holding the
 recipe and a sha256 of every file), so every machine runs the same weights: ``build()``
 verifies and returns it without training. ``build(force=True)`` (or ``python -m
@@ -18,13 +22,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import steerexp
-from steerexp.core.atomic import atomic_dir
-from steerexp.core.errors import SteerexpError
-from steerexp.core.threads import one_thread
+from steerexp.config.errors import SteerexpError
+from steerexp.models.builders import BUILDERS, atomic_build
+from steerexp.models.threads import one_thread
+from steerexp.store.atomic import atomic_dir
 
 #: Bump whenever the corpus, tokenizer or training recipe changes (and run `make organism`).
 RECIPE_VERSION = "v4"
+#: Bump when the tiny random test model (:func:`build_tiny_random`) changes.
+TINY_RANDOM_VERSION = "v1"
 #: The shipped checkpoint (package data) and its manifest.
 SHIPPED = Path(__file__).resolve().parent / "checkpoint"
 MANIFEST = "manifest.json"
@@ -81,6 +90,7 @@ def verify(path: Path = SHIPPED) -> dict[str, Any]:
     return manifest
 
 
+@BUILDERS.register("organism")
 def build(
     cache_dir: Path | None = None, progress: bool = True, force: bool = False, seed: int = 0
 ) -> Path:
@@ -121,3 +131,35 @@ def ship(path: Path) -> Path:
     for f in SHIPPED.iterdir():
         f.chmod(0o644)
     return SHIPPED
+
+
+@BUILDERS.register("tiny_random")
+def build_tiny_random() -> Path:
+    """A 4-layer random-weight Qwen3 with the organism's tokenizer: the fast test fixture."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from steerexp.organism.tokenizer import build_tokenizer
+
+    def make(out: Path) -> None:
+        tok = build_tokenizer()
+        torch.manual_seed(0)
+        config = Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+            tie_word_embeddings=False,
+        )
+        Qwen3ForCausalLM(config).save_pretrained(out)
+        tok.save_pretrained(out)
+
+    # The tokenizer comes from the organism's corpus, so its recipe version is part of the name.
+    name = f"tiny_random-{TINY_RANDOM_VERSION}-tok{RECIPE_VERSION}"
+    return atomic_build(steerexp.cache_dir() / "tiny_random" / name, make)

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import steerexp
-from steerexp.core.data import load_pairs
+from steerexp.data.pairs import load_pairs
 from steerexp.organism import corpus
 
 #: Steering coefficients (fractions of each layer's mean last-token norm) of the dose curves.

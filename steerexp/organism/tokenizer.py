@@ -10,7 +10,7 @@ from __future__ import annotations
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 from steerexp.organism import corpus
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"

@@ -7,28 +7,27 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp.core.columns import IDENTITY_GROUPS
-from steerexp.core.config import check_seed
-from steerexp.core.data import (
-    Pair,
-    Question,
+from steerexp.config.compose import check_seed
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.config.schema import CORRECTIONS
+from steerexp.data.files import check_leakage, with_holdout
+from steerexp.data.pairs import (
     answer_regex,
     check_coeffs,
     load_neutral_prompts,
     load_pairs,
     load_questions,
 )
-from steerexp.core.datafiles import check_leakage, with_holdout
-from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.models import validate_model_cfg
-from steerexp.core.questionfiles import prepare_eval
-from steerexp.core.transforms import X_TRANSFORMS
+from steerexp.data.questionfiles import prepare_eval
+from steerexp.data.records import Pair, Question
+from steerexp.data.transforms import X_TRANSFORMS
+from steerexp.models.loading import validate_model_cfg
 from steerexp.stages.extract.activations import GRAD_TOKENS
 from steerexp.stages.extract.losses import LOSS_TERMS, LOSSES
 from steerexp.stages.fit.methods import METHODS, check_pairs
 from steerexp.stages.intervene.scales import COEFF_UNITS
 from steerexp.stages.judge.judges import JUDGES
-from steerexp.sweep.rows import CORRECTIONS
+from steerexp.store.columns import IDENTITY_GROUPS
 
 
 class Inputs(NamedTuple):

@@ -20,21 +20,24 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from steerexp.core import artifacts, threads
-from steerexp.core.columns import DOSE_COLUMNS, journal_table
-from steerexp.core.errors import SteerexpError, error_text
-from steerexp.core.guard import check_output_dir
-from steerexp.core.prompts import check_prompts
-from steerexp.core.questionfiles import record_split
+from steerexp.config.errors import SteerexpError, error_text
+from steerexp.data.prompts import check_prompts
+from steerexp.data.questionfiles import record_split
 from steerexp.directions import provenance
+from steerexp.models import threads
 from steerexp.pipeline import steps, summary
 from steerexp.pipeline.checks import DEGENERATE, check_config, degenerate_reason, identity, plain
 from steerexp.pipeline.reference import null_reference, scenario_slopes
 from steerexp.pipeline.refits import bootstrap_refits
+from steerexp.pipeline.tracking import make_logger
+from steerexp.render import plots
+from steerexp.render.journal import journal_table
 from steerexp.stages.fit.methods import fit_summary
 from steerexp.stages.regress.coherence import PMASS_MIN
 from steerexp.stages.regress.dose import curve_stats
-from steerexp.sweep.tracking import make_logger
+from steerexp.store import artifacts
+from steerexp.store.columns import DOSE_COLUMNS
+from steerexp.store.guard import check_output_dir
 
 
 class StageTimer:
@@ -124,7 +127,7 @@ def execute(
         title = (
             f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
         )
-        artifacts.plot_dose_response(
+        plots.plot_dose_response(
             run_dir / "dose_response.png",
             judged.dose,
             title,

@@ -3,7 +3,7 @@
 :class:`OutputGuard` is first under ``hydra.callbacks`` (``conf/config.yaml``): Hydra calls
 ``on_run_start``/``on_multirun_start`` after composing the config and before it creates the run
 dir, saves ``.hydra/*.yaml`` or writes ``multirun.yaml``; the checks are
-:mod:`steerexp.core.guard`'s, plus "no finished run of another config in this run dir".
+:mod:`steerexp.store.guard`'s, plus "no finished run of another config in this run dir".
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from steerexp.core.errors import SteerexpError
-from steerexp.core.guard import check_output_dir, check_sweep_command
+from steerexp.config.errors import SteerexpError
+from steerexp.store.guard import check_output_dir, check_sweep_command
 
 
 def check_run_start(config: DictConfig) -> None:
     """A single run: its dir's place, and no finished run of another config in it."""
-    from steerexp.core.artifacts import config_hash
     from steerexp.pipeline.checks import plain
     from steerexp.pipeline.experiment import _finished
+    from steerexp.store.artifacts import config_hash
 
     run_dir = Path(str(config.hydra.run.dir))
     check_output_dir("hydra.run.dir", run_dir, OmegaConf.select(config, "cache_dir"))

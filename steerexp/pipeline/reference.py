@@ -45,14 +45,11 @@ import pandas as pd
 from omegaconf import DictConfig
 from scipy import stats
 
-from steerexp.core import cache, rowcache
-from steerexp.core.answers import AnswerSpec
-from steerexp.core.columns import DOSE_COLUMNS
-from steerexp.core.config import typed
-from steerexp.core.data import Question
-from steerexp.core.results import Extraction
-from steerexp.core.steering import Steering
-from steerexp.core.transforms import transform_x
+from steerexp.config.compose import typed
+from steerexp.data.answers import AnswerSpec
+from steerexp.data.records import Question
+from steerexp.data.transforms import transform_x
+from steerexp.models.steering import Steering
 from steerexp.pipeline import steps
 from steerexp.pipeline.checks import Inputs, plain
 from steerexp.pipeline.steps import Model
@@ -60,6 +57,9 @@ from steerexp.stages.fit.methods import fit_from_config
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, make_rescore, with_system
 from steerexp.stages.intervene.scales import base_scales
 from steerexp.stages.judge.judges import dose_frame, judge_rows
+from steerexp.store import cache, rowcache
+from steerexp.store.columns import DOSE_COLUMNS
+from steerexp.store.results import Extraction
 
 PERSONAS = ("positive", "negative")
 NULL_COLUMNS = [*DOSE_COLUMNS, "direction", "persona"]

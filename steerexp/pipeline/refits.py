@@ -22,16 +22,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from steerexp.core import cache
-from steerexp.core.columns import DOSE_COLUMNS
-from steerexp.core.results import Extraction
-from steerexp.core.steering import Steering
+from steerexp.models.steering import Steering
 from steerexp.pipeline import steps
 from steerexp.pipeline.checks import Inputs, plain
 from steerexp.pipeline.reference import generate_reference, nested_rows, slope_table
 from steerexp.pipeline.steps import Model
 from steerexp.stages.fit.methods import fit_from_config
 from steerexp.stages.intervene.scales import base_scales
+from steerexp.store import cache
+from steerexp.store.columns import DOSE_COLUMNS
+from steerexp.store.results import Extraction
 
 
 @dataclass

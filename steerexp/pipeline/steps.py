@@ -1,5 +1,5 @@
 """One call per stage: each reads its part of the config and returns the typed value the next
-stage takes (:mod:`steerexp.core.results`). :func:`steerexp.pipeline.run` calls them in order."""
+stage takes (:mod:`steerexp.store.results`). :func:`steerexp.pipeline.run` calls them in order."""
 
 from __future__ import annotations
 
@@ -14,22 +14,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from steerexp import cache_dir
-from steerexp.core import cache, rowcache
-from steerexp.core.answers import AnswerSpec, make_answer_spec
-from steerexp.core.columns import DOSE_COLUMNS
-from steerexp.core.data import load_neutral_prompts
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel, load_model
-from steerexp.core.modules import resolve_modules
-from steerexp.core.results import (
-    Directions,
-    Extraction,
-    Generations,
-    Intervention,
-    Judged,
-    Regression,
-)
-from steerexp.core.steering import Steering
+from steerexp.config.errors import SteerexpError
+from steerexp.data.answers import AnswerSpec, make_answer_spec
+from steerexp.data.pairs import load_neutral_prompts
+from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.modules import resolve_modules
+from steerexp.models.steering import Steering
 from steerexp.pipeline.checks import Inputs, plain
 from steerexp.stages.extract.activations import extract as extract_rows
 from steerexp.stages.extract.vjp import vjp_rows
@@ -39,6 +29,16 @@ from steerexp.stages.intervene.scales import base_scales, calibrate_kl, neutral_
 from steerexp.stages.judge.judges import dose_frame, judge_rows
 from steerexp.stages.regress import coherence
 from steerexp.stages.regress.ols import regress as fit_line
+from steerexp.store import cache, rowcache
+from steerexp.store.columns import DOSE_COLUMNS
+from steerexp.store.results import (
+    Directions,
+    Extraction,
+    Generations,
+    Intervention,
+    Judged,
+    Regression,
+)
 
 #: Version of the judged-rows caches (generations and nulls).
 # 2: stop_reason column; rows stop at end-of-turn tokens and the answer regex

@@ -15,7 +15,7 @@ from typing import Any
 
 from scipy import stats
 
-from steerexp.core import artifacts
+from steerexp.store import artifacts
 
 
 def interval(metrics: dict[str, Any]) -> dict[str, float]:

@@ -16,14 +16,14 @@ import yaml
 from safetensors.torch import load_file
 from statsmodels.stats.multitest import multipletests
 
-from steerexp.core.columns import (
+from steerexp.config.errors import SteerexpError
+from steerexp.render.journal import sort_key
+from steerexp.store.columns import (
     EXTRA_STAT_COLUMNS,
     JOURNAL_COLUMNS,
     METRIC_COLUMNS,
     TIME_COLUMNS,
-    sort_key,
 )
-from steerexp.core.errors import SteerexpError
 from steerexp.sweep import order, rows
 
 _OVERRIDE_PREFIX = re.compile(r"^[+~]+")
@@ -142,7 +142,7 @@ def _stale(job_dir: Path) -> str | None:
     try:
         from omegaconf import OmegaConf
 
-        from steerexp.core.artifacts import config_hash
+        from steerexp.store.artifacts import config_hash
 
         recorded = OmegaConf.to_container(
             OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=True
@@ -166,7 +166,7 @@ def swept_keys(overrides: Sequence[dict[str, str]]) -> list[str]:
 
 
 def _sort(df: pd.DataFrame) -> pd.DataFrame:
-    """By :func:`~steerexp.core.columns.sort_key` (``budget_effect`` when runs report it, else
+    """By :func:`~steerexp.render.journal.sort_key` (``budget_effect`` when runs report it, else
     ``signed_score``) descending, NaN last; ties broken by ``signed_score``, label, then job name,
     so the order is stable."""
     key = pd.to_numeric(df[sort_key(df)], errors="coerce")

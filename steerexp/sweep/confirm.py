@@ -71,7 +71,7 @@ def _interval(row: pd.Series) -> tuple[float, float]:
 
 def confirm_row(sweep_dir: Path, row: pd.Series) -> dict:
     """Re-run one row (see the module docstring); never raises: a failure is recorded."""
-    from steerexp.core.questionfiles import prepare_eval
+    from steerexp.data.questionfiles import prepare_eval
     from steerexp.pipeline.experiment import run
 
     lo, hi = _interval(row)

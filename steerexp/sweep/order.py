@@ -27,8 +27,8 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from steerexp.core.schema import Config
-from steerexp.core.transforms import transform_x
+from steerexp.config.schema import Config
+from steerexp.data.transforms import transform_x
 
 #: The declared level of ``sep_next``.
 ALPHA = 0.05

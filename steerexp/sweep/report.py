@@ -23,10 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from steerexp.core.artifacts import dose_curve, draw_dose_curve
-from steerexp.core.columns import journal_table
-from steerexp.core.errors import SteerexpError, plain_name
-from steerexp.core.guard import check_writable_dir
+from steerexp.config.errors import SteerexpError, plain_name
+from steerexp.render.journal import journal_table
+from steerexp.render.plots import dose_curve, draw_dose_curve
+from steerexp.store.guard import check_writable_dir
 from steerexp.sweep import confirm, order, rows
 from steerexp.sweep.collect import collect
 
@@ -161,7 +161,7 @@ def footer(part: pd.DataFrame, n_null: int | None = None) -> list[str]:
 
 
 def _curve(job_dir: Path) -> pd.DataFrame | None:
-    """A job's :func:`~steerexp.core.artifacts.dose_curve`, or None without data."""
+    """A job's :func:`~steerexp.render.plots.dose_curve`, or None without data."""
     try:
         dose = pd.read_csv(job_dir / "dose_response.csv")
     except (OSError, ValueError):

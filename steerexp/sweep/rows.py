@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from statsmodels.stats.multitest import multipletests
 
-from steerexp.core.errors import SteerexpError, choice_error
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.config.schema import CORRECTIONS, RankingConfig
 
 #: ``ranking.correction`` -> statsmodels' ``multipletests`` method.
-CORRECTIONS = {"holm": "holm", "bh": "fdr_bh"}
 #: The method whose rows are controls, not members of the family.
 CONTROL = "random"
 #: The normal quantile of a 95% interval (the pooled slope's interval).
@@ -136,10 +137,6 @@ def correction_of(job_dirs: Sequence[Path], given: str | None) -> str:
     """``ranking.correction``: ``given``, else the jobs' recorded config (one value across the sweep),
     else the schema default; a clear error for an unknown or mixed value."""
     if given is None:
-        import yaml
-
-        from steerexp.core.schema import RankingConfig
-
         seen = set()
         for job in job_dirs:
             try:

@@ -22,17 +22,23 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerexp.core import cache
-from steerexp.core.checkpoints import model_fingerprint
-from steerexp.core.config import typed
-from steerexp.core.data import Pair
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel
-from steerexp.core.results import Extraction
-from steerexp.core.tokens import encode_many, first_output, last_token_index, left_pad, model_inputs
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
+from steerexp.data.records import Pair
+from steerexp.models.checkpoints import model_fingerprint
+from steerexp.models.loading import LoadedModel
+from steerexp.models.tokens import (
+    encode_many,
+    first_output,
+    last_token_index,
+    left_pad,
+    model_inputs,
+)
 from steerexp.stages.extract.balance import combine, has_terms
 from steerexp.stages.extract.gradients import loss_gradients
 from steerexp.stages.extract.losses import LOSSES
+from steerexp.store import cache
+from steerexp.store.results import Extraction
 
 EXTRACT_VERSION = 2
 LOGP_TOKENS = ("suffix", "all")

@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import Tensor
 
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
 from steerexp.stages.extract.losses import LOSS_TERMS
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerexp.core.registry import Registry
+from steerexp.config.registry import Registry
 
 
 @dataclass

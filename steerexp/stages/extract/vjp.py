@@ -19,12 +19,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerexp.core import cache
-from steerexp.core.data import Pair
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel
-from steerexp.core.tokens import encode_many, first_output, last_token_index, left_pad, model_inputs
+from steerexp.config.errors import SteerexpError
+from steerexp.data.records import Pair
+from steerexp.models.loading import LoadedModel
+from steerexp.models.tokens import (
+    encode_many,
+    first_output,
+    last_token_index,
+    left_pad,
+    model_inputs,
+)
 from steerexp.stages.extract.activations import cache_payload, extract, loss_layer_path
+from steerexp.store import cache
 
 VJP_VERSION = 1
 TOKENS = ("all", "last")

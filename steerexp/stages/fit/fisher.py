@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.threads import one_thread
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.models.threads import one_thread
 
 FISHERS = ("ief", "emp", "cov")
 REG_SCALES = ("relative", "absolute")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from steerexp.core.config import group_config, options, typed
-from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.registry import Registry
-from steerexp.core.results import DirectionFit, Info
+from steerexp.config.compose import group_config, options, typed
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.config.registry import Registry
 from steerexp.stages.fit.fisher import solve_fisher
 from steerexp.stages.fit.inputs import Inputs, method_inputs
+from steerexp.store.results import DirectionFit, Info
 
 COMBINES = ("mean", "pos", "neg", "diff")
 
@@ -124,7 +124,7 @@ def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 
 
 def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The Fisher parameters of a method config (schema: ``steerexp.core.schema.FisherMethod``)."""
+    """The Fisher parameters of a method config (schema: ``steerexp.config.schema.FisherMethod``)."""
     return {
         "fisher": str(cfg["fisher"]),
         "reg": float(cfg["reg"]),

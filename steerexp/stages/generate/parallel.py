@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from steerexp.core.threads import SMALL_WIDTH, usable_cpus
+from steerexp.models.threads import SMALL_WIDTH, usable_cpus
 
 __all__ = ["SMALL_WIDTH", "map_ordered", "usable_cpus", "worker_count"]
 

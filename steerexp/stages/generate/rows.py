@@ -21,25 +21,25 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-from steerexp.core.answers import AnswerSpec
-from steerexp.core.config import typed
-from steerexp.core.data import Question
-from steerexp.core.models import LoadedModel
-from steerexp.core.prompts import prompt_text
-from steerexp.core.results import GenRow
-from steerexp.core.steering import (
+from steerexp.config.compose import typed
+from steerexp.data.answers import AnswerSpec
+from steerexp.data.prompts import prompt_text
+from steerexp.data.records import Question
+from steerexp.models.loading import LoadedModel
+from steerexp.models.steering import (
     Steering,
     added,
     shifts,
     steered_logits,
     steered_prefix_cache,
 )
-from steerexp.core.threads import config_width, one_thread
-from steerexp.core.tokens import left_pad
+from steerexp.models.threads import config_width, one_thread
+from steerexp.models.tokens import left_pad
 from steerexp.stages.generate.decode import decode, shrink
 from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids
+from steerexp.store.results import GenRow
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor, MinPLogitsWarper, TemperatureLogitsWarper
 
-from steerexp.core.config import typed
+from steerexp.config.compose import typed
 
 
 def row_seed(seed: int, question_id: str, repeat: int, coeff: float) -> int:

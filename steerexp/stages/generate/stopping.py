@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria
 
-from steerexp.core.models import LoadedModel
+from steerexp.models.loading import LoadedModel
 
 STOP_REASONS = ("stop_token", "regex", "length")
 

@@ -15,11 +15,11 @@ import torch
 from scipy.optimize import brentq
 from torch import Tensor
 
-from steerexp.core.models import LoadedModel
-from steerexp.core.registry import Registry
-from steerexp.core.results import Extraction
-from steerexp.core.steering import Steering, steered_logits
-from steerexp.core.tokens import left_pad
+from steerexp.config.registry import Registry
+from steerexp.models.loading import LoadedModel
+from steerexp.models.steering import Steering, steered_logits
+from steerexp.models.tokens import left_pad
+from steerexp.store.results import Extraction
 
 #: ``coeff_units`` options: name -> the size of one coefficient unit at a module, before any
 #: calibration (``kl`` starts from ``norm`` and is then rescaled to the target KL).

@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from steerexp.core.answers import AnswerSpec
-from steerexp.core.columns import DOSE_COLUMNS
-from steerexp.core.errors import SteerexpError
-from steerexp.core.registry import Registry
-from steerexp.core.results import GenRow, Judgement
+from steerexp.config.errors import SteerexpError
+from steerexp.config.registry import Registry
+from steerexp.data.answers import AnswerSpec
+from steerexp.store.columns import DOSE_COLUMNS
+from steerexp.store.results import GenRow, Judgement
 
 Rescore = Callable[[GenRow, str], torch.Tensor]
 Judge = Callable[[GenRow, AnswerSpec, Rescore], Judgement]

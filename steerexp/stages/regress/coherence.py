@@ -24,9 +24,9 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from steerexp.core.models import LoadedModel
-from steerexp.core.steering import Steering, steered_logits
-from steerexp.core.tokens import left_pad
+from steerexp.models.loading import LoadedModel
+from steerexp.models.steering import Steering, steered_logits
+from steerexp.models.tokens import left_pad
 
 KL_MAX = 1.0
 VALID_MIN = 0.8

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from steerexp.core.transforms import transform_x
+from steerexp.data.transforms import transform_x
 from steerexp.stages.regress.cluster import cr2
 
 MEANS_COLUMNS = ["coeff", "mean", "ci_low", "ci_high", "n_valid", "n_rows", "valid_frac"]

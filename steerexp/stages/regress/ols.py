@@ -1,7 +1,7 @@
 """Regress stage: dose-response statistics of log_ratio on the steering coefficient.
 
 One OLS fit per run turns a noisy dose-response curve into a slope with an uncertainty,
-and the journal's ranking score; ``journal_table`` renders runs as the journal's tables.
+and the journal's ranking score; ``steerexp.render.journal.journal_table`` renders runs as the journal's tables.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from scipy import stats
 from statsmodels.regression.linear_model import OLS
 from statsmodels.tools.tools import add_constant
 
-from steerexp.core.columns import STAT_KEYS
-from steerexp.core.transforms import transform_x
+from steerexp.data.transforms import transform_x
 from steerexp.stages.regress.cluster import cr2
+from steerexp.store.columns import STAT_KEYS
 
 
 def _effect_size(slope: float, y0: np.ndarray) -> float:

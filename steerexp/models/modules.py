@@ -7,9 +7,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError
-from steerexp.core.models import LoadedModel
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
+from steerexp.models.loading import LoadedModel
 
 
 def select_layers(n_layers: int, layers: Any, layer_frac: Any) -> list[int]:

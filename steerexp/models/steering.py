@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerexp.core.models import LoadedModel
-from steerexp.core.tokens import model_inputs
+from steerexp.models.loading import LoadedModel
+from steerexp.models.tokens import model_inputs
 
 
 @dataclass

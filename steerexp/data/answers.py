@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from steerexp.core.data import answer_regex
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
+from steerexp.data.pairs import answer_regex
 
 
 @dataclass

@@ -7,7 +7,7 @@ runs), ``model.config_overrides`` sets any other config field (tests shrink the 
 and the weights are drawn by transformers' own initialiser under ``torch.manual_seed(SEED)``.
 The result is saved unquantized in ``model.dtype`` with ``save_pretrained`` (a 4-bit/8-bit config
 quantizes it while loading, as it would hub weights) under ``<cache>/random_init/`` and then loads through
-the same ``from_pretrained`` path as every model (the hook is :func:`steerexp.core.checkpoints.checkpoint_path`).
+the same ``from_pretrained`` path as every model (the hook is :func:`steerexp.models.checkpoints.checkpoint_path`).
 
 Tokenizer: a hub model's own tokenizer cannot be downloaded, so hub-shaped models get the
 organism's byte-level BPE tokenizer (1026 ids, Qwen-style ChatML template; shipped with the
@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from steerexp import cache_dir
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
+from steerexp.models.builders import DTYPES, atomic_build, base_path
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 ORGANISM_TOKENIZER = Path(__file__).resolve().parents[1] / "organism" / "checkpoint"
@@ -70,11 +71,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 def source(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     """The architecture's config dict and the directory its tokenizer comes from."""
-    from steerexp.core.checkpoints import checkpoint_path
-
     cfg = typed("model", cfg)
     if cfg["builder"] is not None or Path(str(cfg["path"])).expanduser().is_dir():
-        local = Path(checkpoint_path({**cfg, "random_init": False})).expanduser()
+        local = Path(base_path(cfg)).expanduser()
         return json.loads((local / "config.json").read_text()), local
     return json.loads(hub_config_path(str(cfg["path"])).read_text()), ORGANISM_TOKENIZER
 
@@ -116,9 +115,6 @@ def build(cfg: Mapping[str, Any]) -> Path:
     """Build (or reuse) the random-weight checkpoint of ``cfg``; returns its directory."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from steerexp.core.checkpoints import _atomic_build
-    from steerexp.core.models import DTYPES
-
     cfg = typed("model", cfg)
     base, tok_dir = source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -147,4 +143,4 @@ def build(cfg: Mapping[str, Any]) -> Path:
         tokenizer.save_pretrained(out)
         (out / "random_init.json").write_text(key)
 
-    return _atomic_build(cache_dir() / "random_init" / name, make)
+    return atomic_build(cache_dir() / "random_init" / name, make)

@@ -27,18 +27,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from steerexp.core import hub_init
-from steerexp.core.checkpoints import (
-    BUILDERS,
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.models import hub_init
+from steerexp.models.builders import BUILDERS, DTYPES
+from steerexp.models.checkpoints import (
     check_local_path,
     check_no_pickle,
     check_safetensors,
     checkpoint_path,
 )
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError, choice_error
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: ``model.dtype=auto``: bfloat16 on a GPU, float32 on CPU (where bfloat16 matmuls are several
 #: times slower, e.g. ~7x extracting a random-weight 0.6B shape)
 AUTO_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}

@@ -1,4 +1,4 @@
-"""Typed configs: the schemas of :mod:`steerexp.core.schema` in Hydra's ConfigStore, and the
+"""Typed configs: the schemas of :mod:`steerexp.config.schema` in Hydra's ConfigStore, and the
 same schemas applied to configs handed over from outside Hydra.
 
 :func:`register_configs` runs when ``steerexp`` is imported. Code given a group config as a plain
@@ -22,8 +22,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from steerexp import CONF_DIR
-from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.schema import GROUPS, SECTIONS, VARIANTS, Config
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.config.schema import GROUPS, SECTIONS, VARIANTS, Config
 
 #: Config keys that cannot change a run's results: where reports and caches go, the logger,
 #: how the sweep's ranking reads (``ranking.*``), the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from steerexp.core.registry import Registry
+from steerexp.config.registry import Registry
 
 #: ``regress_x`` options: name -> the regressor of the coefficients.
 X_TRANSFORMS: Registry[Callable[[Any], np.ndarray]] = Registry("regress_x")

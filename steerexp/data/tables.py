@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.registry import Registry
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.config.registry import Registry
 
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt"}
 

@@ -20,9 +20,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import steerexp
-from steerexp.core.atomic import atomic_write
-from steerexp.core.config import result_neutral
-from steerexp.core.errors import SteerexpError
+from steerexp.config.compose import result_neutral
+from steerexp.config.errors import SteerexpError
+from steerexp.store.atomic import atomic_write
 
 #: The sweep dir's record of the command(s) whose jobs it holds.
 RECORD = "sweep_command.json"

@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from steerexp.core import artifacts
-from steerexp.core.atomic import atomic_dir
-from steerexp.core.cache import file_digest
+from steerexp.store import artifacts
+from steerexp.store.atomic import atomic_dir
+from steerexp.store.cache import file_digest
 
 ROWS = "dose.csv"
 META = "meta.json"

@@ -1,5 +1,5 @@
 """Eval questions from user files (``eval=file|caa``): the question shapes of
-:mod:`steerexp.core.datafiles`, the answer choices and regex derived from their options, and the
+:mod:`steerexp.data.files`, the answer choices and regex derived from their options, and the
 record of a CAA file's held-out split (``split.json``)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from steerexp.core.config import typed
-from steerexp.core.datafiles import (
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
+from steerexp.data.files import (
     QUESTION_SHAPES,
     caa_options,
     holdout_fraction,
@@ -21,8 +22,7 @@ from steerexp.core.datafiles import (
     same_source,
     with_holdout,
 )
-from steerexp.core.errors import SteerexpError
-from steerexp.core.tables import (
+from steerexp.data.tables import (
     Row,
     Table,
     check_shown,

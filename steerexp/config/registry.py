@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from steerexp.core.errors import choice_error
+from steerexp.config.errors import choice_error
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from steerexp.core.atomic import atomic_dir
+from steerexp.store.atomic import atomic_dir
 
 TENSORS = "activations.safetensors"
 META = "key.json"

@@ -17,7 +17,7 @@ Every problem is reported in one line naming the file, the row and the field, be
 model loads. A source (file and split) read by both the dataset and the eval (CAA style) is
 split into disjoint, seeded parts: ``dataset.holdout`` of its rows (default 0.25 then, else 0)
 are only asked, the rest only contrasted. Different splits of one Hugging Face ``DatasetDict``
-are different sources. This module reads the pairs; :mod:`steerexp.core.questionfiles` reads
+are different sources. This module reads the pairs; :mod:`steerexp.data.questionfiles` reads
 the questions.
 """
 
@@ -31,10 +31,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp.core.config import typed
-from steerexp.core.data import Pair, Question, subsample
-from steerexp.core.errors import SteerexpError
-from steerexp.core.tables import (
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
+from steerexp.data.records import Pair, Question, subsample
+from steerexp.data.tables import (
     Row,
     Table,
     answer_letter,
@@ -64,7 +64,7 @@ DEFAULT_HOLDOUT = 0.25
 
 def caa_options(table: Table, row: Row) -> tuple[str, list[str]]:
     """(trait letter, sorted option letters) of a CAA row, letters normalised
-    (:func:`~steerexp.core.tables.normal_answer`) and checked against the options shown."""
+    (:func:`~steerexp.data.tables.normal_answer`) and checked against the options shown."""
     shape = PAIR_SHAPES["caa"]
     question = text_field(table, row, shape[0], shape)
     trait = answer_letter(table, row, shape[1], text_field(table, row, shape[1], shape))

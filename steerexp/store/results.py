@@ -7,13 +7,15 @@ extract -> :class:`Extraction` -> fit -> :class:`Directions` -> intervene -> :cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from steerexp.core.steering import Steering
+if TYPE_CHECKING:
+    # Only a type here: the stages that build an Intervention import models, the store does not.
+    from steerexp.models.steering import Steering
 
 
 @dataclass
@@ -118,7 +120,7 @@ class Generations:
 
 @dataclass
 class Judged:
-    """Stage 5 -> 6: the judged rows (:data:`~steerexp.core.columns.DOSE_COLUMNS`)."""
+    """Stage 5 -> 6: the judged rows (:data:`~steerexp.store.columns.DOSE_COLUMNS`)."""
 
     dose: pd.DataFrame
     key: str

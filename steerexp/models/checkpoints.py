@@ -6,29 +6,19 @@ the fingerprint hashes a checkpoint's files so cache keys follow its content, no
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import re
-import shutil
-import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-
-from steerexp import cache_dir
-from steerexp.core.atomic import atomic_dir
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError
+from steerexp.models import hub_init
+from steerexp.models.builders import base_path
 
 if TYPE_CHECKING:
-    from steerexp.core.models import LoadedModel
-
-
-TINY_RANDOM_VERSION = "v1"
+    from steerexp.models.loading import LoadedModel
 
 
 #: A hub id is ``name`` or ``org/name`` (letters, digits, ``-_.``); anything else is a local path.
@@ -101,13 +91,8 @@ def checkpoint_path(cfg: Mapping[str, Any]) -> str:
     """The directory or hub id ``from_pretrained`` reads, building local models when missing."""
     cfg = typed("model", cfg)
     if cfg["random_init"]:
-        from steerexp.core import hub_init
-
         return str(hub_init.build(cfg))
-    builder = cfg["builder"]
-    if builder is not None:
-        return str(BUILDERS[builder]())
-    return str(cfg["path"])
+    return base_path(cfg)
 
 
 #: Files of a local checkpoint dir that ``from_pretrained`` may read (what the fingerprint hashes).
@@ -170,68 +155,3 @@ def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict
                 "commit": getattr(loaded.hf.config, "_commit_hash", None),
             }
     return loaded.fingerprint
-
-
-def _atomic_build(target: Path, make: Any) -> Path:
-    """Build into a temp dir beside ``target`` and rename it into place (safe if interrupted);
-    an existing build (its ``config.json`` is written last) is kept. A cache that cannot be
-    written (read-only, full) only costs the reuse: one warning, and the build goes to a temp
-    dir removed when the process ends."""
-    if (target / "config.json").exists():
-        return target
-    try:
-        with atomic_dir(target, replace=False) as tmp:
-            make(tmp)
-        return target
-    except (OSError, SafetensorError) as e:
-        why = getattr(e, "strerror", None) or " ".join(str(e).split())
-        warnings.warn(
-            f"steerexp: could not write {str(target)!r} to the cache ({why}); "
-            "building it in a temporary dir for this process only",
-            stacklevel=2,
-        )
-    scratch = Path(tempfile.mkdtemp(prefix="steerexp-uncached-"))
-    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    make(scratch)
-    return scratch
-
-
-def build_tiny_random() -> Path:
-    """A 4-layer random-weight Qwen3 with the organism's tokenizer: the fast test fixture."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from steerexp.organism import RECIPE_VERSION
-    from steerexp.organism.tokenizer import build_tokenizer
-
-    def make(out: Path) -> None:
-        tok = build_tokenizer()
-        torch.manual_seed(0)
-        config = Qwen3Config(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=512,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=tok.bos_token_id,
-            tie_word_embeddings=False,
-        )
-        Qwen3ForCausalLM(config).save_pretrained(out)
-        tok.save_pretrained(out)
-
-    # The tokenizer comes from the organism's corpus, so its recipe version is part of the name.
-    name = f"tiny_random-{TINY_RANDOM_VERSION}-tok{RECIPE_VERSION}"
-    return _atomic_build(cache_dir() / "tiny_random" / name, make)
-
-
-def build_organism() -> Path:
-    from steerexp.organism import build
-
-    return build()
-
-
-BUILDERS = {"organism": build_organism, "tiny_random": build_tiny_random}

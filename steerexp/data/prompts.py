@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from steerexp.core.data import Question, question_messages
-from steerexp.core.errors import SteerexpError
+from steerexp.config.errors import SteerexpError
+from steerexp.data.pairs import question_messages
+from steerexp.data.records import Question
 
 #: config keys that name a model's context length, in the order they are tried
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")

@@ -3,62 +3,16 @@
 from __future__ import annotations
 
 import math
-import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from steerexp import DATA_DIR
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError, choice_error
-
-Message = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One contrast pair: a user turn and an open assistant turn per side.
-
-    By default both sides share the assistant opening ``suffix`` after a positive and a
-    negative persona; ``negative_suffix`` gives the negative side its own opening (e.g. the
-    same prompt continued two ways, as in CAA-style A/B pairs).
-    """
-
-    positive: str
-    negative: str
-    suffix: str
-    negative_suffix: str | None = None
-    #: where the pair came from in a user file (``line 4``), for messages; not part of the pair
-    where: str = field(default="", compare=False)
-
-    def messages(self, positive: bool) -> list[Message]:
-        persona = self.positive if positive else self.negative
-        suffix = self.suffix if positive or self.negative_suffix is None else self.negative_suffix
-        return [{"role": "user", "content": persona}, {"role": "assistant", "content": suffix}]
-
-    def key(self) -> tuple[str, ...]:
-        """What the extraction cache hashes: every text of the pair (unchanged for shared suffixes)."""
-        base = (self.positive, self.negative, self.suffix)
-        return base if self.negative_suffix is None else (*base, self.negative_suffix)
-
-
-@dataclass(frozen=True)
-class Question:
-    """An eval dilemma; ``trait_answer`` is the answer the positive trait (honesty) gives.
-
-    ``scenario`` names the unit of replication the question belongs to (paraphrases of one
-    situation share it; the slope's standard error is clustered by it); empty: its own id."""
-
-    id: str
-    text: str
-    trait_answer: str
-    scenario: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.scenario:
-            object.__setattr__(self, "scenario", self.id)
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.data.files import file_pairs
+from steerexp.data.records import Message, Pair, Question, subsample
 
 
 def _suffix_lines(name: str) -> list[str]:
@@ -70,24 +24,6 @@ def _suffix_lines(name: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-#: The ``max_pairs`` subsample is part of the dataset's definition, not of a run: runs that
-#: differ only in ``seed`` (e.g. several random baselines) share one contrast set and so one
-#: extraction.
-SUBSAMPLE_SEED = 0
-
-
-def subsample(pairs: list[Pair], max_pairs: Any) -> list[Pair]:
-    """At most ``max_pairs`` pairs (``dataset.max_pairs``; None = all), a seeded sample fixed by
-    the dataset, not the run."""
-    if max_pairs is None:
-        return pairs
-    if int(max_pairs) < 1:
-        raise SteerexpError(f"dataset.max_pairs={max_pairs} must be >= 1 (or null for all)")
-    if len(pairs) > int(max_pairs):
-        return random.Random(SUBSAMPLE_SEED).sample(pairs, int(max_pairs))
-    return pairs
-
-
 def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     """Persona pairs for every suffix (and its word-prefixes when ``truncate``), fixed subsample.
 
@@ -96,8 +32,6 @@ def load_pairs(cfg: Mapping[str, Any]) -> list[Pair]:
     """
     cfg = typed("dataset", cfg)
     if cfg.path is not None or cfg.suffixes is None:
-        from steerexp.core.datafiles import file_pairs
-
         return file_pairs(cfg)
     template = str(cfg["template"])
     pos_word, neg_word = str(cfg.positive or ""), str(cfg.negative or "")

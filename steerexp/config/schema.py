@@ -1,7 +1,7 @@
 """Config schemas: every group's keys, types and defaults in one place (Hydra structured configs).
 
 ``conf/config.yaml`` starts from :class:`Config` (stored as ``steerexp_schema`` by
-:func:`steerexp.core.config.register_configs`), so a composed config is typed: a typo'd key or a
+:func:`steerexp.config.compose.register_configs`), so a composed config is typed: a typo'd key or a
 wrong type is an error, and a group's YAML states only what differs from its schema. Variants
 with their own keys extend a base and are listed in :data:`VARIANTS`; each is stored as
 ``<variant>_base`` for a group file's defaults list (``defaults: [fisher_base, _self_]``).
@@ -250,6 +250,10 @@ class RandomNullConfig:
 
     k: int = 64
     seed: int = 1000000
+
+
+#: ``ranking.correction`` name -> its statsmodels ``multipletests`` method.
+CORRECTIONS = {"holm": "holm", "bh": "fdr_bh"}
 
 
 @dataclass

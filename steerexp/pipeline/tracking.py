@@ -20,11 +20,11 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp.core.artifacts import jsonable
-from steerexp.core.columns import IDENTITY_GROUPS
-from steerexp.core.config import typed
-from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.registry import Registry
+from steerexp.config.compose import typed
+from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.config.registry import Registry
+from steerexp.store.artifacts import jsonable
+from steerexp.store.columns import IDENTITY_GROUPS
 
 log = logging.getLogger(__name__)
 

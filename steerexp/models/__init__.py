@@ -1,0 +1,1 @@
+"""Models: loading, checkpoints, hub-shaped random models, module templates, tokenising, steering hooks, threads."""
