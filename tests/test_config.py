@@ -10,6 +10,7 @@ import pytest
 from helpers import compose_cfg
 
 from steerexp import CONF_DIR
+from steerexp.cli import check_args
 from steerexp.core.errors import SteerexpError
 from steerexp.pipeline import check_config
 from steerexp.stages.fit.methods import METHODS
@@ -122,6 +123,8 @@ def test_spec_keys_present() -> None:
         ("ranking.confirm=-1", r"ranking.confirm=-1 must be >= 0"),
         ("dataset.positive=''", r"empty side"),
         ("model.dtype=float8", r"unknown model.dtype 'float8'"),
+        ("method.fisher=iefx", r"unknown method.fisher 'iefx'.*valid: cov"),
+        ("extract.grad_tokens=first", r"unknown extract.grad_tokens 'first'; valid: all, last"),
         (
             "eval.questions.0.trait_answer=Maybe",
             r"trait_answer='Maybe'; it must be one of \['Yes', 'No'\]",
@@ -129,7 +132,10 @@ def test_spec_keys_present() -> None:
     ],
 )
 def test_bad_config_one_line_error(override: str, message: str) -> None:
+    """A choice field's bad value is refused by the schema before Hydra composes (the command
+    line check); a range or a file rule by check_config."""
     with pytest.raises(SteerexpError, match=message) as info:
+        check_args([override])
         check_config(compose_cfg(override))
     assert "\n" not in str(info.value)
 
