@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import compose_cfg, group
+from omegaconf import OmegaConf
 
 from steerexp.core import cache
 from steerexp.core.data import Pair, load_pairs
@@ -119,14 +120,23 @@ def test_offline_hf_dataset_dir(tmp_path: Path) -> None:
         check("dataset=file", f"dataset.path={tmp_path / 'hf'}", "dataset.split=test")
 
 
-def test_eval_file_fills_answers_regex_and_prompt(tmp_path: Path) -> None:
+def test_eval_file_resolves_answers_regex_and_prompt_without_changing_the_config(
+    tmp_path: Path,
+) -> None:
+    """The file's answers, default regex and prompt are the EvalSpec's (what the stages read);
+    the config itself is left as composed (the old check wrote them into cfg.eval)."""
     cfg = compose_cfg("eval=file", f"eval.path={questions_file(tmp_path)}")
-    _, questions, _ = check_config(cfg)
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    _, questions, _, ev = check_config(cfg)
     assert [(q.id, q.trait_answer) for q in questions] == [("q1", "A"), ("q2", "B")]
-    assert list(cfg.eval.answers) == ["A", "B"]
-    assert cfg.eval.answer_regex == r"Answer:\s*\(?(A|B)(?!\w)"
-    assert cfg.eval.prompt_template.endswith("end with exactly 'Answer: A' or 'Answer: B'.")
-    check_config(cfg)  # idempotent: a second check sees the same config
+    assert ev.answers == list(ev.section.answers) == ["A", "B"]
+    assert ev.answer_regex == ev.section.answer_regex == r"Answer:\s*\(?(A|B)(?!\w)"
+    assert ev.prompt_template.endswith("end with exactly 'Answer: A' or 'Answer: B'.")
+    assert ev.section.prompt_template == ev.prompt_template
+    assert [q["id"] for q in ev.section.questions] == ["q1", "q2"]
+    assert OmegaConf.to_container(cfg, resolve=True) == composed
+    assert cfg.eval.questions is None and cfg.eval.answers is None
+    assert check_config(cfg).eval == ev  # a second check resolves the same eval
 
 
 def test_default_regex_reads_the_letter_not_a_word() -> None:
@@ -145,7 +155,7 @@ def test_caa_split_is_seeded_disjoint_and_recorded(tmp_path: Path) -> None:
     path = EXAMPLES / "sycophancy.jsonl"
     n = len(path.read_text().splitlines())
     cfg = compose_cfg("dataset=caa", "eval=caa", f"dataset.path={path}")
-    pairs, questions, _ = check_config(cfg)
+    pairs, questions, *_ = check_config(cfg)
     assert len(questions) == round(0.25 * n) and len(pairs) + len(questions) == n
     texts = {p.positive for p in pairs}
     assert not texts & {q.text for q in questions}
@@ -170,7 +180,7 @@ def test_example_concepts_validate(name: str) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) >= 24
     assert {r["answer_matching_behavior"] for r in rows} == {"(A)", "(B)"}  # both letters used
-    pairs, questions, _ = check("dataset=caa", "eval=caa", f"dataset.path={path}")
+    pairs, questions, *_ = check("dataset=caa", "eval=caa", f"dataset.path={path}")
     assert len(pairs) >= 18 and len(questions) >= 6
     assert {q.trait_answer for q in questions} <= {"A", "B"}
     _, all_q, _ = check("eval=caa", f"eval.path={path}")

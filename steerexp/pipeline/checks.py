@@ -20,18 +20,20 @@ from steerexp.core.data import (
 )
 from steerexp.core.datafiles import check_leakage, with_holdout
 from steerexp.core.models import validate_model_cfg
-from steerexp.core.questionfiles import prepare_eval
+from steerexp.core.questionfiles import EvalSpec, resolve_eval
 from steerexp.stages.extract.losses import LOSSES
 from steerexp.stages.fit.methods import METHODS, check_pairs
 from steerexp.stages.judge.judges import JUDGES
 
 
 class Inputs(NamedTuple):
-    """What a run reads besides the model: contrast pairs, eval questions, coefficient grid."""
+    """What a run reads besides the model: contrast pairs, eval questions, coefficient grid, and
+    the resolved eval the stages read (never ``cfg.eval``, which a file eval leaves unfilled)."""
 
     pairs: list[Pair]
     questions: list[Question]
     coeffs: list[float]
+    eval: EvalSpec
 
 
 def plain(cfg: Any) -> dict[str, Any]:
@@ -75,13 +77,13 @@ def check_config(cfg: DictConfig) -> Inputs:
     METHODS.get(str(cfg.method.kind))
     LOSSES.get(str(cfg.loss.name))
     JUDGES.get(str(cfg.judge.name))
-    prepare_eval(cfg)
-    answer_regex(str(cfg.eval.answer_regex))
+    spec = resolve_eval(cfg)
+    answer_regex(spec.answer_regex)
     coeffs = check_coeffs(list(cfg.eval.coeffs))
     if cfg.coeff_units == "kl":
         load_neutral_prompts(str(cfg.kl.prompts))
     dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
-    inputs = Inputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
+    inputs = Inputs(load_pairs(dataset), load_questions(spec.section), coeffs, spec)
     check_pairs(str(cfg.method.name), str(cfg.method.kind), len(inputs.pairs))
     check_leakage(
         inputs.pairs, inputs.questions, str(cfg.dataset.path or f"dataset={cfg.dataset.name}")
