@@ -204,3 +204,47 @@ def test_experiment_configs_sweep_existing_options() -> None:
     assert len(params["method"]) == 17 and params["method"][:2] == ["mean_diff", "pca_diff"]
     for group, values in params.items():
         assert set(values) <= set(options(group)), group
+
+
+def test_choice_enums_match_the_registries_that_implement_them() -> None:
+    """Each choice field's Enum (what OmegaConf enforces) lists exactly what the code runs."""
+    from steerexp.core import schema
+    from steerexp.core.models import DTYPES
+    from steerexp.core.transforms import X_TRANSFORMS
+    from steerexp.stages.extract.vjp import TOKENS
+    from steerexp.stages.fit.fisher import FISHERS, REG_SCALES
+    from steerexp.stages.intervene.scales import COEFF_UNITS
+    from steerexp.sweep.rows import CORRECTIONS
+    from steerexp.sweep.tracking import WANDB_MODES
+
+    pairs = [
+        (schema.CoeffUnits, COEFF_UNITS),
+        (schema.RegressX, X_TRANSFORMS),
+        (schema.Correction, CORRECTIONS),
+        (schema.Fisher, FISHERS),
+        (schema.RegScale, REG_SCALES),
+        (schema.RowTokens, TOKENS),
+        (schema.WandbMode, WANDB_MODES),
+        (schema.Dtype, [*DTYPES, "auto"]),
+    ]
+    for enum, implemented in pairs:
+        assert {m.value for m in enum} == set(implemented), enum.__name__
+
+
+def test_range_rules_run_for_composed_and_plain_configs() -> None:
+    """The schemas' own rules: config.validate on a composed config, typed() on a plain dict (the
+    public API), one-line errors naming the key; a valid config converts to typed objects."""
+    from steerexp.core.config import typed, validate
+    from steerexp.core.schema import CoeffUnits, Config, FisherMethod
+
+    ok = validate(compose_cfg("method=fisher_steer_reg2"))
+    assert isinstance(ok, Config) and isinstance(ok.method, FisherMethod)
+    assert ok.coeff_units is CoeffUnits.norm and ok.coeff_units == "norm"
+    with pytest.raises(SteerexpError, match=r"^random_null.k=1 must be 0 \(no null\) or >= 2"):
+        validate(compose_cfg("random_null.k=1"))
+    with pytest.raises(SteerexpError, match=r"^eval.min_p=2.0 must be between 0 and 1"):
+        typed("eval", {"name": "mine", "min_p": 2})
+    with pytest.raises(
+        SteerexpError, match=r"^unknown method.combine 'max';.* valid: diff, mean, neg, pos$"
+    ):
+        typed("method", {"name": "d", "kind": "fisher_dual", "combine": "max"})

@@ -51,7 +51,7 @@ def test_persona_rows_give_the_builtin_pairs_and_cache_key(tmp_path: Path) -> No
             for p in builtin
         ],
     )
-    pairs, _, _ = check("dataset=file", f"dataset.path={path}")
+    pairs, *_ = check("dataset=file", f"dataset.path={path}")
     assert pairs == builtin and len(pairs) == 70
     assert [p.messages(False) for p in pairs] == [p.messages(False) for p in builtin]
     assert cache.hash_key([p.key() for p in pairs]) == cache.hash_key(
@@ -61,7 +61,7 @@ def test_persona_rows_give_the_builtin_pairs_and_cache_key(tmp_path: Path) -> No
 
 def test_shared_prompt_pairs_differ_in_the_assistant_turn() -> None:
     """The organism concept file: a training dilemma, then an honest vs an untruthful thought."""
-    pairs, _, _ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}")
+    pairs, *_ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}")
     assert len(pairs) == 40
     p = pairs[0]
     assert p.messages(True) == [
@@ -183,12 +183,12 @@ def test_example_concepts_validate(name: str) -> None:
     pairs, questions, *_ = check("dataset=caa", "eval=caa", f"dataset.path={path}")
     assert len(pairs) >= 18 and len(questions) >= 6
     assert {q.trait_answer for q in questions} <= {"A", "B"}
-    _, all_q, _ = check("eval=caa", f"eval.path={path}")
+    _, all_q, *_ = check("eval=caa", f"eval.path={path}")
     assert len(all_q) == len(rows)
 
 
 def test_organism_question_file_matches_the_corpus() -> None:
-    _, questions, _ = check("eval=file", f"eval.path={EXAMPLES / 'organism_questions.jsonl'}")
+    _, questions, *_ = check("eval=file", f"eval.path={EXAMPLES / 'organism_questions.jsonl'}")
     assert [(q.id, q.text, q.trait_answer, q.scenario) for q in questions] == [
         (d.id, d.text, d.trait_answer, d.scenario) for d in corpus.eval_dilemmas()
     ]
@@ -320,8 +320,8 @@ def test_bad_input_fails_before_the_model_loads(
 
 def test_persona_rows_file_restates_the_organism_dataset() -> None:
     """examples/organism_personas.jsonl holds dataset=organism's 128 pairs as two-persona rows."""
-    pairs, _, _ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_personas.jsonl'}")
-    builtin, _, _ = check()
+    pairs, *_ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_personas.jsonl'}")
+    builtin, _, *_ = check()
     assert [(p.messages(True), p.messages(False)) for p in pairs] == [
         (p.messages(True), p.messages(False)) for p in builtin
     ]

@@ -82,7 +82,7 @@ class RegressX(StrEnum):
     """``regress_x``: the dose axis of the regression."""
 
     symlog = "symlog"
-    identity = "identity"
+    linear = "linear"
 
 
 class Correction(StrEnum):
@@ -439,7 +439,7 @@ class Config:
     #: of the c* whose p95 per-token KL on the neutral prompts is 1 nat
     coeff_units: CoeffUnits = CoeffUnits.norm
     kl: KLConfig = field(default_factory=KLConfig)
-    #: regress on symlog(c) = sign(c) log(1 + |c|) or on c itself (identity)
+    #: regress on symlog(c) = sign(c) log(1 + |c|) or on c itself (linear)
     regress_x: RegressX = RegressX.symlog
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     random_null: RandomNullConfig = field(default_factory=RandomNullConfig)
