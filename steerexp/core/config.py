@@ -25,9 +25,7 @@ from omegaconf.errors import ValidationError
 
 from steerexp import CONF_DIR
 from steerexp.core.errors import SteerexpError, choice_error
-from steerexp.core.schema import GROUPS, SECTIONS, VARIANTS, Config, check_seed
-
-__all__ = ["check_seed", "typed", "validate"]
+from steerexp.core.schema import GROUPS, SECTIONS, VARIANTS, Config
 
 #: Config keys that cannot change a run's results: where reports and caches go, the logger,
 #: how the sweep's ranking reads (``ranking.*``), the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;

@@ -5,6 +5,11 @@
 wrong type is an error, and a group's YAML states only what differs from its schema. Variants
 with their own keys extend a base and are listed in :data:`VARIANTS`; each is stored as
 ``<variant>_base`` for a group file's defaults list (``defaults: [fisher_base, _self_]``).
+
+Every rule about a value lives here: a choice field is an ``Enum`` (OmegaConf refuses any other
+value as it composes; OmegaConf 2.3 has no ``Literal``), and ranges and cross-field rules are
+the dataclasses' ``__post_init__``, run once when :func:`steerexp.core.config.validate` turns the
+composed config into these objects (and by :func:`~steerexp.core.config.typed` for plain dicts).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def execute(
     threads.set_threads(threads.sized_threads(threads.config_width(model.loaded.hf.config)))
     metrics.update(torch_threads=torch.get_num_threads())
     metrics.update(model_reused=model.loaded.reused, checkpoint=model.loaded.path)
-    asked, _ = check_prompts(model.loaded, plain(inputs.eval.section), inputs.questions, run_dir)
+    asked, _ = check_prompts(model.loaded, inputs.eval.section, inputs.questions, run_dir)
     metrics["n_skipped_long"] = len(inputs.questions) - len(asked)
     inputs = inputs._replace(questions=asked)
 
