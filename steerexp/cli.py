@@ -227,10 +227,6 @@ def check_args(args: list[str]) -> None:
                     raise SteerexpError(
                         f"{key}={v!r} must stay inside its parent dir (relative, no '..')"
                     )
-        if key in ("seed", "random_null.seed"):
-            for v in values:
-                if isinstance(v, int) and not isinstance(v, bool):
-                    config.check_seed(key, v)
         if key == out_key and len(values) == 1:
             out_value = str(values[0])
     static = out_value.split("${", 1)[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import compose_cfg, group
+from omegaconf import OmegaConf
 
 from steerexp.config.errors import SteerexpError
 from steerexp.data.pairs import load_pairs
@@ -51,7 +52,7 @@ def test_persona_rows_give_the_builtin_pairs_and_cache_key(tmp_path: Path) -> No
             for p in builtin
         ],
     )
-    pairs, _, _ = check("dataset=file", f"dataset.path={path}")
+    pairs, *_ = check("dataset=file", f"dataset.path={path}")
     assert pairs == builtin and len(pairs) == 70
     assert [p.messages(False) for p in pairs] == [p.messages(False) for p in builtin]
     assert cache.hash_key([p.key() for p in pairs]) == cache.hash_key(
@@ -61,7 +62,7 @@ def test_persona_rows_give_the_builtin_pairs_and_cache_key(tmp_path: Path) -> No
 
 def test_shared_prompt_pairs_differ_in_the_assistant_turn() -> None:
     """The organism concept file: a training dilemma, then an honest vs an untruthful thought."""
-    pairs, _, _ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}")
+    pairs, *_ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_pairs.jsonl'}")
     assert len(pairs) == 40
     p = pairs[0]
     assert p.messages(True) == [
@@ -120,14 +121,23 @@ def test_offline_hf_dataset_dir(tmp_path: Path) -> None:
         check("dataset=file", f"dataset.path={tmp_path / 'hf'}", "dataset.split=test")
 
 
-def test_eval_file_fills_answers_regex_and_prompt(tmp_path: Path) -> None:
+def test_eval_file_resolves_answers_regex_and_prompt_without_changing_the_config(
+    tmp_path: Path,
+) -> None:
+    """The file's answers, default regex and prompt are the EvalSpec's (what the stages read);
+    the config itself is left as composed (the old check wrote them into cfg.eval)."""
     cfg = compose_cfg("eval=file", f"eval.path={questions_file(tmp_path)}")
-    _, questions, _ = check_config(cfg)
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    _, questions, _, ev = check_config(cfg)
     assert [(q.id, q.trait_answer) for q in questions] == [("q1", "A"), ("q2", "B")]
-    assert list(cfg.eval.answers) == ["A", "B"]
-    assert cfg.eval.answer_regex == r"Answer:\s*\(?(A|B)(?!\w)"
-    assert cfg.eval.prompt_template.endswith("end with exactly 'Answer: A' or 'Answer: B'.")
-    check_config(cfg)  # idempotent: a second check sees the same config
+    assert ev.answers == list(ev.section.answers) == ["A", "B"]
+    assert ev.answer_regex == ev.section.answer_regex == r"Answer:\s*\(?(A|B)(?!\w)"
+    assert ev.prompt_template.endswith("end with exactly 'Answer: A' or 'Answer: B'.")
+    assert ev.section.prompt_template == ev.prompt_template
+    assert [q["id"] for q in ev.section.questions] == ["q1", "q2"]
+    assert OmegaConf.to_container(cfg, resolve=True) == composed
+    assert cfg.eval.questions is None and cfg.eval.answers is None
+    assert check_config(cfg).eval == ev  # a second check resolves the same eval
 
 
 def test_default_regex_reads_the_letter_not_a_word() -> None:
@@ -146,7 +156,7 @@ def test_caa_split_is_seeded_disjoint_and_recorded(tmp_path: Path) -> None:
     path = EXAMPLES / "sycophancy.jsonl"
     n = len(path.read_text().splitlines())
     cfg = compose_cfg("dataset=caa", "eval=caa", f"dataset.path={path}")
-    pairs, questions, _ = check_config(cfg)
+    pairs, questions, *_ = check_config(cfg)
     assert len(questions) == round(0.25 * n) and len(pairs) + len(questions) == n
     texts = {p.positive for p in pairs}
     assert not texts & {q.text for q in questions}
@@ -171,15 +181,15 @@ def test_example_concepts_validate(name: str) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) >= 24
     assert {r["answer_matching_behavior"] for r in rows} == {"(A)", "(B)"}  # both letters used
-    pairs, questions, _ = check("dataset=caa", "eval=caa", f"dataset.path={path}")
+    pairs, questions, *_ = check("dataset=caa", "eval=caa", f"dataset.path={path}")
     assert len(pairs) >= 18 and len(questions) >= 6
     assert {q.trait_answer for q in questions} <= {"A", "B"}
-    _, all_q, _ = check("eval=caa", f"eval.path={path}")
+    _, all_q, *_ = check("eval=caa", f"eval.path={path}")
     assert len(all_q) == len(rows)
 
 
 def test_organism_question_file_matches_the_corpus() -> None:
-    _, questions, _ = check("eval=file", f"eval.path={EXAMPLES / 'organism_questions.jsonl'}")
+    _, questions, *_ = check("eval=file", f"eval.path={EXAMPLES / 'organism_questions.jsonl'}")
     assert [(q.id, q.text, q.trait_answer, q.scenario) for q in questions] == [
         (d.id, d.text, d.trait_answer, d.scenario) for d in corpus.eval_dilemmas()
     ]
@@ -311,8 +321,8 @@ def test_bad_input_fails_before_the_model_loads(
 
 def test_persona_rows_file_restates_the_organism_dataset() -> None:
     """examples/organism_personas.jsonl holds dataset=organism's 128 pairs as two-persona rows."""
-    pairs, _, _ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_personas.jsonl'}")
-    builtin, _, _ = check()
+    pairs, *_ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_personas.jsonl'}")
+    builtin, _, *_ = check()
     assert [(p.messages(True), p.messages(False)) for p in pairs] == [
         (p.messages(True), p.messages(False)) for p in builtin
     ]

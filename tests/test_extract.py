@@ -267,7 +267,7 @@ def test_bad_inputs_one_line_errors(model, pairs) -> None:
     mc, nll = group("model", "tiny_random"), group("loss", "nll")
     with pytest.raises(SteerexpError, match="contrast set is empty"):
         extract(model, mc, HS, nll, [], 4, None, progress=False)
-    with pytest.raises(SteerexpError, match=r"loss.tokens='some'; valid: suffix, all"):
+    with pytest.raises(SteerexpError, match=r"unknown loss.tokens 'some'; valid: all, suffix"):
         extract(model, mc, HS, {**nll, "tokens": "some"}, pairs, 4, None, progress=False)
     with pytest.raises(SteerexpError, match=r"unknown loss 'nl'; did you mean 'nll'"):
         extract(model, mc, HS, {**nll, "name": "nl"}, pairs, 4, None, progress=False)

@@ -59,7 +59,7 @@ def test_datasetdict_train_and_test_splits_are_used_whole(
 ) -> None:
     """Item 1 (and 12): train split -> every pair, test split -> every question; split.json
     names each split's own rows and hashes the dataset's arrow files."""
-    cfg, (pairs, questions, _) = check(
+    cfg, (pairs, questions, _, ev) = check(
         "dataset=caa",
         "eval=caa",
         f"dataset.path={dataset_dict}",
@@ -87,7 +87,7 @@ def test_separate_eval_file_holds_nothing_out(tmp_path: Path) -> None:
     file for both still holds out 0.25 by default."""
     gen = write_jsonl(tmp_path / "generate.jsonl", caa_rows(12, "Gen"))
     test = write_jsonl(tmp_path / "test.jsonl", caa_rows(5, "Test"))
-    cfg, (pairs, questions, _) = check(
+    cfg, (pairs, questions, _, ev) = check(
         "dataset=caa", "eval=caa", f"dataset.path={gen}", f"eval.path={test}"
     )
     assert (len(pairs), len(questions)) == (12, 5)
@@ -95,7 +95,7 @@ def test_separate_eval_file_holds_nothing_out(tmp_path: Path) -> None:
     assert info["contrast_rows"] == list(range(1, 13)) and info["eval_rows"] == [1, 2, 3, 4, 5]
     assert info["eval"]["path"] == str(test) and info["holdout"] == 0.0
     assert cfg.dataset.holdout is None  # the run's config keeps what the user wrote
-    cfg, (pairs, questions, _) = check("dataset=caa", "eval=caa", f"dataset.path={gen}")
+    cfg, (pairs, questions, _, ev) = check("dataset=caa", "eval=caa", f"dataset.path={gen}")
     assert (len(pairs), len(questions), record_split(cfg, tmp_path)["holdout"]) == (9, 3, 0.25)
 
 
@@ -129,20 +129,20 @@ def test_lowercase_and_worded_answer_letters_are_normalised(tmp_path: Path) -> N
     ]
     worded_path = write_jsonl(tmp_path / "worded.jsonl", worded)
     for path in (lower, worded_path):
-        cfg, (pairs, questions, _) = check("dataset=caa", "eval=caa", f"dataset.path={path}")
-        assert list(cfg.eval.answers) == ["A", "B"]
-        assert "'Answer: A' or 'Answer: B'" in cfg.eval.prompt_template
+        cfg, (pairs, questions, _, ev) = check("dataset=caa", "eval=caa", f"dataset.path={path}")
+        assert ev.answers == ["A", "B"]
+        assert "'Answer: A' or 'Answer: B'" in ev.prompt_template
         assert {q.trait_answer for q in questions} <= {"A", "B"}
     assert {(p.suffix, p.negative_suffix) for p in pairs} == {
         ("(A) Agree", "(B)"),
         ("(B) Agree", "(A)"),
     }
-    cfg, (pairs, _, _) = check("dataset=caa", "eval=caa", f"dataset.path={lower}")
+    cfg, (pairs, _, _, ev) = check("dataset=caa", "eval=caa", f"dataset.path={lower}")
     assert {p.suffix for p in pairs} == {"(A)", "(B)"}
     q = tmp_path / "q.csv"
     q.write_text("id,question,options,trait\nq1,Pick (A) or (B).,a|b,a\n")
-    cfg, (_, questions, _) = check("eval=file", f"eval.path={q}")
-    assert list(cfg.eval.answers) == ["A", "B"] and questions[0].trait_answer == "A"
+    cfg, (_, questions, _, ev) = check("eval=file", f"eval.path={q}")
+    assert ev.answers == ["A", "B"] and questions[0].trait_answer == "A"
 
 
 def test_shown_options_must_match_the_answers(tmp_path: Path) -> None:
@@ -167,11 +167,11 @@ def test_encodings_bom_and_spaced_headers(tmp_path: Path) -> None:
     bom = tmp_path / "bom.csv"
     with bom.open("w", encoding="utf-8-sig", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    _, (_, questions, _) = check("eval=file", f"eval.path={bom}")
+    _, (_, questions, *_) = check("eval=file", f"eval.path={bom}")
     assert [q.id for q in questions] == ["q1", "q2"] and questions[0].text.startswith("Café")
     spaced = tmp_path / "spaced.csv"
     spaced.write_text(" id , question ,options, trait\n" + "q1,Pick (A) or (B).,A|B,A\n")
-    _, (_, questions, _) = check("eval=file", f"eval.path={spaced}")
+    _, (_, questions, *_) = check("eval=file", f"eval.path={spaced}")
     assert questions[0].id == "q1"
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(

@@ -12,8 +12,10 @@ import copy
 import functools
 import importlib.util
 import json
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -68,22 +70,6 @@ def job_name_excluded_keys() -> list[str]:
     return keys
 
 
-#: Seeds torch (and every generator steerexp draws from) accepts: 0 .. 2**63 - 1.
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(key: str, value: int, span: int = 1) -> int:
-    """A seed (and the ``span - 1`` seeds after it) must lie in 0 .. :data:`MAX_SEED`."""
-    if not 0 <= value <= MAX_SEED - (span - 1):
-        top = MAX_SEED - (span - 1)
-        raise SteerexpError(
-            f"{key}={value} is out of range: seeds run from 0 to {top} (2**63 - 1"
-            + (f" - {span - 1}, for the {span} seeds from it" if span > 1 else "")
-            + ")"
-        )
-    return value
-
-
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (``steerexp_schema`` and the group bases), and
     the resolver ``conf/config.yaml`` takes the job-name exclusions from."""
@@ -134,16 +120,35 @@ def _type_name(schema: type, key: str) -> str:
     return _TYPE_NAMES.get(base, base) + (" or null" if null else "")
 
 
+def choices(schema: type, key: str) -> list[str] | None:
+    """The valid values of a choice field (an Enum in the schema), or None for other fields."""
+    hint = typing.get_type_hints(schema)[key]
+    kinds = [hint, *typing.get_args(hint)]
+    enum = next((k for k in kinds if isinstance(k, type) and issubclass(k, Enum)), None)
+    if enum is None:
+        return None
+    return [m.value for m in enum] + (["null"] if type(None) in kinds else [])
+
+
 def check_value(where: str, schema: type, key: str, value: Any) -> None:
-    """``value`` must fit ``schema.key`` as it is: booleans are true or false (no "yes"), the rest
-    as OmegaConf converts them; a misfit is a one-line error naming ``<where>key`` (``where``:
-    ``"model."``, or ``""`` at the top)."""
+    """``value`` must fit ``schema.key`` as it is: booleans are true or false (no "yes"), a choice
+    field one of its values, the rest as OmegaConf converts them; a misfit is a one-line error
+    naming ``<where>key`` (``where``: ``"model."``, or ``""`` at the top)."""
     if _type_name(schema, key).startswith("true or false") and not isinstance(value, bool):
         raise SteerexpError(f"{where}{key}={value!r} must be true or false")
     try:
         OmegaConf.merge(OmegaConf.structured(schema), {key: value})
     except ValidationError:
+        valid = choices(schema, key)
+        if valid is not None:
+            raise choice_error(f"{where}{key}", value, valid) from None
         raise SteerexpError(f"{where}{key}={value!r} must be {_type_name(schema, key)}") from None
+
+
+def validate(cfg: DictConfig) -> Config:
+    """The composed config as typed objects, built once: each schema's ``__post_init__`` checks
+    its ranges and cross-field rules (a one-line :class:`SteerexpError` naming the key)."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
 #: Typed configs already built from plain dicts, by group and content: building one costs
@@ -176,11 +181,14 @@ def _build(group: str, schema: type, cfg: Mapping[str, Any]) -> DictConfig:
         if kinds[key] == "bool" and not isinstance(cfg[key], bool):
             check_value(f"{group}.", schema, str(key), cfg[key])
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), cfg)  # type: ignore[return-value]
+        built: DictConfig = OmegaConf.merge(OmegaConf.structured(schema), cfg)  # type: ignore[assignment]
     except ValidationError:
         for key in cfg:
             check_value(f"{group}.", schema, str(key), cfg[key])
         raise
+    if not OmegaConf.missing_keys(built):
+        OmegaConf.to_object(built)  # the schema's __post_init__ range checks
+    return built
 
 
 def user_dirs(config_dir: str | None = None, searchpath: Sequence[Any] = ()) -> list[Path]:

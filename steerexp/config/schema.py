@@ -5,14 +5,132 @@
 wrong type is an error, and a group's YAML states only what differs from its schema. Variants
 with their own keys extend a base and are listed in :data:`VARIANTS`; each is stored as
 ``<variant>_base`` for a group file's defaults list (``defaults: [fisher_base, _self_]``).
+
+Every rule about a value lives here: a choice field is an ``Enum`` (OmegaConf refuses any other
+value as it composes; OmegaConf 2.3 has no ``Literal``), and ranges and cross-field rules are
+the dataclasses' ``__post_init__``, run once when :func:`steerexp.config.compose.validate` turns the
+composed config into these objects (and by :func:`~steerexp.config.compose.typed` for plain dicts).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from omegaconf import II, MISSING
+
+from steerexp.config.errors import SteerexpError
+
+
+class Dtype(StrEnum):
+    """``model.dtype``: auto = bfloat16 on a GPU, float32 on CPU."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+#: ``model.quantization`` (bitsandbytes); its members are not Python names, hence the call form.
+Quantization = StrEnum("Quantization", {"4bit": "4bit", "8bit": "8bit"})
+
+
+class Fisher(StrEnum):
+    """``method.fisher``: inverse empirical Fisher, empirical Fisher, or activation covariance."""
+
+    ief = "ief"
+    emp = "emp"
+    cov = "cov"
+
+
+class RegScale(StrEnum):
+    """``method.reg_scale``: λ = reg × the mean eigenvalue (relative) or reg itself (absolute)."""
+
+    relative = "relative"
+    absolute = "absolute"
+
+
+class Combine(StrEnum):
+    """``method.combine`` of ``fisher_dual``: which per-side solve(s) make the direction."""
+
+    mean = "mean"
+    pos = "pos"
+    neg = "neg"
+    diff = "diff"
+
+
+class RowTokens(StrEnum):
+    """Gradient rows summed over every token (all) or taken at the read token only (last)."""
+
+    all = "all"
+    last = "last"
+
+
+class LossTokens(StrEnum):
+    """``loss.tokens``: the assistant tokens (suffix) or every token (all)."""
+
+    suffix = "suffix"
+    all = "all"
+
+
+class CoeffUnits(StrEnum):
+    """``coeff_units``: fraction of the activation norm, raw, or iso-KL multiples."""
+
+    norm = "norm"
+    raw = "raw"
+    kl = "kl"
+
+
+class RegressX(StrEnum):
+    """``regress_x``: the dose axis of the regression."""
+
+    symlog = "symlog"
+    linear = "linear"
+
+
+class Correction(StrEnum):
+    """``ranking.correction``: Holm (family-wise) or Benjamini-Hochberg (FDR)."""
+
+    holm = "holm"
+    bh = "bh"
+
+
+class WandbMode(StrEnum):
+    """``logger.mode`` of wandb."""
+
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+#: Seeds torch (and every generator steerexp draws from) accepts: 0 .. 2**63 - 1.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(key: str, value: int, span: int = 1) -> int:
+    """A seed (and the ``span - 1`` seeds after it) must lie in 0 .. :data:`MAX_SEED`."""
+    if not 0 <= value <= MAX_SEED - (span - 1):
+        top = MAX_SEED - (span - 1)
+        raise SteerexpError(
+            f"{key}={value} is out of range: seeds run from 0 to {top} (2**63 - 1"
+            + (f" - {span - 1}, for the {span} seeds from it" if span > 1 else "")
+            + ")"
+        )
+    return value
+
+
+def at_least(key: str, value: int, minimum: int) -> None:
+    """``value`` >= ``minimum``, else a one-line error naming ``key``."""
+    if value < minimum:
+        raise SteerexpError(f"{key}={value} must be >= {minimum}")
+
+
+def zero_or_at_least_two(key: str, value: int, off: str, what: str) -> None:
+    """``k``/``bootstrap``: 0 turns the feature off; one alone has no spread."""
+    if value != 0 and value < 2:
+        raise SteerexpError(f"{key}={value} must be 0 ({off}) or >= 2 {what}")
 
 
 @dataclass
@@ -27,9 +145,9 @@ class ModelConfig:
     #: the checkpoint's expected ``architectures`` entry (checked at load); null: not checked
     architecture: str | None = None
     #: auto (bfloat16 on a GPU, float32 on CPU) | float32 | bfloat16 | float16
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.auto
     #: null | 4bit | 8bit (bitsandbytes)
-    quantization: str | None = None
+    quantization: Quantization | None = None  # type: ignore[valid-type]
     #: auto: cuda when available, else cpu
     device: str = "auto"
     trust_remote_code: bool = False
@@ -77,9 +195,9 @@ class FisherMethod(MethodConfig):
     """``(F + λI)⁻¹ ḡ``: ``fisher`` ief | emp | cov; λ = ``reg`` (× mean eigenvalue if relative)."""
 
     kind: str = "fisher"
-    fisher: str = "ief"
+    fisher: Fisher = Fisher.ief
     reg: float = 1e-2
-    reg_scale: str = "relative"
+    reg_scale: RegScale = RegScale.relative
 
 
 @dataclass
@@ -87,7 +205,7 @@ class FisherDualMethod(FisherMethod):
     """One Fisher solve per side; ``combine`` mean | pos | neg | diff."""
 
     kind: str = "fisher_dual"
-    combine: str = "mean"
+    combine: Combine = Combine.mean
 
 
 @dataclass
@@ -96,7 +214,7 @@ class VjpMethod(MethodConfig):
 
     kind: str = "vjp_steer"
     read_layer: int | None = None
-    tokens: str = "all"
+    tokens: RowTokens = RowTokens.all
 
 
 @dataclass
@@ -117,7 +235,7 @@ class LossConfig:
     #: read layer (``model.loss_layer`` indexing); default: the model's
     layer: int = II("model.loss_layer")
     #: tokens whose log-probability the loss averages: suffix (assistant tokens) | all
-    tokens: str = "suffix"
+    tokens: LossTokens = LossTokens.suffix
 
 
 @dataclass
@@ -129,6 +247,19 @@ class MarginLoss(LossConfig):
     beta: Any = 1.0e4
     balance_target: float = 0.5
     margin: float = 0.99
+
+    def __post_init__(self) -> None:
+        beta = self.beta
+        try:
+            number = float(beta)
+        except (TypeError, ValueError):
+            number = math.nan
+        if beta != "auto" and (isinstance(beta, bool) or not math.isfinite(number)):
+            raise SteerexpError(f"loss.beta={beta!r} must be a finite number or 'auto'")
+        if not 0 < self.balance_target < 1:
+            raise SteerexpError(
+                f"loss.balance_target={self.balance_target} must be strictly between 0 and 1"
+            )
 
 
 @dataclass
@@ -195,6 +326,24 @@ class EvalConfig(FileSource):
     #: one thread each; results are identical to 1), else 1 | an integer
     workers: Any = "auto"
 
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise SteerexpError(f"eval.temperature={self.temperature} must be > 0")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise SteerexpError(f"eval.min_p={self.min_p} must be between 0 and 1 (or null: off)")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise SteerexpError(
+                f"eval.repetition_penalty={self.repetition_penalty} must be > 0 (or null: off)"
+            )
+        at_least("eval.repeats", self.repeats, 1)
+        at_least("eval.max_new_tokens", self.max_new_tokens, 1)
+        at_least("eval.max_batch_size", self.max_batch_size, 1)
+        workers = self.workers
+        if workers != "auto" and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
+            raise SteerexpError(f"eval.workers={workers!r} must be 'auto' or an integer >= 1")
+
 
 @dataclass
 class JudgeConfig:
@@ -216,7 +365,7 @@ class WandbLogger(LoggerConfig):
 
     project: str = "steerexp"
     entity: str | None = None
-    mode: str = "offline"
+    mode: WandbMode = WandbMode.offline
 
 
 @dataclass
@@ -229,9 +378,14 @@ class KLConfig:
 @dataclass
 class ExtractConfig:
     batch_size: int = 16
-    #: gradient rows: all = summed over tokens (what a steering bias at every position gets) |
-    #: last = at the read token only
-    grad_tokens: str = "all"
+    #: gradient rows: all = summed over tokens, the gradient with respect to a bias added at every
+    #: position, exactly what the intervention adds (``g . v`` is steering's first-order effect) |
+    #: last = at the read token only (identically zero for ``nll``: the last position predicts
+    #: no token of the sequence)
+    grad_tokens: RowTokens = RowTokens.all
+
+    def __post_init__(self) -> None:
+        at_least("extract.batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -239,6 +393,9 @@ class FitConfig:
     #: refit the direction on this many bootstrap resamples of the contrast pairs (0: none); their
     #: slopes' spread widens ``slope_lo``/``slope_hi`` (steerexp.pipeline.refits)
     bootstrap: int = 8
+
+    def __post_init__(self) -> None:
+        zero_or_at_least_two("fit.bootstrap", self.bootstrap, "no refits", "bootstrap refits")
 
 
 @dataclass
@@ -251,6 +408,10 @@ class RandomNullConfig:
     k: int = 64
     seed: int = 1000000
 
+    def __post_init__(self) -> None:
+        zero_or_at_least_two("random_null.k", self.k, "no null", "random directions")
+        check_seed("random_null.seed", self.seed, max(self.k, 1))
+
 
 #: ``ranking.correction`` name -> its statsmodels ``multipletests`` method.
 CORRECTIONS = {"holm": "holm", "bh": "fdr_bh"}
@@ -262,9 +423,12 @@ class RankingConfig:
 
     #: multiple-comparison correction of ``p_null`` over the whole sweep (every table; ``random``
     #: rows excluded unless they are all that was swept): holm | bh (Benjamini-Hochberg FDR)
-    correction: str = "holm"
+    correction: Correction = Correction.holm
     #: re-run the top k rows on a fresh seed to check they replicate (0: none)
     confirm: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("ranking.confirm", self.confirm, 0)
 
 
 @dataclass
@@ -282,10 +446,10 @@ class Config:
     seed: int = 0
     #: norm: c is a fraction of the module's mean activation norm | raw: c as is | kl: multiples
     #: of the c* whose p95 per-token KL on the neutral prompts is 1 nat
-    coeff_units: str = "norm"
+    coeff_units: CoeffUnits = CoeffUnits.norm
     kl: KLConfig = field(default_factory=KLConfig)
-    #: regress on symlog(c) = sign(c) log(1 + |c|) or on c itself (identity)
-    regress_x: str = "symlog"
+    #: regress on symlog(c) = sign(c) log(1 + |c|) or on c itself (linear)
+    regress_x: RegressX = RegressX.symlog
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     random_null: RandomNullConfig = field(default_factory=RandomNullConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
@@ -298,6 +462,9 @@ class Config:
     #: let a sweep command that differs from the one recorded in ``hydra.sweep.dir`` add its
     #: jobs there (one ranking over both); without it such a command is refused
     sweep_extend: bool = False
+
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
 
 
 #: Per group: the schema, and for groups with variants the key that picks one and its schemas.

@@ -1,16 +1,17 @@
 """Eval questions from user files (``eval=file|caa``): the question shapes of
-:mod:`steerexp.data.files`, the answer choices and regex derived from their options, and the
-record of a CAA file's held-out split (``split.json``)."""
+:mod:`steerexp.data.files`, the answer choices and regex derived from their options (an
+:class:`EvalSpec`), and the record of a CAA file's held-out split (``split.json``)."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
@@ -159,24 +160,66 @@ def note_holdout(cfg: DictConfig) -> None:
         )
 
 
-def prepare_eval(cfg: DictConfig) -> None:
-    """Fill a file eval's config from its file: questions, answers, default regex, prompt.
+@dataclass(frozen=True)
+class EvalSpec:
+    """An eval as the stages read it, resolved once before any model loads: its questions, answer
+    options, answer regex and prompt template, from the config or (``eval=file|caa``) its file.
 
-    Runs before any model loads; afterwards ``cfg.eval`` looks like a built-in eval, so every
-    stage reads it as before. Evals that list their ``questions`` are left alone.
-    """
+    ``section`` is the eval config with these in place -- the config's own node when the eval
+    lists its questions, else a new read-only one -- so the stages and the generation cache key
+    read exactly what a built-in eval of the same questions would give; the config is never
+    changed."""
+
+    questions: list[dict[str, Any]]
+    answers: list[str]
+    answer_regex: str
+    prompt_template: str
+    answer_prefix: str
+    section: DictConfig
+
+    def filled(self) -> dict[str, Any]:
+        """The keys resolving filled in (for a config that must carry them, e.g. a confirmation)."""
+        return {
+            "questions": self.questions,
+            "answers": self.answers,
+            "answer_regex": self.answer_regex,
+            "prompt_template": self.prompt_template,
+        }
+
+
+def resolve_eval(cfg: DictConfig) -> EvalSpec:
+    """The run's :class:`EvalSpec`: a listed eval as it is; a file eval's questions, answers,
+    default regex (when ``answer_regex`` is null) and prompt (``{choices}`` spelled out) from its
+    file."""
     note_holdout(cfg)
-    if cfg.eval.questions is not None:
-        return
-    questions, answers = file_questions(cfg.eval, cfg.dataset)
-    prefix = str(cfg.eval.answer_prefix)
+    ev = cfg.eval
+    prefix = str(ev.answer_prefix)
+    if ev.questions is not None:
+        listed = OmegaConf.to_container(ev.questions, resolve=True)
+        answers = [str(a) for a in ev.answers or []]
+        return EvalSpec(
+            listed,
+            answers,
+            str(ev.answer_regex),
+            str(ev.prompt_template),
+            prefix,
+            ev,  # type: ignore[arg-type]
+        )
+    questions, answers = file_questions(ev, cfg.dataset)
     choices = choices_text(prefix, answers).replace("{", "{{").replace("}", "}}")
-    with open_dict(cfg):
-        cfg.eval.questions = questions
-        cfg.eval.answers = answers
-        if cfg.eval.answer_regex is None:
-            cfg.eval.answer_regex = default_regex(prefix, answers)
-        cfg.eval.prompt_template = str(cfg.eval.prompt_template).replace("{choices}", choices)
+    regex = default_regex(prefix, answers) if ev.answer_regex is None else str(ev.answer_regex)
+    prompt = str(ev.prompt_template).replace("{choices}", choices)
+    section = typed(
+        "eval",
+        {
+            **OmegaConf.to_container(ev, resolve=True, enum_to_str=True),  # type: ignore[dict-item]
+            "questions": questions,
+            "answers": answers,
+            "answer_regex": regex,
+            "prompt_template": prompt,
+        },
+    )
+    return EvalSpec(questions, answers, regex, prompt, prefix, section)
 
 
 def _source(cfg: Mapping[str, Any], rows: list[Row]) -> dict[str, Any]:

@@ -41,7 +41,6 @@ from steerexp.models.checkpoints import (
 #: ``model.dtype=auto``: bfloat16 on a GPU, float32 on CPU (where bfloat16 matmuls are several
 #: times slower, e.g. ~7x extracting a random-weight 0.6B shape)
 AUTO_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}
-QUANTIZATIONS = (None, "4bit", "8bit")
 #: Packages transformers needs to load a bitsandbytes-quantized checkpoint (CPU included).
 QUANT_PACKAGES = ("bitsandbytes", "accelerate")
 
@@ -120,10 +119,6 @@ def _model_key(cfg: DictConfig) -> str:
 def validate_model_cfg(cfg: Mapping[str, Any]) -> None:
     """Checks that need no model: the schema's types, dtype, quantization, builder or path."""
     cfg = typed("model", cfg)
-    if cfg["dtype"] not in (*DTYPES, "auto"):
-        raise choice_error("model.dtype", cfg["dtype"], (*DTYPES, "auto"))
-    if cfg["quantization"] not in QUANTIZATIONS:
-        raise choice_error("model.quantization", cfg["quantization"], ["null", "4bit", "8bit"])
     if cfg["quantization"]:
         missing = [m for m in QUANT_PACKAGES if importlib.util.find_spec(m) is None]
         if missing:

@@ -67,11 +67,11 @@ def execute(
     timer = StageTimer(metrics)
 
     with timer("load"):
-        model = steps.load(cfg)
+        model = steps.load(cfg, inputs.eval)
     threads.set_threads(threads.sized_threads(threads.config_width(model.loaded.hf.config)))
     metrics.update(torch_threads=torch.get_num_threads())
     metrics.update(model_reused=model.loaded.reused, checkpoint=model.loaded.path)
-    asked, _ = check_prompts(model.loaded, plain(cfg.eval), inputs.questions, run_dir)
+    asked, _ = check_prompts(model.loaded, inputs.eval.section, inputs.questions, run_dir)
     metrics["n_skipped_long"] = len(inputs.questions) - len(asked)
     inputs = inputs._replace(questions=asked)
 

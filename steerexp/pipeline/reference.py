@@ -307,7 +307,7 @@ def null_reference(
     personas = persona_texts(plain(cfg.dataset))
     # The group holds the run's sampling seed (common random numbers with the run, see the
     # module docstring) but not K: a larger K extends the cached null (nested_rows).
-    group = steps.group_payload(cfg, ex.acts_key, inputs.coeffs)
+    group = steps.group_payload(cfg, inputs, ex.acts_key)
     payload = {**group, "null": {"seed": seed0, "nested": True}, "personas": personas}
     key = cache.hash_key(payload)
     base = base_scales(str(cfg.coeff_units), ex, model.modules)
@@ -319,7 +319,7 @@ def null_reference(
         ]
         dose = generate_reference(
             model.loaded,
-            cfg.eval,
+            inputs.eval.section,
             inputs.questions,
             coeffs,
             steerings,

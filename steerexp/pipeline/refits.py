@@ -105,7 +105,7 @@ def bootstrap_refits(
     directions = refit_directions(cfg, model.modules, ex, rows, n)
     base = base_scales(str(cfg.coeff_units), ex, model.modules)
     payload = {
-        "run": steps.group_payload(cfg, ex.acts_key, inputs.coeffs),
+        "run": steps.group_payload(cfg, inputs, ex.acts_key),
         **steps.steering_id(steering),
         "refits": {"method": plain(cfg.method), "key": ex.key, "nested": True},
     }
@@ -116,7 +116,7 @@ def bootstrap_refits(
         ]
         rows_ = generate_reference(
             model.loaded,
-            cfg.eval,
+            inputs.eval.section,
             inputs.questions,
             coeffs,
             steerings,

@@ -17,6 +17,7 @@ from steerexp import cache_dir
 from steerexp.config.errors import SteerexpError
 from steerexp.data.answers import AnswerSpec, make_answer_spec
 from steerexp.data.pairs import load_neutral_prompts
+from steerexp.data.questionfiles import EvalSpec
 from steerexp.models.loading import LoadedModel, load_model
 from steerexp.models.modules import resolve_modules
 from steerexp.models.steering import Steering
@@ -61,15 +62,10 @@ def cache_root(cfg: DictConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "extractions"
 
 
-def load(cfg: DictConfig) -> Model:
+def load(cfg: DictConfig, ev: EvalSpec) -> Model:
     """Load (or reuse) the model, resolve the target modules, spell the answers."""
     loaded = load_model(plain(cfg.model))
-    spec = make_answer_spec(
-        loaded.tokenizer,
-        str(cfg.eval.answer_regex),
-        list(cfg.eval.answers),
-        str(cfg.eval.answer_prefix),
-    )
+    spec = make_answer_spec(loaded.tokenizer, ev.answer_regex, ev.answers, ev.answer_prefix)
     return Model(loaded, resolve_modules(loaded, cfg.module), spec)
 
 
@@ -140,18 +136,19 @@ def intervene(cfg: DictConfig, model: Model, ex: Extraction, dirs: Directions) -
     return scale(cfg, model, Steering(dirs.vectors, scales))
 
 
-def group_payload(cfg: DictConfig, acts_key: str, coeffs: list[float]) -> dict[str, Any]:
+def group_payload(cfg: DictConfig, inputs: Inputs, acts_key: str) -> dict[str, Any]:
     """What generations depend on besides the direction: model and modules (via the loss-free
-    extraction key, which also fixes the norm scales), eval (not its chunking), judge, units,
-    grid and sampling seed (not how rows are chunked or spread over processes)."""
-    ev = {k: v for k, v in plain(cfg.eval).items() if k not in ("max_batch_size", "workers")}
+    extraction key, which also fixes the norm scales), the resolved eval (not its chunking),
+    judge, units, grid and sampling seed (not how rows are chunked or spread over processes)."""
+    resolved = plain(inputs.eval.section)
+    ev = {k: v for k, v in resolved.items() if k not in ("max_batch_size", "workers")}
     return {
         "version": ROWS_VERSION,
         "acts_key": acts_key,
         "eval": ev,
         "judge": plain(cfg.judge),
         "coeff_units": str(cfg.coeff_units),
-        "coeffs": coeffs,
+        "coeffs": inputs.coeffs,
         "seed": int(cfg.seed),
     }
 
@@ -178,16 +175,14 @@ def generate(
 ) -> Generations:
     """Stage 4: every (question, coefficient, repeat) row, unless this generation was judged
     before (same group, directions and scales), then its judged rows from the cache."""
-    key = cache.hash_key(
-        {"run": group_payload(cfg, ex.acts_key, inputs.coeffs), **steering_id(steering)}
-    )
+    key = cache.hash_key({"run": group_payload(cfg, inputs, ex.acts_key), **steering_id(steering)})
     hit = rowcache.load_rows(cache_root(cfg) / "generations" / key)
     if hit is not None:
         return Generations(key, [], hit[0])
     t0 = time.perf_counter()
     rows = generate_rows(
         model.loaded,
-        cfg.eval,
+        inputs.eval.section,
         grid(inputs.questions, inputs.coeffs, int(cfg.eval.repeats)),
         steering,
         model.spec,
@@ -204,7 +199,9 @@ def judge(
     if gens.cached is not None:
         return Judged(with_scenarios(gens.cached[DOSE_COLUMNS], inputs), gens.key, reused=True)
     t0 = time.perf_counter()
-    rescore = make_rescore(model.loaded, cfg.eval, inputs.questions, steering, model.spec)
+    rescore = make_rescore(
+        model.loaded, inputs.eval.section, inputs.questions, steering, model.spec
+    )
     judged = judge_rows(str(cfg.judge.name), gens.rows, model.spec, rescore)
     dose = dose_frame(gens.rows, judged)
     build_s = gens.seconds + time.perf_counter() - t0

@@ -71,7 +71,7 @@ def _interval(row: pd.Series) -> tuple[float, float]:
 
 def confirm_row(sweep_dir: Path, row: pd.Series) -> dict:
     """Re-run one row (see the module docstring); never raises: a failure is recorded."""
-    from steerexp.data.questionfiles import prepare_eval
+    from steerexp.data.questionfiles import resolve_eval
     from steerexp.pipeline.experiment import run
 
     lo, hi = _interval(row)
@@ -87,12 +87,11 @@ def confirm_row(sweep_dir: Path, row: pd.Series) -> dict:
         # resolved, so a group node read on its own (typed per stage) needs no parent
         cfg = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
         seed = int(cfg.seed) + SEED_OFFSET
-        prepare_eval(cfg)
-        questions = OmegaConf.to_container(cfg.eval.questions, resolve=True)
-        half = half_of_scenarios(questions, seed)  # type: ignore[arg-type]
+        spec = resolve_eval(cfg)
+        half = half_of_scenarios(spec.questions, seed)
         with open_dict(cfg):
             cfg.seed = seed
-            cfg.eval.questions = half
+            cfg.eval.update({**spec.filled(), "questions": half})
         metrics = run(cfg, Path(sweep_dir) / CONFIRM_DIR / str(row["job"]), progress=False)
         slope = float(metrics["slope"])
         same_sign = math.copysign(1.0, slope) == math.copysign(1.0, float(row["slope"]))

@@ -41,13 +41,6 @@ from steerexp.store import cache
 from steerexp.store.results import Extraction
 
 EXTRACT_VERSION = 2
-LOGP_TOKENS = ("suffix", "all")
-#: ``all``: a row's gradient is summed over its tokens, i.e. the gradient with respect to a
-#: bias added to the module's output at every position -- exactly what the intervention
-#: adds, so ``g . v`` is the first-order effect of steering along ``v``. ``last``: the
-#: gradient at the read token only; note it is identically zero for ``nll``, since the
-#: last position predicts no token of the sequence.
-GRAD_TOKENS = ("all", "last")
 
 
 _MEMO: dict[str, dict[str, Tensor]] = {}
@@ -187,10 +180,6 @@ def extract(
     if not pairs:
         raise SteerexpError("the contrast set is empty: no pairs to extract")
     loss_cfg = typed("loss", loss_cfg)
-    if str(loss_cfg.tokens) not in LOGP_TOKENS:
-        raise SteerexpError(f"loss.tokens={loss_cfg.tokens!r}; valid: {', '.join(LOGP_TOKENS)}")
-    if grad_tokens not in GRAD_TOKENS:
-        raise SteerexpError(f"extract.grad_tokens={grad_tokens!r}; valid: {', '.join(GRAD_TOKENS)}")
     LOSSES.get(str(loss_cfg["name"]))
     loss_path = loss_layer_path(loaded.n_layers, int(loss_cfg["layer"]))
     batch_size = max(2, int(batch_size) - int(batch_size) % 2)
