@@ -137,7 +137,10 @@ def test_artifacts_follow_the_spec(runs) -> None:
         "loss",
         "status",
         "time_extract_s",
+        "time_fit_s",
+        "time_intervene_s",
         "time_generate_s",
+        "time_judge_s",
         "cache_key",
     ):
         assert key in metrics, key

@@ -91,7 +91,17 @@ SWEEP_COLUMNS = [
 IDENTITY_GROUPS = ("model", "module", "method", "loss", "dataset", "eval", "judge")
 IDENTITY_COLUMNS = [*IDENTITY_GROUPS, "coeff_units", "seed"]
 #: The timed stages of a run; each writes ``time_<stage>_s`` (plus ``time_total_s``).
-TIMED_STAGES = ("load", "extract", "fit", "generate", "judge", "regress", "null", "refits")
+TIMED_STAGES = (
+    "load",
+    "extract",
+    "fit",
+    "intervene",
+    "generate",
+    "judge",
+    "regress",
+    "null",
+    "refits",
+)
 TIME_COLUMNS = [f"time_{s}_s" for s in (*TIMED_STAGES, "total")]
 #: How a run was produced (reuse, cache keys) rather than what it measured.
 RUN_COLUMNS = [

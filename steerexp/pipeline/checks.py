@@ -31,7 +31,7 @@ from steerexp.stages.judge.judges import JUDGES
 from steerexp.sweep.rows import CORRECTIONS
 
 
-class Inputs(NamedTuple):
+class RunInputs(NamedTuple):
     """What a run reads besides the model: contrast pairs, eval questions, coefficient grid."""
 
     pairs: list[Pair]
@@ -114,7 +114,7 @@ def degenerate_reason(metrics: dict[str, Any]) -> str | None:
     )
 
 
-def check_config(cfg: DictConfig) -> Inputs:
+def check_config(cfg: DictConfig) -> RunInputs:
     """Every check that needs no model, so bad input fails before anything loads."""
     check_seed("seed", check_int(cfg, "seed"))
     null_k = check_int(cfg, "random_null.k", 0)
@@ -154,7 +154,7 @@ def check_config(cfg: DictConfig) -> Inputs:
             f"fit.bootstrap={cfg.fit.bootstrap} must be 0 (no refits) or >= 2 bootstrap refits"
         )
     dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
-    inputs = Inputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
+    inputs = RunInputs(load_pairs(dataset), load_questions(plain(cfg.eval)), coeffs)
     check_pairs(str(cfg.method.name), str(cfg.method.kind), len(inputs.pairs))
     check_leakage(
         inputs.pairs, inputs.questions, str(cfg.dataset.path or f"dataset={cfg.dataset.name}")
