@@ -311,16 +311,14 @@ class NullReference:
     slopes: pd.DataFrame
 
 
-def null_reference(state: RunState, zero: pd.DataFrame) -> NullReference:
+def null_reference(state: RunState) -> NullReference:
     """This run against its group's random null, and the prompting reference (cached;
-    docs/statistics.md). ``zero``: the run's own coefficient-0 rows, which every null direction
-    shares (the unsteered model, sampled with the same seed), so they are copied, not generated."""
-    cfg, model, ex, inputs = (
-        state.cfg,
-        need(state, "model"),
-        need(state, "extraction"),
-        state.inputs,
-    )
+    docs/statistics.md). The run's own coefficient-0 rows are every null direction's (the
+    unsteered model, sampled with the same seed), so they are copied, not generated."""
+    cfg, inputs = state.cfg, state.inputs
+    model, ex = need(state, "model"), need(state, "extraction")
+    run_dose = need(state, "judged").dose
+    zero = run_dose.loc[run_dose["coeff"] == 0.0, DOSE_COLUMNS]
     slope = float(need(state, "regression").stats["slope"])
     k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
     personas = persona_texts(plain(cfg.dataset))

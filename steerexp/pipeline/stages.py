@@ -15,7 +15,6 @@ import torch
 from omegaconf import DictConfig
 
 from steerexp.core import artifacts, threads
-from steerexp.core.columns import DOSE_COLUMNS
 from steerexp.core.prompts import check_prompts
 from steerexp.core.registry import Registry
 from steerexp.directions import provenance
@@ -185,8 +184,7 @@ def has_null(cfg: DictConfig) -> bool:
 @stage("null", needs=("model", "extraction", "judged", "regression"), when=has_null)
 def null(state: RunState) -> None:
     """This run against its group's random null, and the prompting reference (cached)."""
-    dose = need(state, "judged").dose
-    ref = null_reference(state, dose.loc[dose["coeff"] == 0.0, DOSE_COLUMNS])
+    ref = null_reference(state)
     state.metrics.update(ref.stats)
     summary.write_frames(state.run_dir, null_slopes=ref.slopes)
 
