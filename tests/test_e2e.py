@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from steerexp.pipeline import run
+from steerexp.store import metrics as run_metrics
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +138,17 @@ def test_artifacts_follow_the_spec(runs) -> None:
         "loss",
         "status",
         "time_extract_s",
+        "time_fit_s",
+        "time_intervene_s",
         "time_generate_s",
+        "time_judge_s",
         "cache_key",
     ):
         assert key in metrics, key
+    # one definition of every metric: each key is a RunMetrics field (loss_* are per loss term)
+    known = set(run_metrics.names(*run_metrics.GROUPS, run_metrics.INFO))
+    assert [k for k in metrics if k not in known and not k.startswith("loss_")] == []
+    assert [k for k in run_metrics.names("journal", "identity", "time") if k not in metrics] == []
     status = json.loads((d / "status.json").read_text())
     assert {k: status[k] for k in ("status", "error")} == {"status": "ok", "error": None}
     assert re.fullmatch(r"[0-9a-f]{16}", status["config_hash"]), status

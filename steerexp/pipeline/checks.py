@@ -26,7 +26,7 @@ from steerexp.stages.judge.judges import JUDGES
 from steerexp.store.columns import IDENTITY_GROUPS
 
 
-class Inputs(NamedTuple):
+class RunInputs(NamedTuple):
     """What a run reads besides the model: contrast pairs, eval questions, coefficient grid, and
     the resolved eval the stages read (never ``cfg.eval``, which a file eval leaves unfilled)."""
 
@@ -68,7 +68,7 @@ def degenerate_reason(metrics: dict[str, Any]) -> str | None:
     )
 
 
-def check_config(cfg: DictConfig) -> Inputs:
+def check_config(cfg: DictConfig) -> RunInputs:
     """Every check that needs no model, so bad input fails before anything loads: the schema's own
     rules (:func:`~steerexp.config.compose.validate`), then what needs files (the model path, pairs,
     questions, prompts, leakage, pair counts)."""
@@ -83,7 +83,7 @@ def check_config(cfg: DictConfig) -> Inputs:
     if cfg.coeff_units == "kl":
         load_neutral_prompts(str(cfg.kl.prompts))
     dataset = with_holdout(plain(cfg.dataset), plain(cfg.eval))
-    inputs = Inputs(load_pairs(dataset), load_questions(spec.section), coeffs, spec)
+    inputs = RunInputs(load_pairs(dataset), load_questions(spec.section), coeffs, spec)
     check_pairs(str(cfg.method.name), str(cfg.method.kind), len(inputs.pairs))
     check_leakage(
         inputs.pairs, inputs.questions, str(cfg.dataset.path or f"dataset={cfg.dataset.name}")

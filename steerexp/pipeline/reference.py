@@ -42,24 +42,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 from scipy import stats
 
 from steerexp.config.compose import typed
 from steerexp.data.answers import AnswerSpec
-from steerexp.data.records import Question
+from steerexp.data.pairs import Question
 from steerexp.data.transforms import transform_x
 from steerexp.models.steering import Steering
 from steerexp.pipeline import steps
-from steerexp.pipeline.checks import Inputs, plain
-from steerexp.pipeline.steps import Model
-from steerexp.stages.fit.methods import fit_from_config
+from steerexp.pipeline.checks import plain
+from steerexp.pipeline.state import RunState, need
+from steerexp.stages.fit.methods import NULL_KIND, fit_from_config
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, make_rescore, with_system
 from steerexp.stages.intervene.scales import base_scales
 from steerexp.stages.judge.judges import dose_frame, judge_rows
 from steerexp.store import cache, rowcache
 from steerexp.store.columns import DOSE_COLUMNS
-from steerexp.store.results import Extraction
 
 PERSONAS = ("positive", "negative")
 NULL_COLUMNS = [*DOSE_COLUMNS, "direction", "persona"]
@@ -68,9 +66,9 @@ NULL_COLUMNS = [*DOSE_COLUMNS, "direction", "persona"]
 def null_directions(
     modules: Sequence[str], acts: Mapping[str, Any], k: int, seed: int, start: int = 0
 ) -> list[dict[str, Any]]:
-    """Direction sets ``start .. k - 1``: the ``random`` method's unit vectors at seeds
+    """Direction sets ``start .. k - 1``: the null method's (``random``) unit vectors at seeds
     ``seed + start .. seed + k - 1``."""
-    cfg = {"name": "random", "kind": "random"}
+    cfg = {"name": NULL_KIND, "kind": NULL_KIND}
     return [
         {m: fit_from_config(cfg, acts[m], seed=seed + i).vector for m in modules}
         for i in range(int(start), int(k))
@@ -130,6 +128,28 @@ def generate_reference(
             )
         )
     return pd.concat(frames, ignore_index=True)[NULL_COLUMNS]
+
+
+def reference_rows(
+    state: RunState,
+    coeffs: Sequence[float],
+    steerings: Sequence[Steering],
+    personas: Mapping[str, str],
+) -> pd.DataFrame:
+    """:func:`generate_reference` for this run: its model, eval, questions, judge, sampling seed."""
+    cfg, model = state.cfg, need(state, "model")
+    return generate_reference(
+        model.loaded,
+        state.inputs.eval.section,
+        state.inputs.questions,
+        coeffs,
+        steerings,
+        personas,
+        model.spec,
+        str(cfg.judge.name),
+        int(cfg.seed),
+        state.progress,
+    )
 
 
 def ols_slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -291,18 +311,15 @@ class NullReference:
     slopes: pd.DataFrame
 
 
-def null_reference(
-    cfg: DictConfig,
-    model: Model,
-    inputs: Inputs,
-    ex: Extraction,
-    slope: float,
-    zero: pd.DataFrame,
-    progress: bool,
-) -> NullReference:
+def null_reference(state: RunState) -> NullReference:
     """This run against its group's random null, and the prompting reference (cached;
-    docs/statistics.md). ``zero``: the run's own coefficient-0 rows, which every null direction
-    shares (the unsteered model, sampled with the same seed), so they are copied, not generated."""
+    docs/statistics.md). The run's own coefficient-0 rows are every null direction's (the
+    unsteered model, sampled with the same seed), so they are copied, not generated."""
+    cfg, inputs = state.cfg, state.inputs
+    model, ex = need(state, "model"), need(state, "extraction")
+    run_dose = need(state, "judged").dose
+    zero = run_dose.loc[run_dose["coeff"] == 0.0, DOSE_COLUMNS]
+    slope = float(need(state, "regression").stats["slope"])
     k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
     personas = persona_texts(plain(cfg.dataset))
     # The group holds the run's sampling seed (common random numbers with the run, see the
@@ -317,18 +334,7 @@ def null_reference(
             steps.scale(cfg, model, Steering(vectors, base)).steering
             for vectors in null_directions(model.modules, ex.acts, k, seed0, start)
         ]
-        dose = generate_reference(
-            model.loaded,
-            inputs.eval.section,
-            inputs.questions,
-            coeffs,
-            steerings,
-            personas if with_personas else {},
-            model.spec,
-            str(cfg.judge.name),
-            int(cfg.seed),
-            progress,
-        )
+        dose = reference_rows(state, coeffs, steerings, personas if with_personas else {})
         return dose.assign(
             direction=np.where(dose["direction"] >= 0, dose["direction"] + start, -1)
         )

@@ -8,7 +8,8 @@ pair-vote rule on its own resample. All B refits' rows are one batched generatio
 directions, sampled with the run's own seed: a refit's coefficient-0 rows are the run's own
 (the unsteered model, bit-identical), so only nonzero coefficients are generated. They are cached
 like the null (``<cache>/refits/<key>/``, nested: refit ``b`` does not depend on B, so a larger B
-extends a smaller one). ``random`` has nothing to refit (its direction does not use the pairs).
+extends a smaller one). A method whose registry entry is not ``refittable`` (``random``: its
+direction does not use the pairs) has nothing to refit.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from omegaconf import DictConfig
 
 from steerexp.models.steering import Steering
 from steerexp.pipeline import steps
-from steerexp.pipeline.checks import Inputs, plain
-from steerexp.pipeline.reference import generate_reference, nested_rows, slope_table
-from steerexp.pipeline.steps import Model
-from steerexp.stages.fit.methods import fit_from_config
+from steerexp.pipeline.checks import plain
+from steerexp.pipeline.reference import nested_rows, reference_rows, slope_table
+from steerexp.pipeline.state import RunState, need
+from steerexp.stages.fit.methods import METHODS, fit_from_config
 from steerexp.stages.intervene.scales import base_scales
 from steerexp.store import cache
 from steerexp.store.columns import DOSE_COLUMNS
@@ -85,52 +86,36 @@ def mean_cos(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     )
 
 
-def bootstrap_refits(
-    cfg: DictConfig,
-    model: Model,
-    inputs: Inputs,
-    ex: Extraction,
-    rows: dict[str, torch.Tensor],
-    steering: Steering,
-    dose: pd.DataFrame,
-    progress: bool,
-) -> Refits:
+def bootstrap_refits(state: RunState) -> Refits:
     """Fit, generate and judge the run's B refits (cached) and summarise their slopes."""
+    cfg, model, ex = state.cfg, need(state, "model"), need(state, "extraction")
+    steering = need(state, "intervention").steering
     n = int(cfg.fit.bootstrap)
-    if n == 0 or str(cfg.method.kind) == "random":
+    if n == 0 or not METHODS.get(str(cfg.method.kind)).refittable:
         return Refits(
             {"n_refits": 0, "refit_slope_sd": math.nan, "fit_cos": math.nan},
             pd.DataFrame(columns=["refit", "slope", "cos"]),
         )
-    directions = refit_directions(cfg, model.modules, ex, rows, n)
+    directions = refit_directions(cfg, model.modules, ex, need(state, "directions").rows, n)
     base = base_scales(str(cfg.coeff_units), ex, model.modules)
+    coeffs = state.inputs.coeffs
     payload = {
-        "run": steps.group_payload(cfg, inputs, ex.acts_key),
+        "run": steps.group_payload(cfg, state.inputs, ex.acts_key),
         **steps.steering_id(steering),
         "refits": {"method": plain(cfg.method), "key": ex.key, "nested": True},
     }
 
-    def build(start: int, coeffs: Any, _personas: bool) -> pd.DataFrame:
+    def build(start: int, cs: Any, _personas: bool) -> pd.DataFrame:
         steerings = [
             steps.scale(cfg, model, Steering(v, base)).steering for v in directions[start:n]
         ]
-        rows_ = generate_reference(
-            model.loaded,
-            inputs.eval.section,
-            inputs.questions,
-            coeffs,
-            steerings,
-            {},
-            model.spec,
-            str(cfg.judge.name),
-            int(cfg.seed),
-            progress,
-        )
-        return rows_.assign(direction=rows_["direction"] + start)
+        rows = reference_rows(state, cs, steerings, {})
+        return rows.assign(direction=rows["direction"] + start)
 
+    dose = need(state, "judged").dose
     zero = dose.loc[dose["coeff"] == 0.0, DOSE_COLUMNS]
     entry = steps.cache_root(cfg) / "refits" / cache.hash_key(payload)
-    refit_dose, _, _ = nested_rows(entry, n, inputs.coeffs, build, zero=zero)
+    refit_dose, _, _ = nested_rows(entry, n, coeffs, build, zero=zero)
     slopes = slope_table(refit_dose, ["direction"], str(cfg.regress_x))
     table = pd.DataFrame(
         {

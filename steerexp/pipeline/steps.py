@@ -1,12 +1,12 @@
-"""One call per stage: each reads its part of the config and returns the typed value the next
-stage takes (:mod:`steerexp.store.results`). :func:`steerexp.pipeline.run` calls them in order."""
+"""One function per stage: each reads its part of the config and returns the typed value the
+next stage takes (:mod:`steerexp.store.results`); :mod:`steerexp.pipeline.stages` calls them in
+order. What a method needs (gradients, pulled-back rows) is read from its registry entry
+(:class:`~steerexp.stages.fit.methods.Method`), never from its name."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,14 @@ from omegaconf import DictConfig
 
 from steerexp import cache_dir
 from steerexp.config.errors import SteerexpError
-from steerexp.data.answers import AnswerSpec, make_answer_spec
+from steerexp.data.answers import make_answer_spec
 from steerexp.data.pairs import load_neutral_prompts
 from steerexp.data.questionfiles import EvalSpec
-from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.loading import load_model
 from steerexp.models.modules import resolve_modules
 from steerexp.models.steering import Steering
-from steerexp.pipeline.checks import Inputs, plain
+from steerexp.pipeline.checks import RunInputs, plain
+from steerexp.pipeline.state import Model, StageTimer
 from steerexp.stages.extract.activations import extract as extract_rows
 from steerexp.stages.extract.vjp import vjp_rows
 from steerexp.stages.fit.methods import METHODS, fit_from_config
@@ -35,7 +36,6 @@ from steerexp.store.columns import DOSE_COLUMNS
 from steerexp.store.results import (
     Directions,
     Extraction,
-    Generations,
     Intervention,
     Judged,
     Regression,
@@ -46,15 +46,6 @@ from steerexp.store.results import (
 # 3: text fields quoted (a completion's bare \r split rows of version-2 files)
 # 4: n_tokens column (generated tokens per row)
 ROWS_VERSION = 4
-
-
-@dataclass
-class Model:
-    """The loaded model with the run's target modules and answer spec."""
-
-    loaded: LoadedModel
-    modules: list[str]
-    spec: AnswerSpec
 
 
 def cache_root(cfg: DictConfig) -> Path:
@@ -69,7 +60,7 @@ def load(cfg: DictConfig, ev: EvalSpec) -> Model:
     return Model(loaded, resolve_modules(loaded, cfg.module), spec)
 
 
-def extract(cfg: DictConfig, model: Model, inputs: Inputs, progress: bool) -> Extraction:
+def extract(cfg: DictConfig, model: Model, inputs: RunInputs, progress: bool) -> Extraction:
     """Stage 1: activations, and loss gradients when the method uses them."""
     return extract_rows(
         model.loaded,
@@ -85,9 +76,11 @@ def extract(cfg: DictConfig, model: Model, inputs: Inputs, progress: bool) -> Ex
     )
 
 
-def fit(cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction) -> Directions:
-    """Stage 2: one unit direction per module (``vjp_steer`` first pulls its rows back)."""
-    if METHODS.get(str(cfg.method.kind)).uses_grads:
+def fit(cfg: DictConfig, model: Model, inputs: RunInputs, ex: Extraction) -> Directions:
+    """Stage 2: one unit direction per module, fit on the loss gradients or, for a method that
+    pulls back rows (``vjp_steer``), on the read-layer contrast pulled back to each module."""
+    method = METHODS.get(str(cfg.method.kind))
+    if method.uses_grads:
         for m in model.modules:
             if not bool(ex.grads[m].any()):
                 raise SteerexpError(
@@ -96,7 +89,7 @@ def fit(cfg: DictConfig, model: Model, inputs: Inputs, ex: Extraction) -> Direct
                     "use modules before the loss layer or another loss)"
                 )
     rows, meta = ex.grads, {}
-    if str(cfg.method.kind) == "vjp_steer":
+    if method.pulls_back_rows:
         read_layer = cfg.method.read_layer
         rows, meta = vjp_rows(
             model.loaded,
@@ -136,7 +129,7 @@ def intervene(cfg: DictConfig, model: Model, ex: Extraction, dirs: Directions) -
     return scale(cfg, model, Steering(dirs.vectors, scales))
 
 
-def group_payload(cfg: DictConfig, inputs: Inputs, acts_key: str) -> dict[str, Any]:
+def group_payload(cfg: DictConfig, inputs: RunInputs, acts_key: str) -> dict[str, Any]:
     """What generations depend on besides the direction: model and modules (via the loss-free
     extraction key, which also fixes the norm scales), the resolved eval (not its chunking),
     judge, units, grid and sampling seed (not how rows are chunked or spread over processes)."""
@@ -168,49 +161,40 @@ def steering_id(steering: Steering) -> dict[str, Any]:
 def generate(
     cfg: DictConfig,
     model: Model,
-    inputs: Inputs,
+    inputs: RunInputs,
     ex: Extraction,
     steering: Steering,
     progress: bool,
-) -> Generations:
-    """Stage 4: every (question, coefficient, repeat) row, unless this generation was judged
-    before (same group, directions and scales), then its judged rows from the cache."""
-    key = cache.hash_key({"run": group_payload(cfg, inputs, ex.acts_key), **steering_id(steering)})
-    hit = rowcache.load_rows(cache_root(cfg) / "generations" / key)
-    if hit is not None:
-        return Generations(key, [], hit[0])
-    t0 = time.perf_counter()
-    rows = generate_rows(
-        model.loaded,
-        inputs.eval.section,
-        grid(inputs.questions, inputs.coeffs, int(cfg.eval.repeats)),
-        steering,
-        model.spec,
-        int(cfg.seed),
-        progress,
-    )
-    return Generations(key, rows, seconds=time.perf_counter() - t0)
-
-
-def judge(
-    cfg: DictConfig, model: Model, inputs: Inputs, steering: Steering, gens: Generations
+    timer: StageTimer,
 ) -> Judged:
-    """Stage 5: each row's answer as a log-ratio; the judged rows are cached by generation key."""
-    if gens.cached is not None:
-        return Judged(with_scenarios(gens.cached[DOSE_COLUMNS], inputs), gens.key, reused=True)
-    t0 = time.perf_counter()
-    rescore = make_rescore(
-        model.loaded, inputs.eval.section, inputs.questions, steering, model.spec
-    )
-    judged = judge_rows(str(cfg.judge.name), gens.rows, model.spec, rescore)
-    dose = dose_frame(gens.rows, judged)
-    build_s = gens.seconds + time.perf_counter() - t0
-    meta = {"key": gens.key, "method": str(cfg.method.name), "build_s": build_s}
-    rowcache.save_rows(cache_root(cfg) / "generations" / gens.key, dose, meta)
-    return Judged(with_scenarios(dose, inputs), gens.key, reused=False)
+    """Stages 4 and 5: every (question, coefficient, repeat) row generated and judged (the judge
+    timed apart), or the judged rows of this very generation (same group, directions and
+    scales) from the cache, which is read and written here only (:func:`rowcache.cached_rows`)."""
+    key = cache.hash_key({"run": group_payload(cfg, inputs, ex.acts_key), **steering_id(steering)})
+
+    def build() -> tuple[pd.DataFrame, dict[str, Any]]:
+        rows = generate_rows(
+            model.loaded,
+            inputs.eval.section,
+            grid(inputs.questions, inputs.coeffs, int(cfg.eval.repeats)),
+            steering,
+            model.spec,
+            int(cfg.seed),
+            progress,
+        )
+        with timer("judge"):
+            rescore = make_rescore(
+                model.loaded, inputs.eval.section, inputs.questions, steering, model.spec
+            )
+            dose = dose_frame(rows, judge_rows(str(cfg.judge.name), rows, model.spec, rescore))
+        return dose, {"key": key, "method": str(cfg.method.name)}
+
+    entry = cache_root(cfg) / "generations" / key
+    dose, _, reused, _ = rowcache.cached_rows(entry, build)
+    return Judged(with_scenarios(dose[DOSE_COLUMNS], inputs), key, reused=reused)
 
 
-def with_scenarios(dose: pd.DataFrame, inputs: Inputs) -> pd.DataFrame:
+def with_scenarios(dose: pd.DataFrame, inputs: RunInputs) -> pd.DataFrame:
     """The judged rows with each question's ``scenario`` after ``question_id`` (not cached: it
     is a property of the question, and the eval config is part of the cache key)."""
     scenarios = {q.id: q.scenario for q in inputs.questions}
@@ -232,7 +216,7 @@ def budget_coeff(cfg: DictConfig, model: Model, steering: Steering) -> float:
 
 
 def regress(
-    cfg: DictConfig, model: Model, inputs: Inputs, steering: Steering, judged: Judged
+    cfg: DictConfig, model: Model, inputs: RunInputs, steering: Steering, judged: Judged
 ) -> Regression:
     """Stage 6: the dose-response fit, and the coherence cost of each coefficient."""
     dose = judged.dose

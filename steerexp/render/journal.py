@@ -8,9 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from steerexp.store.columns import (
-    JOURNAL_COLUMNS,
-)
+from steerexp.store import metrics
+from steerexp.store.columns import JOURNAL_COLUMNS
 
 
 def _fmt_p(p: Any) -> str:
@@ -92,7 +91,7 @@ def journal_table(
         ("slope_lo", "slope_hi") if _present(df, "slope_lo") else ("slope_ci_low", "slope_ci_high")
     )
     if _present(df, lo_col) and _present(df, hi_col):
-        table["slope 95% CI"] = [
+        table[metrics.shown("slope_lo")] = [
             f"[{a:.2f}, {b:.2f}]" for a, b in zip(_num(df, lo_col), _num(df, hi_col), strict=True)
         ]
     if _present(df, "fit_cos"):
@@ -107,17 +106,13 @@ def journal_table(
         table["sep_next"] = [_flag_text(v) for v in df["sep_next"]]
     if _present(df, "lof_p"):
         table["lof_p"] = [_fmt_p(p) for p in df["lof_p"]]
-    for col, shown in (
-        ("budget_effect", "budget_effect"),
-        ("valid_frac_lo", "valid_lo"),
-        ("valid_frac_hi", "valid_hi"),
-    ):
+    for col in ("budget_effect", "valid_frac_lo", "valid_frac_hi"):
         if _present(df, col):
-            table[shown] = _num(df, col)
+            table[metrics.shown(col)] = _num(df, col)
     if (_num(df, "n_seeds") > 1).any():
         table["n_seeds"] = [f"{n:.0f}" if pd.notna(n) else "" for n in _num(df, "n_seeds")]
     if _present(df, "fitted_shift"):
-        table["shift"] = _num(df, "fitted_shift")
+        table[metrics.shown("fitted_shift")] = _num(df, "fitted_shift")
     for col in ("kl_at_max", "coherent_max"):
         if _present(df, col):
             table[col] = _num(df, col)

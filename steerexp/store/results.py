@@ -1,7 +1,7 @@
 """The typed values one stage hands to the next.
 
 extract -> :class:`Extraction` -> fit -> :class:`Directions` -> intervene -> :class:`Intervention`
--> generate -> :class:`Generations` -> judge -> :class:`Judged` -> regress -> :class:`Regression`.
+-> generate and judge (one cached unit) -> :class:`Judged` -> regress -> :class:`Regression`.
 """
 
 from __future__ import annotations
@@ -106,21 +106,8 @@ class Intervention:
 
 
 @dataclass
-class Generations:
-    """Stage 4 -> 5: one generated row per (question, coefficient, repeat), under cache ``key``.
-
-    ``cached`` holds the judged rows when this very generation was judged before (then ``rows``
-    is empty and the judge has nothing to do)."""
-
-    key: str
-    rows: list[GenRow]
-    cached: pd.DataFrame | None = None
-    seconds: float = 0.0
-
-
-@dataclass
 class Judged:
-    """Stage 5 -> 6: the judged rows (:data:`~steerexp.store.columns.DOSE_COLUMNS`)."""
+    """Stages 4-5 -> 6: the judged rows (:data:`~steerexp.store.columns.DOSE_COLUMNS`)."""
 
     dose: pd.DataFrame
     key: str

@@ -11,7 +11,7 @@ from steerexp.config.errors import SteerexpError
 
 
 @dataclass(frozen=True)
-class Inputs:
+class MethodInputs:
     """Validated inputs of one module: ``acts``, ``grads`` ``[n, d]``, ``loss_grad_norms [n]``.
 
     ``acts`` (every method's sign needs the pair vote) and, for gradient methods, ``grads`` are
@@ -42,7 +42,7 @@ def check_matrix(what: str, t: Tensor) -> None:
 
 def method_inputs(
     name: str, acts: Tensor, grads: Tensor | None, lgn: Tensor | None, seed: int, uses_grads: bool
-) -> Inputs:
+) -> MethodInputs:
     """Validate and convert to float64; errors are one line and name the bad value."""
     check_matrix("acts", acts)
     n, d = acts.shape
@@ -70,4 +70,4 @@ def method_inputs(
     f64 = {"device": "cpu", "dtype": torch.float64}
     lgn = None if lgn is None else lgn.to(**f64)
     g64 = None if grads is None or not uses_grads else grads.to(**f64)
-    return Inputs(acts.to(**f64), g64 if uses_grads else grads, lgn, int(seed))
+    return MethodInputs(acts.to(**f64), g64 if uses_grads else grads, lgn, int(seed))

@@ -4,16 +4,17 @@ Inputs are interleaved pairs: ``acts[0::2]`` positive, ``acts[1::2]`` negative (
 ``grads``). Every method returns a raw direction; :func:`fit_from_config` normalises it and
 fixes its sign by one rule, so ``+v`` means "more like the positive persona":
 
-- pair vote, every method except ``random``: keep ``v`` if ``(a⁺ − a⁻)·v > 0`` in the majority
-  of pairs (ties: by the mean projection), else ``−v``;
+- pair vote (a method's ``orient="pair_vote"``, the default): keep ``v`` if ``(a⁺ − a⁻)·v > 0``
+  in the majority of pairs (ties: by the mean projection), else ``−v``;
 - gradient methods (``svd_steer``, ``fisher``, ``fisher_dual``) also record the first-order
   verdict ``mean((g⁻ − g⁺)·v) ≥ 0`` on the final ``v`` (``grad_rule``) and whether the unflipped
   raw direction's verdict agreed with the vote (``grad_rule_agrees``): under ``nll`` on the
   organism they disagree, a finding, not a reason to point a row away from the trait;
-- ``random`` is never flipped (it is the null).
+- ``orient="none"`` (``random``, the null) is never flipped.
 
-Methods are registered by ``kind``; a ``conf/method/<name>.yaml`` file picks the kind and its
-parameters, so names are never parsed.
+Methods are registered by ``kind`` with what they need and how they are treated (the pipeline
+reads these properties and never a method's name); a ``conf/method/<name>.yaml`` file picks the
+kind and its parameters, so names are never parsed.
 """
 
 from __future__ import annotations
@@ -28,35 +29,59 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from steerexp.config.compose import group_config, options, typed
-from steerexp.config.errors import SteerexpError
+from steerexp.config.errors import SteerexpError, choice_error
 from steerexp.config.registry import Registry
 from steerexp.stages.fit.fisher import solve_fisher
-from steerexp.stages.fit.inputs import Inputs, method_inputs
+from steerexp.stages.fit.inputs import MethodInputs, method_inputs
 from steerexp.store.results import DirectionFit, Info
+
+#: How a fitted direction is signed: by the pair vote, or not at all (a null direction).
+ORIENTS = ("pair_vote", "none")
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: ``fit(cfg, inputs) -> (raw float64 direction, info)``; it needs at
-    least ``min_pairs`` contrast pairs (a difference needs two to mean anything, a principal
-    axis of centred rows rank + 1 = 2)."""
+    """A registered method: ``fit(cfg, inputs) -> (raw float64 direction, info)`` and what the
+    pipeline needs to know about it (read from here, never from the method's name):
 
-    fit: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]
+    - ``uses_grads``: extraction computes the loss gradients, passed as ``grads``;
+    - ``pulls_back_rows``: ``grads`` are instead the read-layer contrast pulled back to each
+      module (:func:`steerexp.stages.extract.vjp.vjp_rows`, at ``method.read_layer``);
+    - ``orient``: one of :data:`ORIENTS`;
+    - ``refittable``: the direction depends on the pairs, so bootstrap refits mean something;
+    - ``min_pairs``: contrast pairs it needs (a difference needs two to mean anything, a
+      principal axis of centred rows rank + 1 = 2).
+    """
+
+    fit: Callable[[Mapping[str, Any], MethodInputs], tuple[Tensor, Info]]
     uses_grads: bool
     min_pairs: int = 2
+    pulls_back_rows: bool = False
+    orient: str = "pair_vote"
+    refittable: bool = True
 
 
 METHODS: Registry[Method] = Registry("method kind")
 
 
 def register(
-    kind: str, uses_grads: bool, min_pairs: int = 2
+    kind: str,
+    uses_grads: bool,
+    min_pairs: int = 2,
+    *,
+    pulls_back_rows: bool = False,
+    orient: str = "pair_vote",
+    refittable: bool = True,
 ) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
     """Decorator: ``@register("my_method", uses_grads=False)`` makes ``kind: my_method`` a method
-    (``fn(cfg, inputs) -> (raw direction, info)``); see README "Add a method"."""
+    (``fn(cfg, inputs) -> (raw direction, info)``) with the properties of :class:`Method`; see
+    README "Add a method"."""
+    if orient not in ORIENTS:
+        raise choice_error("orient", orient, ORIENTS)
 
-    def deco(fn: Callable[[Mapping[str, Any], Inputs], tuple[Tensor, Info]]) -> Method:
-        return METHODS.register(kind)(Method(fn, uses_grads, min_pairs))
+    def deco(fn: Callable[[Mapping[str, Any], MethodInputs], tuple[Tensor, Info]]) -> Method:
+        method = Method(fn, uses_grads, min_pairs, pulls_back_rows, orient, refittable)
+        return METHODS.register(kind)(method)
 
     return deco
 
@@ -74,28 +99,32 @@ def _top_right_singular(x: Tensor, what: str) -> Tensor:
 
 
 @register("mean_diff", uses_grads=False)
-def _mean_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+def _mean_diff(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """``mean(a⁺ − a⁻)`` over pairs."""
     return (x.acts[0::2] - x.acts[1::2]).mean(dim=0), {}
 
 
 @register("pca_diff", uses_grads=False)
-def _pca_diff(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+def _pca_diff(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """Top right singular vector of ``D − mean(D)``, ``D = A⁺ − A⁻`` (needs variance along the trait)."""
     diff = x.acts[0::2] - x.acts[1::2]
     return _top_right_singular(diff - diff.mean(dim=0), "the centred pair differences"), {}
 
 
 @register("pca_center", uses_grads=False)
-def _pca_center(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+def _pca_center(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """Top right singular vector of the activations minus each pair's own mean (rows ``±D/2``)."""
     pair_mean = (x.acts[0::2] + x.acts[1::2]) / 2
     centred = x.acts - pair_mean.repeat_interleave(2, dim=0)
     return _top_right_singular(centred, "the pair-centred activations"), {}
 
 
-@register("random", uses_grads=False, min_pairs=0)
-def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+#: The method whose seeded directions make the random null (docs/statistics.md).
+NULL_KIND = "random"
+
+
+@register(NULL_KIND, uses_grads=False, min_pairs=0, orient="none", refittable=False)
+def _random(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """A Gaussian vector from ``torch.Generator().manual_seed(seed)``, ``seed`` = ``method.seed``
     when set, else the run's; uses the data only for d."""
     seed = int(x.seed if cfg.get("seed") is None else cfg["seed"])
@@ -104,14 +133,14 @@ def _random(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 
 
 @register("svd_steer", uses_grads=True)
-def _svd_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+def _svd_steer(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """Top right singular vector of the centred gradients ``G − mean(G)``."""
     assert x.grads is not None
     return _top_right_singular(x.grads - x.grads.mean(dim=0), "the centred gradients"), {}
 
 
-@register("vjp_steer", uses_grads=False)
-def _vjp_steer(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+@register("vjp_steer", uses_grads=False, pulls_back_rows=True)
+def _vjp_steer(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """Mean of the pulled-back rows ``Jᵢᵀu`` (passed as ``grads``; :func:`steerexp.stages.extract.vjp.vjp_rows`)."""
     if x.grads is None:
         raise SteerexpError(
@@ -131,7 +160,7 @@ def _fisher_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @register("fisher", uses_grads=True)
-def _fisher(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+def _fisher(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """``(F + λI)⁻¹ ḡ`` over all rows (see :mod:`steerexp.stages.fit.fisher`)."""
     assert x.grads is not None
     sol = solve_fisher(x.grads, loss_grad_norms=x.loss_grad_norms, **_fisher_args(cfg))
@@ -139,7 +168,7 @@ def _fisher(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
 
 
 @register("fisher_dual", uses_grads=True)
-def _fisher_dual(cfg: Mapping[str, Any], x: Inputs) -> tuple[Tensor, Info]:
+def _fisher_dual(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """``v± = (F± + λI)⁻¹ ḡ±`` per side; ``combine``: pos → v⁺, neg → v⁻, diff → v⁺ − v⁻, mean → (v⁺ + v⁻)/2."""
     assert x.grads is not None
     combine = str(cfg["combine"])
@@ -175,14 +204,14 @@ def pair_vote(v: Tensor, acts: Tensor) -> tuple[bool, float]:
     return keep, float((proj > 0).double().mean())
 
 
-def _fix_sign(v: Tensor, x: Inputs, uses_grads: bool, kind: str) -> tuple[Tensor, Info]:
+def _fix_sign(v: Tensor, x: MethodInputs, method: Method) -> tuple[Tensor, Info]:
     """Apply the sign rule of the module docstring; returns the oriented ``v`` and what was decided."""
-    if kind == "random":
+    if method.orient == "none":
         return v, {"flipped": False}
     keep, share = pair_vote(v, x.acts)
     out = v if keep else -v
     info: Info = {"flipped": not keep, "pair_vote_frac": share if keep else 1.0 - share}
-    if uses_grads:
+    if method.uses_grads:
         assert x.grads is not None
         p = x.grads @ out
         verdict = float((p[1::2] - p[0::2]).mean()) >= 0
@@ -225,7 +254,7 @@ def fit_from_config(
         raise SteerexpError(
             f"method {name!r} gave a zero or non-finite direction (norm {raw_norm})"
         )
-    v, sign = _fix_sign(raw / raw_norm, x, method.uses_grads, str(cfg["kind"]))
+    v, sign = _fix_sign(raw / raw_norm, x, method)
     return DirectionFit(
         v.to(torch.float32).contiguous(),
         raw_norm,
