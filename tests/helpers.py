@@ -84,14 +84,13 @@ def cli_exit(monkeypatch: Any, capsys: Any, tmp: Path, *args: str) -> tuple[int,
     import pytest
 
     from steerexp import cli
+    from steerexp.store import context
 
-    for name in ("FAILED", "BAD_INPUT", "JOBS"):
-        monkeypatch.setattr(cli, name, [])
     argv = ["model=tiny_random", *(a for arg in args for a in arg.split(" "))]
     if not any(a.startswith("hydra.run.dir=") for a in argv):
         argv.append(f"hydra.run.dir={tmp / 'run'}")
     monkeypatch.setattr(sys, "argv", ["steerexp", *argv])
-    with pytest.raises(SystemExit) as info:
+    with context.fresh(), pytest.raises(SystemExit) as info:
         cli.cli()
     lines = capsys.readouterr().err.strip().splitlines()
     return int(info.value.code or 0), lines[-1] if lines else ""
