@@ -4,7 +4,7 @@ Measured per loss (``nll``, ``hs_diff``, ``reprpo_margin``), all within this run
 repeats, the losses interleaved (order rotated) in each repeat, one torch thread (see
 ``bench.generate.single_thread``):
 
-- fresh extraction (empty temp ``cache_root``, in-process memo ``steerexp.stages.extract.activations._MEMO`` cleared):
+- fresh extraction (empty temp ``cache_root``, in-process memo ``steerexp.store.context.current().extractions`` cleared):
   pairs/second, as a ratio to ``nll`` (every loss is one forward + one backward per batch;
   target >= 0.5x of ``nll``);
 - disk hit (the same call again after clearing the memo: safetensors read + digest check) vs
@@ -27,8 +27,8 @@ from steerexp.data.pairs import load_pairs
 from steerexp.data.records import Pair
 from steerexp.models.loading import LoadedModel, load_model
 from steerexp.models.modules import resolve_modules
-from steerexp.stages.extract import activations as extract_mod
 from steerexp.stages.extract.activations import extract
+from steerexp.store import context
 from steerexp.store.results import Extraction
 
 LOSSES = ["nll", "hs_diff", "reprpo_margin"]
@@ -65,10 +65,10 @@ def one_round(
             loaded, model_cfg, modules, loss_cfg, pairs, BATCH_SIZE, cache_root=root, progress=False
         )
 
-    extract_mod._MEMO.clear()
+    context.current().extractions.clear()
     fresh, ex = timed(call)
     assert not ex.cached, "fresh extraction came from a cache"
-    extract_mod._MEMO.clear()
+    context.current().extractions.clear()
     disk, ex = timed(call)
     assert ex.cached and ex.meta["disk_hit"], "second call was not a disk hit"
     memo, ex = timed(call)
@@ -103,7 +103,7 @@ def measure() -> None:
                     loaded, modules, loss, pairs, Path(tmp) / f"{loss}-{r}"
                 ).items():
                     times[loss][k].append(v)
-    extract_mod._MEMO.clear()
+    context.current().extractions.clear()
     med = {loss: {k: statistics.median(v) for k, v in d.items()} for loss, d in times.items()}
     nll_rate = len(pairs) / med["nll"]["fresh"]
     for loss in LOSSES:

@@ -55,6 +55,7 @@ from steerexp.models.tokens import left_pad
 from steerexp.stages.extract import activations
 from steerexp.stages.fit.methods import fit_from_config
 from steerexp.stages.generate import rows as gen_rows
+from steerexp.store import context
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 N_PAIRS, N_PROMPTS, NEW_TOKENS = 128, 16, 48
@@ -153,7 +154,7 @@ def steerexp_direction(
     s: Setup, method: str, batch: int = EXTRACT_BATCH
 ) -> dict[int, torch.Tensor]:
     """A fresh extraction (memo and tokeniser memo cleared, no disk cache) and fit."""
-    activations._MEMO.clear()
+    context.current().extractions.clear()
     tokens._ENCODED.clear()
     ex = activations.extract(
         s.loaded,

@@ -79,6 +79,7 @@ def __getattr__(name: str) -> object:
 
 
 def _register_configs() -> None:
+    # Imported here: Hydra's ConfigStore is only needed once a config is composed.
     from steerexp.config.compose import register_configs
 
     register_configs()

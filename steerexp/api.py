@@ -23,8 +23,10 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from steerexp import CONF_DIR, cli
 from steerexp.config.errors import SteerexpError
 from steerexp.directions import Directions
+from steerexp.store import context
 
 
 @dataclass
@@ -72,8 +74,6 @@ class Ranking:
 
 def _check(overrides: Sequence[str], out_key: str, out_dir: str) -> list[str]:
     """The CLI's checks (:func:`steerexp.cli.check_args`), output dir included; returns the list."""
-    from steerexp import cli
-
     args = [str(o) for o in overrides]
     flags = [a for a in args if a.startswith("-")]
     if flags:
@@ -91,8 +91,6 @@ def _compose(args: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from steerexp import CONF_DIR
 
     if GlobalHydra.instance().is_initialized():
         return hydra_compose(config_name="config", overrides=args)
@@ -141,6 +139,7 @@ def run(
     ``run_dir`` (default ``outputs/<date>/<time>-<id>`` under the working directory). A run dir
     that already holds this finished config is reused, as on the command line; errors raise.
     ``config_dir``: a dir of your own options, as ``--config-dir``."""
+    # Imported here: the pipeline loads torch, transformers and nnsight; compose() needs none.
     from steerexp.pipeline import run as run_pipeline
 
     args = _with_dir(overrides, config_dir)
@@ -181,8 +180,7 @@ def sweep(
     (ranking.md/csv/png in the sweep dir and a copy under ``reports_root``, default
     ``./multirun_reports``). A failed job is a row saying why, not an exception. ``config_dir``:
     a dir of your own options, as ``--config-dir``."""
-    from steerexp import cli
-    from steerexp.sweep import callbacks
+    # Imported here: the report loads matplotlib.
     from steerexp.sweep.report import DEFAULT_REPORTS_ROOT, SOURCE_FILE
 
     target = Path(sweep_dir) if sweep_dir is not None else Path("multirun") / _stamp()
@@ -192,7 +190,7 @@ def sweep(
     if reports_root is not None:
         extra.append(f"hydra.callbacks.ranking.reports_root={reports_root}")
     argv = sys.argv
-    n_failed = len(cli.FAILED)
+    n_failed = len(context.current().failed)
     sys.argv = ["steerexp", "-m", *args, *extra]
     try:
         cli.main()
@@ -201,10 +199,9 @@ def sweep(
             raise SteerexpError(f"the sweep stopped (exit {e.code}); see the log above") from None
     finally:
         sys.argv = argv
-    if callbacks.LAST_SWEEP_ERROR:
-        raise SteerexpError(
-            f"the sweep's ranking could not be written: {callbacks.LAST_SWEEP_ERROR}"
-        )
+    ctx = context.current()
+    if ctx.sweep_error:
+        raise SteerexpError(f"the sweep's ranking could not be written: {ctx.sweep_error}")
     table = pd.read_csv(target / "ranking.csv")
     root = Path(reports_root) if reports_root is not None else DEFAULT_REPORTS_ROOT
     source = sorted(root.glob(f"*/{SOURCE_FILE}"))
@@ -216,6 +213,6 @@ def sweep(
         tables=(target / "ranking.md").read_text(),
         sweep_dir=target,
         report_dir=report,
-        failed=max(len(cli.FAILED) - n_failed, callbacks.LAST_SWEEP_FAILED),
+        failed=max(len(ctx.failed) - n_failed, ctx.sweep_failed),
         swept_keys=[k for k in params],
     )

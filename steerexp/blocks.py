@@ -20,8 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from steerexp.config.compose import group_config
 from steerexp.config.errors import SteerexpError, choice_error
+from steerexp.data.records import Pair
 from steerexp.directions import Directions
+from steerexp.models.loading import LoadedModel
+from steerexp.stages.extract.activations import extract as extract_rows
+from steerexp.stages.fit.methods import fit_from_config
+from steerexp.store.cache import hash_key
 
 
 @dataclass
@@ -43,8 +49,6 @@ class Activations:
 def _pairs(pairs: Sequence[Any]) -> list[Any]:
     """``(positive, negative)`` texts -> the project's pairs (each text a user turn, the
     assistant turn opened empty); :class:`steerexp.data.records.Pair` objects pass through."""
-    from steerexp.data.records import Pair
-
     out = []
     for i, p in enumerate(pairs):
         if isinstance(p, Pair):
@@ -75,8 +79,6 @@ def _modules(model: nn.Module, modules: Sequence[str | int]) -> list[str]:
 
 
 def _loss_config(loss: str | Mapping[str, Any] | None, loss_layer: int) -> dict[str, Any] | None:
-    from steerexp.config.compose import group_config
-
     if loss is None:
         return None
     if isinstance(loss, str):
@@ -97,8 +99,6 @@ def _wrapped(model: nn.Module, tokenizer: Any, need_grads: bool) -> Iterator[Any
     every attribute nnsight adds to its modules is removed afterwards (so the model is plain again
     and can be wrapped anew)."""
     from nnsight.modeling.transformers import TransformersModel
-
-    from steerexp.models.loading import LoadedModel
 
     if tokenizer.pad_token_id is None:
         tokenizer = copy.deepcopy(tokenizer)  # the caller's tokenizer keeps no pad token
@@ -137,9 +137,6 @@ def extract(
     config dict) the gradients of that loss. ``model``: any HF causal LM; ``modules``: names
     (``"model.layers.3.mlp"``) or block indices (``3`` = ``model.layers.3``, the residual stream).
     ``loss_layer`` is the loss's read layer (``output_hidden_states`` index) for a named loss."""
-    from steerexp.stages.extract.activations import extract as extract_rows
-    from steerexp.store.cache import hash_key
-
     rows = _pairs(pairs)
     names = _modules(model, modules)
     loss_cfg = _loss_config(loss, loss_layer)
@@ -182,9 +179,6 @@ def fit(
     ``[2n, d]`` tensors (rows interleaved, positive first) or one tensor; gradient methods take
     ``grads`` (default: those in ``acts``). The result is in raw units (scale 1), so
     ``steer(model, direction, c)`` adds ``c * v``."""
-    from steerexp.config.compose import group_config
-    from steerexp.stages.fit.methods import fit_from_config
-
     cfg = group_config("method", method) if isinstance(method, str) else dict(method)
     meta: dict[str, Any] = {}
     norms = None

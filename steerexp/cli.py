@@ -2,7 +2,7 @@
 ``hydra.searchpath`` dirs) and the overrides, call :func:`steerexp.pipeline.run`.
 
 A failing job never raises out of the task (Hydra would skip the end-of-sweep ranking); it
-is recorded in its run dir and in :data:`FAILED`, and :func:`cli` exits non-zero afterwards.
+is recorded in its run dir and in the run context (:mod:`steerexp.store.context`), and :func:`cli` exits non-zero afterwards.
 Command-line mistakes that Hydra would report as a traceback, or not at all, are caught by
 :func:`check_args` first, in one line (exit 2). Exit codes: 0 ok; 2 bad input (a
 :class:`SteerexpError`: on the command line, in a single run, or in every job of a sweep); 1 a
@@ -29,16 +29,11 @@ from steerexp import CONF_DIR
 from steerexp.config import compose as config
 from steerexp.config import schema
 from steerexp.config.errors import SteerexpError, choice_error, error_text, plain_name
+from steerexp.store import context
 from steerexp.store.guard import check_output_dir, check_writable_dir
+from steerexp.sweep import callbacks
 
 log = logging.getLogger("steerexp")
-
-#: ``"<job dir>: <error>"`` for each job of this process that failed.
-FAILED: list[str] = []
-#: Every job this process ran (their dirs).
-JOBS: list[str] = []
-#: Of the failed, the ones that failed on bad input (a :class:`SteerexpError`): exit 2, not 1.
-BAD_INPUT: list[str] = []
 
 #: A short random id drawn once per process: default run/sweep dir names end in it, so two
 #: runs started in the same second never share a dir.
@@ -70,17 +65,20 @@ def main(cfg: DictConfig) -> float | None:
     """One job: run the experiment; record (don't raise) a failure."""
     from hydra.core.hydra_config import HydraConfig
 
+    # Imported here: the pipeline loads torch, transformers and nnsight (seconds), which argument
+    # checks, --help and `steerexp export` never need.
     from steerexp.pipeline import run
 
     out_dir = HydraConfig.get().runtime.output_dir
-    JOBS.append(out_dir)
+    ctx = context.current()
+    ctx.jobs.append(out_dir)
     try:
         return run(cfg, out_dir).get("score")
     except Exception as e:
-        FAILED.append(f"{out_dir}: {error_text(e)}")
+        ctx.failed.append(f"{out_dir}: {error_text(e)}")
         if isinstance(e, SteerexpError):
-            BAD_INPUT.append(FAILED[-1])
-        log.error("job failed: %s", FAILED[-1])
+            ctx.bad_input.append(ctx.failed[-1])
+        log.error("job failed: %s", ctx.failed[-1])
         return None
 
 
@@ -237,8 +235,6 @@ def check_args(args: list[str]) -> None:
 
 def _interrupted(multirun: bool) -> int:
     """Ctrl-C: rank the finished jobs of the sweep (the rest marked interrupted), say so in one line."""
-    from steerexp.sweep import callbacks
-
     if not multirun:
         print("steerexp: interrupted (the run dir records status 'interrupted')", file=sys.stderr)
         return 130
@@ -250,10 +246,10 @@ def _interrupted(multirun: bool) -> int:
 def cli() -> None:
     """Entry point of ``python -m steerexp`` and the ``steerexp`` console script; exit codes in the
     module docstring. ``steerexp export RUN_DIR ...`` hands the rest to :mod:`steerexp.export`."""
-    from steerexp.sweep import callbacks
 
     args = sys.argv[1:]
     if args[:1] == ["export"]:
+        # Imported here: the export formats load gguf/safetensors writers only this command needs.
         from steerexp.export import main as export_main
 
         sys.exit(export_main(args[1:]))
@@ -282,16 +278,17 @@ def cli() -> None:
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
-    if FAILED and not multirun:
-        print(f"steerexp: error: {FAILED[-1].split(': ', 1)[1]}", file=sys.stderr)
-        sys.exit(2 if BAD_INPUT else 1)
+    ctx = context.current()
+    if ctx.failed and not multirun:
+        print(f"steerexp: error: {ctx.failed[-1].split(': ', 1)[1]}", file=sys.stderr)
+        sys.exit(2 if ctx.bad_input else 1)
     if not multirun:
         return
-    failed = max(len(FAILED), callbacks.LAST_SWEEP_FAILED)
-    if BAD_INPUT and len(BAD_INPUT) == len(JOBS) == failed:
+    failed = max(len(ctx.failed), ctx.sweep_failed)
+    if ctx.bad_input and len(ctx.bad_input) == len(ctx.jobs) == failed:
         print(
             f"steerexp: error: every job of the sweep failed on bad input; the last: "
-            f"{BAD_INPUT[-1].split(': ', 1)[1]}",
+            f"{ctx.bad_input[-1].split(': ', 1)[1]}",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -300,10 +297,10 @@ def cli() -> None:
             f"steerexp: {failed} job(s) of the sweep failed; their rows in ranking.md say why",
             file=sys.stderr,
         )
-    if callbacks.LAST_SWEEP_ERROR:
+    if ctx.sweep_error:
         print(
-            f"steerexp: error: the sweep's ranking could not be written: {callbacks.LAST_SWEEP_ERROR}",
+            f"steerexp: error: the sweep's ranking could not be written: {ctx.sweep_error}",
             file=sys.stderr,
         )
-    if failed or callbacks.LAST_SWEEP_ERROR:
+    if failed or ctx.sweep_error:
         sys.exit(1)

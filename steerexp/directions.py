@@ -21,7 +21,11 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from steerexp import __version__
 from steerexp.config.errors import SteerexpError
+from steerexp.models.checkpoints import model_fingerprint
+from steerexp.store.artifacts import write_directions
+from steerexp.store.cache import hash_key
 
 if TYPE_CHECKING:
     from steerexp.models.loading import LoadedModel
@@ -34,15 +38,11 @@ JSON_KEYS = ("scales", "raw_norms", "fit_info", "modules")
 
 
 def steerexp_version() -> str:
-    from steerexp import __version__
-
     return __version__
 
 
 def checkpoint_hash(fingerprint: Mapping[str, Any]) -> str:
     """A short hash of a model fingerprint (``steerexp.models.checkpoints.model_fingerprint``)."""
-    from steerexp.store.cache import hash_key
-
     return hash_key(dict(fingerprint))
 
 
@@ -51,8 +51,6 @@ def provenance(
 ) -> dict[str, Any]:
     """Where a run's directions came from: model id and type, checkpoint hash (content of the
     weights, not their path), modules, dataset hash (of the contrast pairs) and steerexp version."""
-    from steerexp.models.checkpoints import model_fingerprint
-
     return {
         "model": str(model_cfg.get("name")),
         "model_id": str(model_cfg.get("path") or model_cfg.get("builder") or model_cfg.get("name")),
@@ -103,8 +101,6 @@ class Directions:
 
     def save(self, path: str | Path) -> Path:
         """Write as ``directions.safetensors`` (``path`` a dir or a file name); :meth:`load` reads it."""
-        from steerexp.store.artifacts import write_directions
-
         path = Path(path)
         file = path / FILE if path.suffix != ".safetensors" else path
         file.parent.mkdir(parents=True, exist_ok=True)

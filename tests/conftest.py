@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# Registers the organism and tiny_random model builders (steerexp.models.builders.BUILDERS).
-import steerexp.organism  # noqa: F401
-
 REPO = Path(__file__).resolve().parent.parent
 
 # A fresh, empty cache for each test session (tiny_random checkpoint, extractions; the organism
@@ -26,6 +23,10 @@ if not os.environ.get("STEEREXP_CACHE"):
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Registers the organism and tiny_random model builders (steerexp.models.builders.BUILDERS);
+# after the thread count above, which steerexp.models.threads takes as torch's own at import.
+import steerexp.organism  # noqa: E402, F401
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

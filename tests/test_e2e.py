@@ -199,7 +199,7 @@ def test_artifacts_follow_the_spec(runs) -> None:
 
 def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
     """A fresh extraction (new cache dir, cleared memo) gives identical directions and numbers."""
-    from steerexp.stages.extract import activations as extract
+    from steerexp.store import context
 
     cfg = compose_cfg(
         "method=fisher_steer_cov_reg1",
@@ -209,7 +209,7 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
         "random_null.k=0",
     )
     a = run(cfg, tmp_path / "a", progress=False)
-    extract._MEMO.clear()
+    context.current().extractions.clear()
     cfg2 = compose_cfg(
         "method=fisher_steer_cov_reg1",
         "module=o_proj",

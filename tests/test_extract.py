@@ -13,10 +13,10 @@ from steerexp.data.pairs import load_pairs
 from steerexp.data.records import Pair
 from steerexp.models.modules import resolve_modules
 from steerexp.models.tokens import encode, last_token_index, left_pad
-from steerexp.stages.extract import activations as ex_mod
 from steerexp.stages.extract.activations import extract, loss_layer_path
 from steerexp.stages.extract.losses import LOSSES, LossInputs
 from steerexp.stages.fit.methods import fit_direction
+from steerexp.store import context
 
 HS = ["model.layers.1", "model.layers.2"]
 
@@ -33,9 +33,8 @@ def pairs() -> list[Pair]:
 
 @pytest.fixture(autouse=True)
 def fresh_memo():
-    ex_mod._MEMO.clear()
-    yield
-    ex_mod._MEMO.clear()
+    with context.fresh():
+        yield
 
 
 def test_last_token_index_under_left_padding() -> None:
@@ -228,7 +227,7 @@ def test_cache_hit_skips_forward_and_is_identical(model, pairs, tmp_path: Path) 
     try:
         first = extract(*args, progress=False)
         n_first = calls["n"]
-        ex_mod._MEMO.clear()
+        context.current().extractions.clear()
         second = extract(*args, progress=False)
     finally:
         handle.remove()
@@ -256,7 +255,7 @@ def test_corrupt_cache_entry_is_rebuilt(model, pairs, tmp_path: Path) -> None:
     first = extract(*args, progress=False)
     f = tmp_path / first.key / "activations.safetensors"
     f.write_bytes(f.read_bytes()[:-40])
-    ex_mod._MEMO.clear()
+    context.current().extractions.clear()
     again = extract(*args, progress=False)
     assert not again.cached
     assert torch.equal(again.acts[HS[0]], first.acts[HS[0]])
@@ -320,7 +319,7 @@ def test_activations_are_cached_without_the_loss(model, pairs, tmp_path: Path) -
     hs = extract(model, mc, HS, group("loss", "hs_diff"), pairs[:4], 4, tmp_path, progress=False)
     assert nll.acts_key == hs.acts_key and nll.key != hs.key
     assert (tmp_path / nll.acts_key).is_dir() and (tmp_path / nll.key).is_dir()
-    ex_mod._MEMO.clear()
+    context.current().extractions.clear()
     calls = {"n": 0}
     handle = model.hf.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     try:

@@ -9,6 +9,7 @@ import pandas as pd
 from helpers import JOURNAL_HEADER
 
 from steerexp.pipeline.stages import PIPELINE
+from steerexp.render.journal import journal_table
 from steerexp.store import columns, metrics
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "artifacts.md"
@@ -49,7 +50,7 @@ def test_every_stage_has_a_time_column() -> None:
 def test_ranking_headers_come_from_the_dataclass() -> None:
     row = {c: 0.5 for c in metrics.names("journal", "stat")}
     row.update(method="m", null_k=8, p_null=0.5, null_beyond_all=False, dup_of=None)
-    head = columns.journal_table(pd.DataFrame([row])).splitlines()[0]
+    head = journal_table(pd.DataFrame([row])).splitlines()[0]
     cells = [c.strip() for c in head.strip("|").split("|")]
     assert cells[: len(JOURNAL_HEADER)] == JOURNAL_HEADER
     for name in ("slope_lo", "valid_frac_lo", "valid_frac_hi", "fitted_shift"):

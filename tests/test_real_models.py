@@ -266,13 +266,10 @@ def _check_run(metrics: dict[str, Any], run_dir: Path) -> None:
 @pytest.fixture
 def fresh_extractions(tmp_path: Path) -> Iterator[str]:
     """A private extraction cache so every pipeline run really extracts."""
-    from steerexp.stages.extract import activations as extract
+    from steerexp.store import context
 
-    saved = dict(extract._MEMO)
-    extract._MEMO.clear()
-    yield f"cache_dir={tmp_path / 'extractions'}"
-    extract._MEMO.clear()
-    extract._MEMO.update(saved)
+    with context.fresh():
+        yield f"cache_dir={tmp_path / 'extractions'}"
 
 
 def test_4bit_pipeline_end_to_end(tmp_path: Path, fresh_extractions: str) -> None:

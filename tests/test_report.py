@@ -18,6 +18,7 @@ from wandb_offline import read_offline_run
 from steerexp import CONF_DIR
 from steerexp.config.errors import SteerexpError
 from steerexp.render.plots import dose_curve
+from steerexp.store import context
 from steerexp.store.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.sweep import callbacks, report
 
@@ -257,20 +258,28 @@ def test_callback_writes_report_and_counts_failures(
 ) -> None:
     cb = callbacks.RankingCallback(reports_root=str(tmp_path / "cb_reports"))
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    cb.on_multirun_start(cfg)
-    cb.on_multirun_end(cfg)
-    assert callbacks.LAST_SWEEP_FAILED == 2 and callbacks.LAST_SWEEP_ERROR is None
-    assert (tmp_path / "cb_reports" / "2026-11-24_10-31-02" / "ranking.md").is_file()
-    assert "## module=v_proj" in capsys.readouterr().out
-    cb.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}}))
-    assert callbacks.LAST_SWEEP_ERROR and "not a sweep dir" in callbacks.LAST_SWEEP_ERROR
-    assert callbacks.LAST_SWEEP_FAILED == 0
+    outer = context.current()
+    before = (outer.sweep_failed, outer.sweep_error)
+    with context.fresh() as ctx:
+        cb.on_multirun_start(cfg)
+        assert ctx.sweep == (cfg, cb)
+        cb.on_multirun_end(cfg)
+        assert ctx.sweep_failed == 2 and ctx.sweep_error is None and ctx.sweep is None
+        assert (tmp_path / "cb_reports" / "2026-11-24_10-31-02" / "ranking.md").is_file()
+        assert "## module=v_proj" in capsys.readouterr().out
+        empty = {"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}}
+        cb.on_multirun_end(OmegaConf.create(empty))
+        assert ctx.sweep_error and "not a sweep dir" in ctx.sweep_error
+        assert ctx.sweep_failed == 0
+    # the tally lived in the block's context only
+    assert context.current() is outer and (outer.sweep_failed, outer.sweep_error) == before
 
 
 def test_callback_never_raises(tmp_path: Path) -> None:
     cb = callbacks.RankingCallback()
-    cb.on_multirun_end(OmegaConf.create({"nothing": 1}))
-    assert callbacks.LAST_SWEEP_ERROR
+    with context.fresh() as ctx:
+        cb.on_multirun_end(OmegaConf.create({"nothing": 1}))
+    assert ctx.sweep_error
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -151,12 +151,6 @@ def validate(cfg: DictConfig) -> Config:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
-#: Typed configs already built from plain dicts, by group and content: building one costs
-#: milliseconds (an in-process cache hit of an extraction takes about one).
-_TYPED: dict[tuple[str, str], DictConfig] = {}
-_TYPED_MAX = 256
-
-
 def typed(group: str, cfg: Mapping[str, Any]) -> DictConfig:
     """``cfg`` as its schema's typed config: defaults filled in; an unknown key or a value of the
     wrong type is a one-line error. A config Hydra composed is returned as it is; one built from a
@@ -164,13 +158,26 @@ def typed(group: str, cfg: Mapping[str, Any]) -> DictConfig:
     schema = schema_of(group, cfg)
     if isinstance(cfg, DictConfig) and issubclass(OmegaConf.get_type(cfg) or dict, schema):
         return cfg
-    key = (group, json.dumps(cfg, sort_keys=True, default=repr))
-    if key not in _TYPED:
-        if len(_TYPED) >= _TYPED_MAX:
-            _TYPED.clear()
-        _TYPED[key] = _build(group, schema, cfg)
-        OmegaConf.set_readonly(_TYPED[key], True)
-    return _TYPED[key]
+    return _typed(_Plain(group, json.dumps(cfg, sort_keys=True, default=repr), schema, cfg))
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """A plain group config, equal to another (and hashed) by its group and content only."""
+
+    group: str
+    content: str
+    schema: type = field(compare=False)
+    cfg: Mapping[str, Any] = field(compare=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _typed(plain: _Plain) -> DictConfig:
+    """Typed configs built from plain dicts, by group and content: building one costs
+    milliseconds (an in-process cache hit of an extraction takes about one)."""
+    out = _build(plain.group, plain.schema, plain.cfg)
+    OmegaConf.set_readonly(out, True)
+    return out
 
 
 def _build(group: str, schema: type, cfg: Mapping[str, Any]) -> DictConfig:

@@ -6,6 +6,7 @@ the fingerprint hashes a checkpoint's files so cache keys follow its content, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -112,26 +113,25 @@ CHECKPOINT_SUFFIXES = (
 FULL_HASH_LIMIT = 1 << 30
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
 def _file_digest(path: Path) -> str:
     """sha256 of a file (sampled above :data:`FULL_HASH_LIMIT`), memoised by path, size and mtime."""
     st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            if st.st_size <= FULL_HASH_LIMIT:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            else:
-                h.update(f"sampled:{st.st_size}".encode())
-                for i in range(64):
-                    f.seek(i * (st.st_size - (1 << 20)) // 63)
-                    h.update(f.read(1 << 20))
-        _DIGESTS[memo] = h.hexdigest()
-    return _DIGESTS[memo]
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(f"sampled:{size}".encode())
+            for i in range(64):
+                f.seek(i * (size - (1 << 20)) // 63)
+                h.update(f.read(1 << 20))
+    return h.hexdigest()
 
 
 def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def sha256(path: Path) -> str:
 
 def write_manifest(path: Path, seed: int) -> dict[str, Any]:
     """Record the recipe version, recipe fields and every file's sha256 in ``path/manifest.json``."""
+    # train and tokenizer load transformers and tokenizers: imported where used, so importing
+    # this package (the builders' registration, verify) stays cheap.
     from steerexp.organism.train import Recipe
 
     files = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST)

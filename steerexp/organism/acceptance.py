@@ -199,6 +199,8 @@ def e2e_runs(path: Path, run_root: Path) -> dict[str, dict[str, float]]:
     mean_diff and pca_diff: slope and where it stands against the null (docs/statistics.md)."""
     from hydra import compose, initialize_config_dir
 
+    # Imported here: the pipeline imports the organism (its builders); listed in pyproject's
+    # import contracts as the organism's one upward import.
     from steerexp.pipeline import run
 
     out = {}

@@ -22,6 +22,8 @@ from steerexp.store.guard import check_output_dir, check_sweep_command
 
 def check_run_start(config: DictConfig) -> None:
     """A single run: its dir's place, and no finished run of another config in it."""
+    # Imported here: Hydra builds this callback before every run, and these load torch and the
+    # stages; only a run dir that already holds a run needs them.
     from steerexp.pipeline.checks import plain
     from steerexp.pipeline.experiment import _finished
     from steerexp.store.artifacts import config_hash

@@ -18,6 +18,7 @@ from statsmodels.stats.multitest import multipletests
 
 from steerexp.config.errors import SteerexpError
 from steerexp.render.journal import sort_key
+from steerexp.store.artifacts import config_hash
 from steerexp.store.columns import (
     EXTRA_STAT_COLUMNS,
     JOURNAL_COLUMNS,
@@ -141,8 +142,6 @@ def _stale(job_dir: Path) -> str | None:
         return None
     try:
         from omegaconf import OmegaConf
-
-        from steerexp.store.artifacts import config_hash
 
         recorded = OmegaConf.to_container(
             OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=True

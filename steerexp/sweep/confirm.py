@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf, open_dict
 
+from steerexp.data.questionfiles import resolve_eval
 from steerexp.sweep.rows import CONTROL
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _interval(row: pd.Series) -> tuple[float, float]:
 
 def confirm_row(sweep_dir: Path, row: pd.Series) -> dict:
     """Re-run one row (see the module docstring); never raises: a failure is recorded."""
-    from steerexp.data.questionfiles import resolve_eval
+    # Imported here: the one upward import of the sweep side (pyproject's import contracts list it).
     from steerexp.pipeline.experiment import run
 
     lo, hi = _interval(row)

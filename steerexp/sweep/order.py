@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from steerexp import cache_dir
 from steerexp.config.schema import Config
 from steerexp.data.transforms import transform_x
 
@@ -101,8 +102,6 @@ def _cached_null(job_dir: Path) -> pd.DataFrame | None:
     """Older run dirs (no ``null_slopes.csv``): the null directions' per-scenario slopes from the
     null's cached rows (``<cache>/nulls/<null_key>/dose.csv``, where the run cached them), or None."""
     import json
-
-    from steerexp import cache_dir
 
     try:
         key = json.loads((job_dir / "metrics.json").read_text())["null_key"]

@@ -37,13 +37,10 @@ from steerexp.models.tokens import (
 from steerexp.stages.extract.balance import combine, has_terms
 from steerexp.stages.extract.gradients import loss_gradients
 from steerexp.stages.extract.losses import LOSSES
-from steerexp.store import cache
+from steerexp.store import cache, context
 from steerexp.store.results import Extraction
 
 EXTRACT_VERSION = 2
-
-
-_MEMO: dict[str, dict[str, Tensor]] = {}
 
 
 def loss_layer_path(n_layers: int, layer: int) -> str:
@@ -156,10 +153,11 @@ def _run_batch(
 
 def _lookup(root: Path | None, key: str) -> tuple[dict[str, Tensor] | None, bool]:
     """Tensors of a cache entry from memory, else disk; and whether they came from disk."""
-    if key in _MEMO:
-        return _MEMO[key], False
+    memo = context.current().extractions
+    if key in memo:
+        return memo[key], False
     if root is not None and (tensors := cache.load(root, key)) is not None:
-        _MEMO[key] = tensors
+        memo[key] = tensors
         return tensors, True
     return None, False
 
@@ -212,9 +210,10 @@ def extract(
         combined, balance = combine(grads, loss_cfg, modules)
         grads = {**grads, **combined}
     if not cached:
+        memo = context.current().extractions
         for key, tensors, meta in ((acts_key, acts, acts_payload), (grads_key, grads, payload)):
-            if tensors and key not in _MEMO:
-                _MEMO[key] = tensors
+            if tensors and key not in memo:
+                memo[key] = tensors
                 if cache_root is not None:
                     info = balance if key == grads_key else None
                     cache.save(cache_root, key, tensors, meta, info=info)
