@@ -23,6 +23,7 @@ from steerexp.pipeline.checks import plain
 from steerexp.pipeline.reference import null_reference, scenario_slopes
 from steerexp.pipeline.refits import bootstrap_refits
 from steerexp.pipeline.state import RunState, need
+from steerexp.render import plots
 from steerexp.stages.fit.methods import fit_summary
 from steerexp.stages.regress.coherence import PMASS_MIN
 from steerexp.stages.regress.dose import curve_stats
@@ -163,7 +164,7 @@ def regress(state: RunState) -> None:
     own = scenario_slopes(dose, scenarios, x)
     summary.write_frames(run_dir, dose_means=means, scenario_slopes=own)
     title = f"{metrics['method']} | {metrics['module']} | {metrics['loss']} | {metrics['model']}"
-    artifacts.plot_dose_response(
+    plots.plot_dose_response(
         run_dir / "dose_response.png", dose, title, x=x, cost=fit.cost, means=means, tanh=theta
     )
 
