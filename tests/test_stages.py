@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+import steerexp.pipeline.stages as stages_mod
 from steerexp.pipeline import state as state_mod
+from steerexp.pipeline import summary
+from steerexp.pipeline.reference import NullReference
 from steerexp.pipeline.stages import PIPELINE, STAGES
 from steerexp.pipeline.state import RunState, StageTimer
 from steerexp.stages.fit import methods
@@ -100,3 +104,26 @@ def test_a_nested_timer_is_not_counted_twice(monkeypatch: pytest.MonkeyPatch) ->
     with timer("generate"), timer("judge"):
         pass
     assert metrics == {"time_generate_s": 4.0, "time_judge_s": 2.0}
+
+
+@pytest.mark.parametrize("method_seed", [None, 3])
+def test_a_drawn_direction_that_follows_the_run_seed_gets_the_nulls_spread(
+    monkeypatch, tmp_path, method_seed
+) -> None:
+    """``random`` without ``method.seed`` draws another direction at every run seed, so its
+    interval holds the null's spread (a reseed's slope is another null draw); with its own
+    ``method.seed`` the direction is fixed and the interval stays the clustered CI."""
+    base = {"slope": 1.0, "slope_se": 0.5, "slope_df": 5.0, "refit_slope_sd": float("nan")}
+    metrics = {**base, **summary.interval(base)}
+    stats = {"null_slope_sd": 4.0, "null_k": 64}
+    monkeypatch.setattr(stages_mod, "null_reference", lambda s: NullReference(stats, None))
+    monkeypatch.setattr(stages_mod.summary, "write_frames", lambda *a, **k: None)
+    cfg = OmegaConf.create({"method": {"kind": "random", "seed": method_seed}})
+    state = RunState(cfg, tmp_path, None, metrics)  # type: ignore[arg-type]
+    STAGES.get("null").run(state)
+    width = state.metrics["slope_hi"] - state.metrics["slope_lo"]
+    clustered = 2 * 2.5706 * 0.5  # t(0.975, 5) x se on both sides
+    if method_seed is None:
+        assert width == pytest.approx(2 * 2.5706 * (0.5**2 + 4.0**2) ** 0.5, rel=1e-4)
+    else:
+        assert width == pytest.approx(clustered, rel=1e-4)

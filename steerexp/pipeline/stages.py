@@ -24,7 +24,7 @@ from steerexp.pipeline.reference import null_reference, scenario_slopes
 from steerexp.pipeline.refits import bootstrap_refits
 from steerexp.pipeline.state import RunState, need
 from steerexp.render import plots
-from steerexp.stages.fit.methods import fit_summary
+from steerexp.stages.fit.methods import METHODS, fit_summary
 from steerexp.stages.regress.coherence import PMASS_MIN
 from steerexp.stages.regress.dose import curve_stats
 from steerexp.store import artifacts
@@ -188,6 +188,10 @@ def null(state: RunState) -> None:
     """This run against its group's random null, and the prompting reference (cached)."""
     ref = null_reference(state)
     state.metrics.update(ref.stats)
+    cfg = state.cfg
+    if METHODS.get(str(cfg.method.kind)).drawn and cfg.method.get("seed") is None:
+        # a new seed draws a new direction: the direction's spread is the null's
+        state.metrics.update(summary.interval(state.metrics, ref.stats["null_slope_sd"]))
     summary.write_frames(state.run_dir, null_slopes=ref.slopes)
 
 

@@ -18,15 +18,17 @@ from scipy import stats
 from steerexp.store import artifacts
 
 
-def interval(metrics: dict[str, Any]) -> dict[str, float]:
+def interval(metrics: dict[str, Any], fit_sd: float | None = None) -> dict[str, float]:
     """``slope_lo``/``slope_hi``: the slope ± t(0.975, clustered df) x ``se_total`` with
-    ``se_total = sqrt(slope_se² + refit_slope_sd²)``: the scenario-clustered SE (which questions
-    were asked, how they were sampled) and the spread of the slope over bootstrap refits of the
-    direction (which pairs it was fit on) added as independent variance components. The refit
-    spread also holds some sampling noise already in the clustered SE, so the sum errs wide.
-    Without refits (``random``, ``fit.bootstrap=0``) it is the clustered CI."""
+    ``se_total = sqrt(slope_se² + fit_sd²)``: the scenario-clustered SE (which questions were
+    asked, how they were sampled) and the spread of the slope over fits of the direction, added as
+    independent variance components. ``fit_sd`` is the spread over bootstrap refits
+    (``refit_slope_sd``, which pairs it was fit on) unless given: for a drawn direction
+    (``random`` following the run's seed) it is the null's spread, since another seed draws
+    another direction. The fit spread also holds some sampling noise already in the clustered SE,
+    so the sum errs wide. Without either (``fit.bootstrap=0``) it is the clustered CI."""
     slope, se, df = (float(metrics.get(k, math.nan)) for k in ("slope", "slope_se", "slope_df"))
-    sd = float(metrics.get("refit_slope_sd", math.nan))
+    sd = float(metrics.get("refit_slope_sd", math.nan) if fit_sd is None else fit_sd)
     total = math.sqrt(se**2 + (sd**2 if math.isfinite(sd) else 0.0))
     if not (math.isfinite(slope) and math.isfinite(total) and math.isfinite(df) and df > 0):
         return {"slope_lo": math.nan, "slope_hi": math.nan, "slope_se_total": math.nan}

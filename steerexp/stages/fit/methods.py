@@ -50,7 +50,9 @@ class Method:
     - ``orient``: one of :data:`ORIENTS`;
     - ``refittable``: the direction depends on the pairs, so bootstrap refits mean something;
     - ``min_pairs``: contrast pairs it needs (a difference needs two to mean anything, a
-      principal axis of centred rows rank + 1 = 2).
+      principal axis of centred rows rank + 1 = 2);
+    - ``drawn``: the direction is a seeded random draw, not a fit: its uncertainty is the spread
+      over draws (the random null's), and without its own ``method.seed`` a reseed draws another.
     """
 
     fit: Callable[[Mapping[str, Any], MethodInputs], tuple[Tensor, Info]]
@@ -59,6 +61,7 @@ class Method:
     pulls_back_rows: bool = False
     orient: str = "pair_vote"
     refittable: bool = True
+    drawn: bool = False
 
 
 METHODS: Registry[Method] = Registry("method kind")
@@ -72,6 +75,7 @@ def register(
     pulls_back_rows: bool = False,
     orient: str = "pair_vote",
     refittable: bool = True,
+    drawn: bool = False,
 ) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
     """Decorator: ``@register("my_method", uses_grads=False)`` makes ``kind: my_method`` a method
     (``fn(cfg, inputs) -> (raw direction, info)``) with the properties of :class:`Method`; see
@@ -80,7 +84,7 @@ def register(
         raise choice_error("orient", orient, ORIENTS)
 
     def deco(fn: Callable[[Mapping[str, Any], MethodInputs], tuple[Tensor, Info]]) -> Method:
-        method = Method(fn, uses_grads, min_pairs, pulls_back_rows, orient, refittable)
+        method = Method(fn, uses_grads, min_pairs, pulls_back_rows, orient, refittable, drawn)
         return METHODS.register(kind)(method)
 
     return deco
@@ -123,7 +127,7 @@ def _pca_center(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
 NULL_KIND = "random"
 
 
-@register(NULL_KIND, uses_grads=False, min_pairs=0, orient="none", refittable=False)
+@register(NULL_KIND, uses_grads=False, min_pairs=0, orient="none", refittable=False, drawn=True)
 def _random(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """A Gaussian vector from ``torch.Generator().manual_seed(seed)``, ``seed`` = ``method.seed``
     when set, else the run's; uses the data only for d."""
