@@ -10,7 +10,17 @@ import importlib
 import sys
 import time
 
-SECTIONS = ["fisher", "extract", "generate", "sweep", "null", "peers", "threads", "realistic"]
+SECTIONS = [
+    "fisher",
+    "extract",
+    "generate",
+    "sweep",
+    "null",
+    "peers",
+    "threads",
+    "run",
+    "realistic",
+]
 
 
 def parse(argv: list[str]) -> list[tuple[str, list[str]]]:

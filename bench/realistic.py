@@ -374,9 +374,9 @@ def main() -> None:
         "targets": TARGETS,
         "models": per_model,
     }
-    # The other sections' entries (peers, shared_cpu) stay; this section owns the rest.
+    # The other sections' entries (peers, shared_cpu, run) stay; this section owns the rest.
     kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    kept = {k: v for k, v in kept.items() if k.startswith("peers") or k == "shared_cpu"}
+    kept = {k: v for k, v in kept.items() if k.startswith("peers") or k in ("shared_cpu", "run")}
     RESULTS.write_text(json.dumps({**summary, **kept}, indent=2) + "\n")
     print(
         f"\nratios at the largest width ({top['model']}, d={top['width']}) -> {RESULTS}", flush=True
