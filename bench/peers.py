@@ -307,6 +307,7 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
         "max_new_tokens": s.shape.new_tokens,
         "do_sample": False,
         "repetition_penalty": None,
+        "workers": 1,  # in this process, so its CPU time counts (one chunk runs here anyway)
     }
 
     def ours(coeffs: list[float]) -> dict[float, list[list[int]]]:
