@@ -448,8 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, shape in SHAPES.items():
         if args.shape not in (name, "all"):
             continue
-        with mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"}):  # repeng's progress bars
-            out = run_shape(name, shape)
+        out = run_shape(name, shape)
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         results[shape.key] = out
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
