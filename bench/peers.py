@@ -6,12 +6,13 @@ cost wall time, not this process's CPU time), minimum of repeats. Equivalence is
 before anything is timed: the same direction (cosine > 0.999 per layer) and the same greedy
 tokens on every prompt. Ratio = peer time / steerexp time (> 1: steerexp is faster).
 
-Cases (the organism, its default contrast pairs and ``hs`` layers):
+Cases, per shape (:data:`SHAPES`: the organism, and a Qwen3-0.6B-shaped model with
+``model.random_init=true`` where matmuls dominate; its default contrast pairs and ``hs`` layers):
 
 - fresh ``pca_diff`` extraction vs repeng ``ControlVector.train`` and fresh ``mean_diff`` vs
   steering-vectors ``train_steering_vector``: each side at its default batch size
   (``extract.batch_size`` 16, repeng 32, steering-vectors 1), and each at its fastest of
-  :data:`BATCHES` (fastest by the same minimum of interleaved repeats). "Fresh": no extraction cache, no in-process memo; the peers' timings
+  the shape's ``batches`` (fastest by the same minimum of interleaved repeats). "Fresh": no extraction cache, no in-process memo; the peers' timings
   include rendering the chat template, as steerexp's do;
 - one-coefficient steered generation (16 prompts x 48 tokens, greedy, eos off) vs
   steering-vectors' ``apply`` and repeng's ``ControlModel`` around ``generate``, and vs plain
@@ -21,17 +22,19 @@ Cases (the organism, its default contrast pairs and ``hs`` layers):
 
 Each peer gets its own plain HF copy of the checkpoint (as its users have); steerexp runs on
 its nnsight-wrapped model. A peer that is not installed is skipped (``pip install
-steerexp[peers]``).
+steerexp[peers]``). ``python -m bench peers`` runs every shape; ``--shape NAME`` one.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import datetime
 import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -58,13 +61,42 @@ from steerexp.stages.generate import rows as gen_rows
 from steerexp.store import context
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-N_PAIRS, N_PROMPTS, NEW_TOKENS = 128, 16, 48
 COEFFS = [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
 COEFF = 0.5
-REPEATS = int(os.environ.get("STEEREXP_BENCH_PEERS_REPEATS", "5"))
-BATCHES = [16, 32, 64]
 TARGET, TARGET_BATCHED = 1.0, 2.5
 EXTRACT_BATCH = 16  # extract.batch_size's default
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A model and the size of the work; ``key`` names its entry in ``bench/results.json``."""
+
+    key: str
+    model: str  # a conf/model option
+    model_overrides: dict[str, Any]
+    n_pairs: int
+    n_prompts: int
+    new_tokens: int
+    batches: tuple[int, ...]  # batch sizes tried for each side's best
+    repeats: int
+
+
+REPEATS = int(os.environ.get("STEEREXP_BENCH_PEERS_REPEATS", "5"))
+SHAPES = {
+    "organism": Shape("peers", "organism", {}, 128, 16, 48, (16, 32, 64), REPEATS),
+    # Full width, heads and 151936-token vocab, 4 of 28 blocks, float32 (this CPU has no bf16
+    # matmul units); the work cut so the case runs in minutes on one core.
+    "qwen3-0.6b": Shape(
+        "peers_qwen3_0_6b",
+        "qwen3_0_6b",
+        {"random_init": True, "num_layers": 4, "dtype": "float32", "device": "cpu"},
+        16,
+        4,
+        16,
+        (16, 32),
+        3,
+    ),
+}
 
 
 def installed(module: str) -> bool:
@@ -82,7 +114,7 @@ def repeng() -> Any:
     return module
 
 
-def cpu_min(fns: dict[str, Callable[[], Any]], repeats: int = REPEATS) -> dict[str, float]:
+def cpu_min(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     """Minimum CPU seconds per function over ``repeats`` interleaved rounds (after a warm-up)."""
     for fn in fns.values():
         fn()
@@ -102,6 +134,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @dataclasses.dataclass
 class Setup:
+    shape: Shape
     loaded: LoadedModel
     model_cfg: dict[str, Any]
     modules: list[str]
@@ -119,25 +152,26 @@ class Setup:
         return model.eval()
 
 
-def setup() -> Setup:
-    over = ["model=organism"]
-    model_cfg = group_config("model", "organism")
+def setup(shape: Shape) -> Setup:
+    over = [f"model={shape.model}"]
+    model_cfg = {**group_config("model", shape.model), **shape.model_overrides}
     loaded = load_model(model_cfg)
     loaded.hf.generation_config.eos_token_id = None
     modules = resolve_modules(loaded, group_config("module", "hs", *over))
     layers = [int(m.rsplit(".", 1)[1]) for m in modules]
-    pairs = load_pairs(group_config("dataset", "organism", *over))[:N_PAIRS]
+    pairs = load_pairs(group_config("dataset", "organism", *over))[: shape.n_pairs]
     tok = loaded.tokenizer
     ev = group_config("eval", "organism", *over)
     base = load_questions(ev)
     questions = [
         Question(f"{q.id}_{i}", q.text + " Really?" * (i // len(base)), q.trait_answer)
-        for i in range(N_PROMPTS)
+        for i in range(shape.n_prompts)
         for q in [base[i % len(base)]]
     ]
     peer_tok = copy.deepcopy(tok)
     peer_tok.padding_side = "right"  # peers read activations from a plain forward
     return Setup(
+        shape,
         loaded,
         model_cfg,
         modules,
@@ -220,15 +254,14 @@ def extraction_cases(s: Setup, out: dict[str, Any]) -> None:
         if cos <= 0.999:
             print(f"{name} {method}: directions differ (min cos {cos:.6f}); not timed", flush=True)
             continue
-        sides = {
-            f"steerexp@{b}": lambda b=b, m=method: steerexp_direction(s, m, b)
-            for b in dict.fromkeys([EXTRACT_BATCH, *BATCHES])
-        }
-        for b in dict.fromkeys([default, *BATCHES]):
+        mine = dict.fromkeys([EXTRACT_BATCH, *s.shape.batches])
+        theirs_b = dict.fromkeys([default, *s.shape.batches])
+        sides = {f"steerexp@{b}": lambda b=b, m=method: steerexp_direction(s, m, b) for b in mine}
+        for b in theirs_b:
             sides[f"{name}@{b}"] = lambda b=b, fn=fn, model=model: fn(s, model, b)
-        t = cpu_min(sides)
-        own = min(dict.fromkeys([EXTRACT_BATCH, *BATCHES]), key=lambda b: t[f"steerexp@{b}"])
-        best = min(dict.fromkeys([default, *BATCHES]), key=lambda b: t[f"{name}@{b}"])
+        t = cpu_min(sides, s.shape.repeats)
+        own = min(mine, key=lambda b: t[f"steerexp@{b}"])
+        best = min(theirs_b, key=lambda b: t[f"{name}@{b}"])
         # Defaults against defaults, and each side at its own fastest batch size.
         for label, b, ours in (("default", default, EXTRACT_BATCH), ("best", best, own)):
             ratio = t[f"{name}@{b}"] / t[f"steerexp@{ours}"]
@@ -273,9 +306,10 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
     free = dataclasses.replace(spec, regex=None)
     greedy = {
         **s.ev,
-        "max_new_tokens": NEW_TOKENS,
+        "max_new_tokens": s.shape.new_tokens,
         "do_sample": False,
         "repetition_penalty": None,
+        "workers": 1,  # in this process, so its CPU time counts (one chunk runs here anyway)
     }
 
     def ours(coeffs: list[float]) -> dict[float, list[list[int]]]:
@@ -290,7 +324,7 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
         res = model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=NEW_TOKENS,
+            max_new_tokens=s.shape.new_tokens,
             do_sample=False,
             pad_token_id=tok.pad_token_id,
         )
@@ -337,8 +371,8 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
             "hf": lambda: hf(plain),
             **{n: (lambda fn=fn: fn(COEFF)) for n, fn in peers.items()},
         }
-        t = cpu_min(sides)
-        work = f"{N_PROMPTS} prompts x {NEW_TOKENS} tokens"
+        t = cpu_min(sides, s.shape.repeats)
+        work = f"{s.shape.n_prompts} prompts x {s.shape.new_tokens} tokens"
         for name in peers:
             out[f"steered_1coeff_vs_{name}"] = ratio = t[name] / t["steerexp"]
             report(f"steered, 1 coefficient, {work}: {name}", t[name], t["steerexp"], ratio, TARGET)
@@ -346,7 +380,7 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
         report(f"steered, 1 coefficient, {work}: plain HF (info)", t["hf"], t["steerexp"], ratio, 0)
         sides = {"steerexp": lambda: ours(COEFFS)}
         sides |= {n: (lambda fn=fn: [fn(c) for c in COEFFS]) for n, fn in peers.items()}
-        t = cpu_min(sides)
+        t = cpu_min(sides, s.shape.repeats)
         for name in peers:
             out[f"batched_7coeff_vs_{name}"] = ratio = t[name] / t["steerexp"]
             report(
@@ -358,37 +392,69 @@ def generation_cases(s: Setup, out: dict[str, Any]) -> None:
             )
 
 
-def main() -> None:
-    """Every case, printed and recorded under ``peers`` in ``bench/results.json``."""
-    missing = [m for m in ("repeng", "steering_vectors") if not installed(m)]
-    if missing:
-        print(f"(not installed, skipped: {', '.join(missing)}; pip install 'steerexp[peers]')")
-    load0 = os.getloadavg()[0]
+def run_shape(name: str, shape: Shape) -> dict[str, Any]:
+    """Every case on one shape, printed; the ratios and the conditions they were taken in."""
+    load0, wall0 = os.getloadavg()[0], time.perf_counter()
     with single_thread():
-        s = setup()
+        s = setup(shape)
         out: dict[str, Any] = {}
         print(
-            f"model {s.loaded.name}: {s.loaded.n_layers} layers, d={s.loaded.hf.config.hidden_size}, "
-            f"layers {s.layers}; torch threads={torch.get_num_threads()}; CPU time, min of {REPEATS}",
+            f"\n[{name}] model {s.loaded.name}: {s.loaded.n_layers} blocks, "
+            f"d={s.loaded.hf.config.hidden_size}, vocab {s.loaded.hf.config.vocab_size}, "
+            f"layers {s.layers}; {len(s.pairs)} pairs, {shape.n_prompts} prompts x "
+            f"{shape.new_tokens} tokens; torch threads={torch.get_num_threads()}; "
+            f"CPU time, min of {shape.repeats}",
             flush=True,
         )
         extraction_cases(s, out)
         generation_cases(s, out)
     out.update(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        command="python -m bench peers",
+        command=f"python -m bench peers --shape {name}",
+        shape={
+            "model": shape.model,
+            **shape.model_overrides,
+            "blocks": s.loaded.n_layers,
+            "hidden_size": int(s.loaded.hf.config.hidden_size),
+            "vocab_size": int(s.loaded.hf.config.vocab_size),
+            "layers": s.layers,
+            "pairs": len(s.pairs),
+            "prompts": shape.n_prompts,
+            "new_tokens": shape.new_tokens,
+        },
+        wall_s=time.perf_counter() - wall0,
         load_avg_start=load0,
         load_avg_end=os.getloadavg()[0],
         cpus=os.cpu_count(),
         threads=1,
-        repeats=REPEATS,
+        repeats=shape.repeats,
         targets={"peer_ratio": TARGET, "batched_7coeff": TARGET_BATCHED},
     )
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["peers"] = out
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"load average {load0:.1f} -> {out['load_avg_end']:.1f} on {out['cpus']} CPUs")
+    print(
+        f"[{name}] {out['wall_s']:.0f} s wall; load average {load0:.1f} -> "
+        f"{out['load_avg_end']:.1f} on {out['cpus']} CPUs",
+        flush=True,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Every case on the chosen shapes, recorded in ``bench/results.json`` (the organism under
+    ``peers``, the Qwen3-0.6B shape under ``peers_qwen3_0_6b``)."""
+    parser = argparse.ArgumentParser(prog="python -m bench peers")
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    args = parser.parse_args(argv or [])
+    missing = [m for m in ("repeng", "steering_vectors") if not installed(m)]
+    if missing:
+        print(f"(not installed, skipped: {', '.join(missing)}; pip install 'steerexp[peers]')")
+    for name, shape in SHAPES.items():
+        if args.shape not in (name, "all"):
+            continue
+        out = run_shape(name, shape)
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        results[shape.key] = out
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

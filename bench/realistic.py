@@ -375,7 +375,10 @@ def main() -> None:
         "targets": TARGETS,
         "models": per_model,
     }
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    # The other sections' entries (peers, shared_cpu, run) stay; this section owns the rest.
+    kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    kept = {k: v for k, v in kept.items() if k.startswith("peers") or k in ("shared_cpu", "run")}
+    RESULTS.write_text(json.dumps({**summary, **kept}, indent=2) + "\n")
     print(
         f"\nratios at the largest width ({top['model']}, d={top['width']}) -> {RESULTS}", flush=True
     )
