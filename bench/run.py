@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.generate import REPO, child_env, organism_ready, run_overrides, seeded_cache
-from steerexp.core.threads import USER_VARS
+from steerexp.models.threads import USER_VARS
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 TARGET_WALL_S = 60.0
