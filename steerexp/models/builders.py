@@ -25,6 +25,7 @@ from steerexp.store.atomic import atomic_dir
 #: ``model.builder`` name -> a function that makes (or reuses) the checkpoint and returns its dir.
 BUILDERS: Registry[Callable[[], Path]] = Registry("model.builder")
 
+#: ``model.dtype`` name -> the torch dtype a model is loaded or built in.
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
