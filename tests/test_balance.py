@@ -62,6 +62,6 @@ def test_auto_beta_hits_the_target_and_equals_that_fixed_beta(setup, tmp_path: P
     cached = run(setup, tmp_path, beta="auto", balance_target=0.3)
     assert cached.cached and cached.balance == b
     with pytest.raises(
-        SteerexpError, match="loss.balance_target=1.5: must be strictly between 0 and 1"
+        SteerexpError, match="loss.balance_target=1.5 must be strictly between 0 and 1"
     ):
         run(setup, None, beta="auto", balance_target=1.5)
