@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import cli_exit, compose_cfg, group, tiny
+from helpers import REPO, cli_exit, compose_cfg, group, tiny
 from omegaconf import OmegaConf
 
 from steerexp import CONF_DIR
@@ -29,7 +29,6 @@ from steerexp.store import cache
 from steerexp.store.artifacts import write_json
 from steerexp.sweep import report
 
-REPO = Path(__file__).resolve().parent.parent
 # A fast tiny-model experiment: few pairs, one repeat, short completions.
 TINY_RUN = (
     "model=tiny_random",

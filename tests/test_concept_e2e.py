@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CONCEPT = [
     "random_null.k=16",
     "fit.bootstrap=0",

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg
+from helpers import REPO, compose_cfg
 
 from steerexp import CONF_DIR
 from steerexp.cli import check_args
@@ -16,7 +16,6 @@ from steerexp.pipeline import check_config
 from steerexp.stages.fit.methods import METHODS
 
 GROUPS = ["model", "module", "method", "loss", "dataset", "eval", "judge", "logger"]
-REPO = Path(__file__).resolve().parent.parent
 #: Options that read a user file: checked with the shipped examples.
 FILE_OPTIONS = {
     ("dataset", "file"): (f"dataset.path={REPO / 'examples' / 'organism_pairs.jsonl'}",),

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg
+from helpers import REPO, compose_cfg
 
 import steerexp
 from steerexp import CONF_DIR, cli
@@ -23,7 +23,6 @@ from steerexp.config.errors import SteerexpError
 from steerexp.config.schema import GROUPS
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 MY_LLAMA = (
     "name: my_llama\npath: meta-llama/Llama-3.2-1B-Instruct\narchitecture: LlamaForCausalLM\n"

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from helpers import compose_cfg
+from helpers import REPO, compose_cfg
 from omegaconf import OmegaConf
 
 from steerexp.config.schema import EvalConfig
 
-REPO = Path(__file__).resolve().parent.parent
 SUFFIXES = REPO / "steerexp" / "data" / "honesty_suffixes.txt"
 
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg, group
+from helpers import REPO, compose_cfg, group
 from omegaconf import OmegaConf
 
 from steerexp.config.errors import SteerexpError
@@ -18,7 +18,6 @@ from steerexp.organism import corpus
 from steerexp.pipeline import check_config
 from steerexp.store import cache
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 

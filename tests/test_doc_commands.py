@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
@@ -48,7 +49,6 @@ from steerexp.config import compose as config
 from steerexp.config.schema import GROUPS
 from steerexp.pipeline import check_config
 
-REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell", "console"}
 #: A sweep of more jobs is validated with each value of each axis once, not every combination.

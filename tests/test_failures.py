@@ -12,14 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import cli_exit, compose_cfg
+from helpers import REPO, cli_exit, compose_cfg
 
 from steerexp.config.errors import SteerexpError
 from steerexp.pipeline import check_config, experiment
 from steerexp.stages.fit.methods import fit_direction
 from steerexp.sweep import report
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def steerexp_cli(

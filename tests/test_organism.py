@@ -43,7 +43,6 @@ from steerexp.organism.tokenizer import build_tokenizer, render
 from steerexp.organism.train import STEERED_FRAC, Recipe, noised_layers
 from steerexp.stages.extract.activations import loss_layer_path
 
-REPO = Path(__file__).resolve().parent.parent
 ANSWER = re.compile(r"Final choice: (Yes|No)")
 #: Recipe seeds the slow acceptance test rebuilds (seed 0 is the shipped one).
 RECIPE_SEEDS = [0, 1, 2]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import JOURNAL_HEADER
+from helpers import JOURNAL_HEADER, REPO
 from omegaconf import OmegaConf
 from statsmodels.stats.multitest import multipletests
 from wandb_offline import read_offline_run
@@ -22,7 +22,6 @@ from steerexp.store import context
 from steerexp.store.columns import EXTRA_STAT_COLUMNS, JOURNAL_COLUMNS, TIME_COLUMNS
 from steerexp.sweep import callbacks, report
 
-REPO = Path(__file__).resolve().parent.parent
 COEFFS = [-1.0, -0.5, 0.0, 0.5, 1.0]
 
 # (method, module, slope, r2, status); score = |slope| * r2 * valid_frac^2 with valid_frac = 1.

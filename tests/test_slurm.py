@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_sweep
+from helpers import REPO, run_sweep
 from hydra import compose, initialize_config_dir
 
 from steerexp import CONF_DIR, organism
 from steerexp.store.columns import TIME_COLUMNS as TIME_COLS
 
-REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / ".slurm" / "slurm.conf"
 # A small random null (4 directions) keeps the null's columns in the parity check at little cost.
 SWEEP = [

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import JOURNAL_HEADER, run_sweep, sweep_cmd
+from helpers import JOURNAL_HEADER, REPO, run_sweep, sweep_cmd
 from wandb_offline import read_offline_run
 
-REPO = Path(__file__).resolve().parent.parent
 STATS = ["slope", "r2", "valid_frac", "p_value", "score", "min", "max"]
 SMALL = ["eval.repeats=1", "dataset.max_pairs=48", "random_null.k=16", "fit.bootstrap=0"]
 

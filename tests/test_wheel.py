@@ -17,8 +17,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 #: What a run may leave in a checkout without counting as a write into it.
 IGNORED = {".git", "__pycache__", ".pytest_cache", ".venv", ".ruff_cache"}
