@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
+from omegaconf.errors import InterpolationResolutionError, ValidationError
 
 from steerexp import CONF_DIR
 from steerexp.config.errors import SteerexpError, choice_error
@@ -193,7 +193,13 @@ def _build(group: str, schema: type, cfg: Mapping[str, Any]) -> DictConfig:
         for key in cfg:
             check_value(f"{group}.", schema, str(key), cfg[key])
         raise
-    if not OmegaConf.missing_keys(built):
+    try:
+        complete = not OmegaConf.missing_keys(built)
+    except InterpolationResolutionError:
+        # a group section alone (a module's ``${model.layer_frac}``): its range rules run when
+        # the composed config is validated
+        complete = False
+    if complete:
         OmegaConf.to_object(built)  # the schema's __post_init__ range checks
     return built
 
