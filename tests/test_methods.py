@@ -15,6 +15,7 @@ import steerexp.stages.fit.fisher as fisher_module
 from steerexp.config.errors import SteerexpError
 from steerexp.stages.fit.fisher import fisher_factor, solve_fisher
 from steerexp.stages.fit.methods import (
+    METHODS,
     fit_direction,
     fit_from_config,
     load_method_config,
@@ -85,8 +86,14 @@ def test_every_method_option(path: Path) -> None:
     assert torch.equal(v, again)
 
 
-def test_method_names_match_config_files() -> None:
-    assert method_names() == [p.stem for p in METHOD_FILES]
+def test_method_options_and_the_registry_agree() -> None:
+    """Every method option runs a registered kind, every registered kind has an option, and the
+    journal experiment sweeps only real options (a renamed YAML or kind fails here)."""
+    kinds = {load_method_config(name)["kind"] for name in method_names()}
+    assert kinds == set(METHODS.names())
+    journal = OmegaConf.load(steerexp.CONF_DIR / "experiment" / "journal.yaml")
+    swept = str(journal.hydra.sweeper.params.method).split(",")
+    assert set(swept) <= set(method_names()) and len(swept) == len(set(swept)) == 17
 
 
 def test_pair_vote_orients_even_against_the_gradient_rule() -> None:
