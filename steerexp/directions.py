@@ -23,7 +23,7 @@ from torch import Tensor
 
 from steerexp import __version__
 from steerexp.config.errors import SteerexpError
-from steerexp.models.checkpoints import model_fingerprint
+from steerexp.models.loading import model_fingerprint
 from steerexp.store.artifacts import write_directions
 from steerexp.store.cache import hash_key
 
@@ -42,7 +42,7 @@ def steerexp_version() -> str:
 
 
 def checkpoint_hash(fingerprint: Mapping[str, Any]) -> str:
-    """A short hash of a model fingerprint (``steerexp.models.checkpoints.model_fingerprint``)."""
+    """A short hash of a model fingerprint (``steerexp.models.loading.model_fingerprint``)."""
     return hash_key(dict(fingerprint))
 
 

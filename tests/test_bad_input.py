@@ -21,8 +21,7 @@ from omegaconf import OmegaConf
 from steerexp import CONF_DIR
 from steerexp.cli import RUN_ID, check_args, job_dir_name
 from steerexp.config.errors import SteerexpError
-from steerexp.models.checkpoints import model_fingerprint
-from steerexp.models.loading import load_model
+from steerexp.models.loading import load_model, model_fingerprint
 from steerexp.pipeline import check_config
 from steerexp.stages.extract.activations import loss_layer_path
 from steerexp.store import cache

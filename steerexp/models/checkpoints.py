@@ -11,16 +11,12 @@ import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
 from steerexp.models import hub_init
 from steerexp.models.builders import base_path
-
-if TYPE_CHECKING:
-    from steerexp.models.loading import LoadedModel
-
 
 #: A hub id is ``name`` or ``org/name`` (letters, digits, ``-_.``); anything else is a local path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -113,7 +109,7 @@ CHECKPOINT_SUFFIXES = (
 FULL_HASH_LIMIT = 1 << 30
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     """sha256 of a file (sampled above :data:`FULL_HASH_LIMIT`), memoised by path, size and mtime."""
     st = path.stat()
     return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -132,26 +128,3 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
                 f.seek(i * (size - (1 << 20)) // 63)
                 h.update(f.read(1 << 20))
     return h.hexdigest()
-
-
-def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict[str, Any]:
-    """What identifies the loaded checkpoint's content, independent of where it lives, so a copied
-    or shared cache still hits: a local dir -> the sha256 of each file ``from_pretrained`` reads;
-    a hub id -> the id, the requested revision and the commit it resolved to. Cache keys (e.g. the
-    extraction key) use this instead of the checkpoint path."""
-    if loaded.fingerprint is None:
-        local = Path(loaded.path)
-        if local.is_dir():
-            files = sorted(
-                f
-                for f in local.iterdir()
-                if f.is_file() and not f.name.startswith(".") and f.suffix in CHECKPOINT_SUFFIXES
-            )
-            loaded.fingerprint = {"files": {f.name: _file_digest(f) for f in files}}
-        else:
-            loaded.fingerprint = {
-                "hub_id": loaded.path,
-                "revision": typed("model", model_cfg)["revision"],
-                "commit": getattr(loaded.hf.config, "_commit_hash", None),
-            }
-    return loaded.fingerprint

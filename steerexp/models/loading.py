@@ -32,10 +32,12 @@ from steerexp.config.errors import SteerexpError, choice_error
 from steerexp.models import hub_init
 from steerexp.models.builders import BUILDERS, DTYPES
 from steerexp.models.checkpoints import (
+    CHECKPOINT_SUFFIXES,
     check_local_path,
     check_no_pickle,
     check_safetensors,
     checkpoint_path,
+    file_digest,
 )
 
 #: ``model.dtype=auto``: bfloat16 on a GPU, float32 on CPU (where bfloat16 matmuls are several
@@ -269,3 +271,26 @@ def _check_architecture(cfg: Mapping[str, Any], path: str, got: list[str]) -> No
             f"model {cfg['name']!r} at {path!r} is a {', '.join(got)} checkpoint, but its config says "
             f"architecture={expected!r}; fix model.architecture or model.path"
         )
+
+
+def model_fingerprint(model_cfg: Mapping[str, Any], loaded: LoadedModel) -> dict[str, Any]:
+    """What identifies the loaded checkpoint's content, independent of where it lives, so a copied
+    or shared cache still hits: a local dir -> the sha256 of each file ``from_pretrained`` reads;
+    a hub id -> the id, the requested revision and the commit it resolved to. Cache keys (e.g. the
+    extraction key) use this instead of the checkpoint path."""
+    if loaded.fingerprint is None:
+        local = Path(loaded.path)
+        if local.is_dir():
+            files = sorted(
+                f
+                for f in local.iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix in CHECKPOINT_SUFFIXES
+            )
+            loaded.fingerprint = {"files": {f.name: file_digest(f) for f in files}}
+        else:
+            loaded.fingerprint = {
+                "hub_id": loaded.path,
+                "revision": typed("model", model_cfg)["revision"],
+                "commit": getattr(loaded.hf.config, "_commit_hash", None),
+            }
+    return loaded.fingerprint

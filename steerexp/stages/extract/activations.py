@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
 from steerexp.data.records import Pair
-from steerexp.models.checkpoints import model_fingerprint
-from steerexp.models.loading import LoadedModel
+from steerexp.models.loading import LoadedModel, model_fingerprint
 from steerexp.models.tokens import (
     encode_many,
     first_output,
