@@ -28,12 +28,12 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 TARGET_WALL_S = 60.0
 
 
-def default_run(root: Path, ready: bool) -> dict[str, Any]:
-    """Wall and CPU seconds of one default run from an empty cache, and its metrics."""
-    cache = seeded_cache(root / "cache", "organism" if ready else "tiny_random")
+def timed_run(root: Path, name: str, ready: bool) -> tuple[float, dict[str, Any]]:
+    """Wall seconds of one default run from an empty cache into ``root/name``, and its metrics
+    (threads left to steerexp: the user's thread variables are dropped)."""
+    cache = seeded_cache(root / f"cache-{name}", "organism" if ready else "tiny_random")
     env = {k: v for k, v in child_env(cache).items() if k not in USER_VARS}
-    run_dir = root / "run"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run_dir = root / name
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "steerexp", *run_overrides(ready), f"hydra.run.dir={run_dir}"],
@@ -43,10 +43,16 @@ def default_run(root: Path, ready: bool) -> dict[str, Any]:
         text=True,
     )
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"default run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return wall, json.loads((run_dir / "metrics.json").read_text())
+
+
+def default_run(root: Path, ready: bool) -> dict[str, Any]:
+    """Wall and CPU seconds of one default run from an empty cache, and its metrics."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, metrics = timed_run(root, "run", ready)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "wall_s": wall,

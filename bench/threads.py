@@ -20,29 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.generate import REPO, child_env, organism_ready, run_overrides, seeded_cache
-from steerexp.models.threads import USER_VARS, usable_cpus
+from bench.generate import organism_ready
+from bench.run import timed_run
+from steerexp.models.threads import usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def default_run(root: Path, name: str, ready: bool) -> tuple[float, int]:
     """Wall seconds of one default run into ``root/name`` and the torch threads it used."""
-    cache = seeded_cache(root / f"cache-{name}", "organism" if ready else "tiny_random")
-    env = {k: v for k, v in child_env(cache).items() if k not in USER_VARS}
-    run_dir = root / name
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "steerexp", *run_overrides(ready), f"hydra.run.dir={run_dir}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"default run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    seconds, metrics = timed_run(root, name, ready)
     return seconds, int(metrics.get("torch_threads", 0))
 
 
