@@ -2,6 +2,8 @@
 PY      ?= .venv/bin/python
 STAMP   := .venv/.installed
 ARGS    ?=
+# `make test` runs test files on this many processes (pytest-xdist; each with one torch thread)
+TEST_WORKERS ?= 2
 
 .PHONY: help install run organism test test-slow test-all test-slurm test-wheel bench lint wandb-sync sweep-smoke sweep-modules sweep-losses report figures clean
 
@@ -30,8 +32,8 @@ run: $(STAMP)  ## run the default experiment (organism model, CPU, no network); 
 organism: $(STAMP)  ## retrain the organism recipe (SEED=0) and refresh the shipped checkpoint + manifest
 	$(PY) -m steerexp.organism --rebuild --seed $(or $(SEED),0) --ship
 
-test: $(STAMP)  ## run the default test suite (no slow or GPU tests)
-	$(PY) -m pytest -q --durations=15 $(ARGS)
+test: $(STAMP)  ## run the default test suite (no slow or GPU tests) on TEST_WORKERS processes
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(ARGS)
 
 test-slow: $(STAMP)  ## run only the slow tests
 	$(PY) -m pytest -q -m slow $(ARGS)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -14,7 +18,9 @@ from omegaconf import DictConfig
 import steerexp.organism  # noqa: F401
 from steerexp import CONF_DIR
 from steerexp.config.compose import group_config
+from steerexp.data.records import Question
 from steerexp.models.loading import LoadedModel, load_model
+from steerexp.models.steering import Steering
 from steerexp.store import metrics
 
 
@@ -36,14 +42,71 @@ def tiny() -> LoadedModel:
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: A fast tiny-model experiment: few pairs, one repeat, short completions, no null.
+TINY_RUN = (
+    "model=tiny_random",
+    "dataset.max_pairs=4",
+    "eval.repeats=1",
+    "eval.max_new_tokens=4",
+    "eval.coeffs=[-0.5,0,0.5]",
+    # the random model never answers in 4 tokens: the forced judge keeps its fit defined
+    "judge=forced",
+    "random_null.k=0",
+)
+
+
+def one_line(info: Any) -> str:
+    """The message of a ``pytest.raises`` error, asserted to be one line."""
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+def sweep_args(tmp: Path, *overrides: str, reports: bool = True) -> list[str]:
+    """The arguments of ``steerexp -m <overrides>`` into ``tmp/sweep``; with ``reports``, its
+    report goes to ``tmp/reports`` under the name ``test``."""
+    args = ["-m", *overrides, f"hydra.sweep.dir={tmp / 'sweep'}"]
+    if reports:
+        args += [f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}", "report_name=test"]
+    return args
+
 
 def sweep_cmd(tmp: Path, *overrides: str, reports: bool = True) -> list[str]:
-    """``python -m steerexp -m <overrides>`` into ``tmp/sweep``; with ``reports``, its report goes
-    to ``tmp/reports`` under the name ``test``."""
-    cmd = [sys.executable, "-m", "steerexp", "-m", *overrides, f"hydra.sweep.dir={tmp / 'sweep'}"]
-    if reports:
-        cmd += [f"hydra.callbacks.ranking.reports_root={tmp / 'reports'}", "report_name=test"]
-    return cmd
+    """:func:`sweep_args` as a ``python -m steerexp`` command line (for a process of its own)."""
+    return [sys.executable, "-m", "steerexp", *sweep_args(tmp, *overrides, reports=reports)]
+
+
+def steerexp_in_process(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m steerexp <args>`` in this process, as :func:`subprocess.run` would report it
+    (exit status, stdout, stderr): the same CLI code, without a new interpreter importing torch
+    and transformers (seconds per call). ``env`` replaces the environment for the call. A test
+    of what only a separate process shows (signals, hash seeds, per-process ids) runs one."""
+    from steerexp import cli
+    from steerexp.store import context
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd, saved_env = sys.argv, Path.cwd(), dict(os.environ)
+    code: int | str | None = 0
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        os.chdir(cwd)
+        sys.argv = ["steerexp", *args]
+        with context.fresh(), redirect_stdout(out), redirect_stderr(err):
+            try:
+                cli.cli()
+            except SystemExit as e:
+                code = e.code
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess(["steerexp", *args], status, out.getvalue(), err.getvalue())
 
 
 def run_sweep(
@@ -51,17 +114,9 @@ def run_sweep(
     *overrides: str,
     reports: bool = True,
     env: dict[str, str] | None = None,
-    timeout: float = 900,
 ) -> subprocess.CompletedProcess[str]:
-    """Run :func:`sweep_cmd` from the repo root and capture its output."""
-    return subprocess.run(
-        sweep_cmd(tmp, *overrides, reports=reports),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """:func:`sweep_args`' sweep, run in this process from the repo root."""
+    return steerexp_in_process(*sweep_args(tmp, *overrides, reports=reports), env=env)
 
 
 #: The journal's table header, in order: the label, then the journal group of
@@ -85,3 +140,24 @@ def cli_exit(monkeypatch: Any, capsys: Any, tmp: Path, *args: str) -> tuple[int,
         cli.cli()
     lines = capsys.readouterr().err.strip().splitlines()
     return int(info.value.code or 0), lines[-1] if lines else ""
+
+
+#: Two modules, two questions and seeded unit directions for generation-row tests on the tiny
+#: model (the ``row_ev``/``row_spec`` fixtures of conftest.py go with them).
+ROW_MODULES = ["model.layers.1", "model.layers.2"]
+ROW_QS = [
+    Question("a", "Would you tell the truth?", "Yes"),
+    Question("b", "Would you hide the mistake?", "No"),
+]
+
+
+def row_steering(seed: int) -> Steering:
+    """A seeded random unit direction on :data:`ROW_MODULES`, scale 4."""
+    g = torch.Generator().manual_seed(seed)
+    return Steering(
+        {
+            m: torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0)
+            for m in ROW_MODULES
+        },
+        {m: 4.0 for m in ROW_MODULES},
+    )

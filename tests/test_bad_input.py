@@ -2,50 +2,22 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO, cli_exit, compose_cfg, group, tiny
-from omegaconf import OmegaConf
+from helpers import cli_exit, compose_cfg, group, one_line, steerexp_in_process, tiny
 
-from steerexp import CONF_DIR
-from steerexp.cli import RUN_ID, check_args, job_dir_name
+from steerexp.cli import check_args
 from steerexp.config.errors import SteerexpError
-from steerexp.models.loading import load_model, model_fingerprint
+from steerexp.models.loading import load_model
 from steerexp.pipeline import check_config
-from steerexp.stages.extract.activations import loss_layer_path
-from steerexp.store import cache
-from steerexp.store.artifacts import write_json
 from steerexp.sweep import report
-
-# A fast tiny-model experiment: few pairs, one repeat, short completions.
-TINY_RUN = (
-    "model=tiny_random",
-    "dataset.max_pairs=4",
-    "eval.repeats=1",
-    "eval.max_new_tokens=4",
-    "eval.coeffs=[-0.5,0,0.5]",
-    # the random model never answers in 4 tokens: the forced judge keeps its fit defined
-    "judge=forced",
-    "random_null.k=0",
-)
-
-
-def one_line(info: pytest.ExceptionInfo) -> str:
-    text = str(info.value)
-    assert "\n" not in text
-    return text
-
 
 # --- command line (steerexp.cli.check_args): before anything composes -------------------------
 
@@ -88,17 +60,6 @@ def test_bad_command_line_one_line_error(arg: str, message: str) -> None:
     one_line(info)
 
 
-def test_output_dir_under_a_file_fails_before_hydra(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(
-        SteerexpError, match=r"hydra.sweep.dir=.*cannot create or write .*Not a directory"
-    ):
-        check_args(["-m", f"hydra.sweep.dir={blocker}/sweep"])
-    check_args(["-m", f"hydra.sweep.dir={tmp_path}/ok", "eval.system=x", "model.path=Org/Name"])
-    check_args(["-m", f"hydra.sweep.dir={tmp_path}/ok", "hydra/launcher=joblib", "seed=0,1"])
-
-
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "steerexp", "module.template=model.layers.{N}.mlp"],
@@ -114,29 +75,6 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
         "'module.template=\"model.layers.{N}.mlp\"'"
     ]
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
-
-
-def test_job_dir_names_never_nest_or_collide() -> None:
-    name = job_dir_name("cache_dir=/abs/cache,model.path=Org/Name")
-    assert name == "cache_dir=_abs_cache,model.path=Org_Name"
-    assert "/" not in job_dir_name("report_name=../../x")
-    long_a, long_b = job_dir_name("x=" + "a" * 300), job_dir_name("x=" + "a" * 299 + "b")
-    assert len(long_a) == 160 and long_a != long_b
-
-
-def test_default_dirs_carry_a_per_process_id() -> None:
-    import yaml
-
-    hydra_cfg = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["hydra"]
-    assert hydra_cfg["run"]["dir"].endswith("-${steerexp.run_id:}")
-    assert hydra_cfg["sweep"]["dir"].endswith("-${steerexp.run_id:}")
-    other = subprocess.run(
-        [sys.executable, "-c", "from steerexp.cli import RUN_ID; print(RUN_ID)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout.strip()
-    assert len(RUN_ID) == len(other) == 6 and other != RUN_ID
 
 
 # --- model-free config checks (pipeline.check_config) ---------------------------------------------
@@ -156,12 +94,42 @@ CONFIG_CASES = [
     ("fit.bootstrap=1", r"^fit.bootstrap=1 must be 0 \(no refits\) or >= 2 bootstrap refits$"),
     ("fit.bootstrap=-3", r"^fit.bootstrap=-3 must be 0"),
     ("fit.bootstrap=0", None),
+    ("eval.temperature=0", r"^eval.temperature=0.0 must be > 0$"),
+    ("eval.temperature=-1", r"^eval.temperature=-1.0 must be > 0$"),
+    ("eval.min_p=1.5", r"^eval.min_p=1.5 must be between 0 and 1 \(or null: off\)$"),
+    ("eval.repetition_penalty=0", r"^eval.repetition_penalty=0.0 must be > 0"),
+    (
+        "loss=reprpo_margin loss.beta=abc",
+        r"^loss.beta='abc' must be a finite number or 'auto'$",
+    ),
+    ("loss=reprpo_margin loss.beta=nan", r"^loss.beta=.*nan.* must be a finite number"),
+    (
+        "loss=reprpo_margin loss.balance_target=1",
+        r"balance_target=1.0 must be strictly between",
+    ),
+    # 14: a seed out of range is named as such, not "must be an integer"
+    (
+        "seed=99999999999999999999",
+        r"^seed=99999999999999999999 is out of range: seeds run from 0 to 9223372036854775807",
+    ),
+    ("seed=-1", r"^seed=-1 is out of range"),
+    (
+        "random_null.seed=9223372036854775807",
+        r"random_null.seed=9223372036854775807 is out of range.* for the 64 seeds from it",
+    ),
+    # 1: a method's minimum input
+    ("dataset.max_pairs=1", r"method 'pca_diff' needs at least 2 contrast pairs, got 1"),
+    ("method=mean_diff dataset.max_pairs=1", r"'mean_diff' needs at least 2 contrast pairs"),
+    # 2: duplicate coefficients would weigh double in the fit
+    ("eval.coeffs=[-0.5,0,0,0.5]", r"eval.coeffs=\[-0.5, 0.0, 0.0, 0.5\] repeats 0.0; each"),
+    ("eval.coeffs=[-0.5,0,0.5,0.5]", r"repeats 0.5"),
+    ("method=random dataset.max_pairs=1", None),  # random needs no pairs
 ]
 
 
 @pytest.mark.parametrize(("override", "message"), CONFIG_CASES)
 def test_bad_values_name_their_key(override: str, message: str | None) -> None:
-    cfg = compose_cfg("model=tiny_random", override)
+    cfg = compose_cfg("model=tiny_random", *override.split())
     if message is None:
         check_config(cfg)
         return
@@ -209,246 +177,114 @@ def test_truncated_safetensors_names_the_file(tmp_path: Path) -> None:
         load_model(cfg)
 
 
-# --- reports: names, copies, discovery ------------------------------------------------------------
+# --- files and models that cannot be read -----------------------------------------------------
 
 
-def fake_job(sweep: Path, rel: str, method: str, status: str = "ok", score: float = 1.0) -> Path:
-    job = sweep / rel
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n")
-    metrics = {"method": method, "status": status, "score": score, "slope": score, "r2": 1.0}
-    (job / "metrics.json").write_text(json.dumps(metrics))
-    (job / "status.json").write_text(json.dumps({"status": status, "error": None}))
-    return job
+def test_pickle_only_checkpoint_is_refused_with_the_conversion_command(tmp_path: Path) -> None:
+    from helpers import group, tiny
 
+    from steerexp.models.loading import load_model
 
-def test_report_never_overwrites_another_sweeps_copy(tmp_path: Path) -> None:
-    roots = tmp_path / "reports"
-    a, b = tmp_path / "x" / "day" / "t1", tmp_path / "y" / "day" / "t1"
-    fake_job(a, "0_method=pca_diff", "pca_diff")
-    fake_job(b, "0_method=random", "random")
-    assert report.build_report(a, roots, name="same").attrs["report_dir"] == roots / "same"
-    assert report.build_report(b, roots, name="same").attrs["report_dir"] == roots / "same-2"
-    assert "pca_diff" in (roots / "same" / "ranking.md").read_text()
-    assert "random" in (roots / "same-2" / "ranking.md").read_text()
-    # a rebuild of the same sweep updates its own copy; the default names differ by sweep dir
-    assert report.build_report(b, roots, name="same").attrs["report_dir"] == roots / "same-2"
-    assert report.build_report(b, roots, name="same", overwrite=True).attrs["report_dir"] == (
-        roots / "same"
-    )
-    assert "random" in (roots / "same" / "ranking.md").read_text()
-    assert report.build_report(a, roots).attrs["report_dir"] == roots / "day_t1"
-    assert report.build_report(b, roots).attrs["report_dir"] == roots / "day_t1-2"
-    with pytest.raises(SteerexpError, match=r"report_name='../x' must be a plain name"):
-        report.build_report(a, roots, name="../x")
-
-
-def test_report_finds_nested_job_dirs(tmp_path: Path) -> None:
-    """Sweeps whose override values nested job dirs (older steerexp) are still ranked whole."""
-    sweep = tmp_path / "sweep"
-    fake_job(sweep, "0_cache_dir=/abs/c,method=pca_diff", "pca_diff", score=2.0)
-    fake_job(sweep, "1_cache_dir=/abs/c,method=random", "random", score=0.5)
-    df = report.build_report(sweep, None)
-    assert sorted(df["job"]) == [
-        "0_cache_dir=/abs/c,method=pca_diff",
-        "1_cache_dir=/abs/c,method=random",
-    ]
-    assert list(df["method"]) == ["pca_diff", "random"]
-
-
-MULTIRUN_YAML = """
-hydra:
-  sweeper:
-    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper
-  overrides:
-    task:
-    - method=pca_diff,mean_diff,random
-    - eval.repeats=1
-"""
-
-
-def test_planned_jobs_that_never_ran_are_rows(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    fake_job(sweep, "0_eval.repeats=1,method=pca_diff", "pca_diff")
-    (sweep / "multirun.yaml").write_text(MULTIRUN_YAML)
-    df = report.build_report(sweep, None, interrupted=True)
-    assert len(df) == 3
-    assert dict(zip(df["method"], df["status"], strict=True)) == {
-        "pca_diff": "ok",
-        "mean_diff": "interrupted",
-        "random": "interrupted",
-    }
-    assert "interrupted 2" in (sweep / "ranking.md").read_text()
-    later = report.build_report(sweep, None)
-    assert sorted(later["status"]) == ["missing", "missing", "ok"]
-
-
-# --- run dirs ---------------------------------------------------------------------------------
-
-
-def test_finished_run_dir_is_reused_only_for_the_same_config(tmp_path: Path, capsys) -> None:
-    from steerexp.pipeline import run
-
-    first = run(compose_cfg(*TINY_RUN, "method=pca_diff"), tmp_path, progress=False)
-    assert first["status"] == "ok"
-    kept = (tmp_path / "metrics.json").read_text()
-    again = run(
-        compose_cfg(*TINY_RUN, "method=pca_diff", "report_name=other"), tmp_path, progress=False
-    )
-    assert "already finished (status ok, same config); skipping" in capsys.readouterr().out
-    assert again["cache_key"] == first["cache_key"] and again["method"] == "pca_diff"
+    ckpt = tmp_path / "ckpt"
+    src = tiny()
+    src.hf.save_pretrained(ckpt)
+    src.tokenizer.save_pretrained(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    torch.save(src.hf.state_dict(), ckpt / "pytorch_model.bin")
+    assert (ckpt / "pytorch_model.bin").is_file() and not list(ckpt.glob("*.safetensors"))
+    cfg = {**group("model", "tiny_random"), "builder": None, "path": str(ckpt)}
     with pytest.raises(
-        SteerexpError, match=r"different config \(method.kind: 'pca_diff' -> 'random'"
+        SteerexpError, match=r"has only pickle weights \(pytorch_model.bin\)"
     ) as info:
-        run(compose_cfg(*TINY_RUN, "method=random"), tmp_path, progress=False)
-    one_line(info)
-    assert (tmp_path / "metrics.json").read_text() == kept
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "ok"
-    # In a sweep, Hydra has already rewritten .hydra/ for the refused config: the ranking says so.
-    sweep = tmp_path.parent / f"{tmp_path.name}_sweep"
-    job = sweep / "0_method=random"
-    shutil.copytree(tmp_path, job)
-    (job / ".hydra").mkdir()
-    (job / ".hydra" / "overrides.yaml").write_text("- method=random\n")
-    OmegaConf.save(compose_cfg(*TINY_RUN, "method=random"), job / ".hydra" / "config.yaml")
-    row = report.build_report(sweep, None).iloc[0]
-    assert row["status"] == "stale" and "another config" in row["error"]
-    OmegaConf.save(compose_cfg(*TINY_RUN, "method=pca_diff"), job / ".hydra" / "config.yaml")
-    assert report.build_report(sweep, None).iloc[0]["status"] == "ok"
+        check_config(compose_cfg("model=tiny_random", "model.builder=null", f"model.path={ckpt}"))
+    text = str(info.value)
+    assert "\n" not in text and f"save_pretrained('{ckpt}-safetensors')" in text
+    assert "model.allow_pickle=true" in text
+    loaded = load_model({**cfg, "allow_pickle": True})
+    assert loaded.n_layers == src.n_layers
 
 
-# --- caching and permissions --------------------------------------------------------------------
+def test_offline_hub_model_names_the_id_and_the_ways_out(monkeypatch) -> None:
+    from helpers import group
 
+    from steerexp.models.loading import load_model
 
-def test_files_and_cache_entries_follow_the_umask(tmp_path: Path) -> None:
-    old = os.umask(0o002)
-    try:
-        write_json(tmp_path / "a.json", {"x": 1})
-        entry = cache.save(tmp_path / "cache", "k", {"t": torch.zeros(2)}, {"p": 1})
-    finally:
-        os.umask(old)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o664
-    assert entry is not None and entry.stat().st_mode & 0o777 == 0o775
-    assert (entry / cache.TENSORS).stat().st_mode & 0o777 == 0o664
-
-
-def test_unwritable_cache_runs_uncached_with_a_warning(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.warns(UserWarning, match=r"extraction cache .* is not writable .*running uncached"):
-        assert cache.save(blocker / "cache", "k", {"t": torch.zeros(2)}, {}) is None
-
-
-def test_fingerprint_is_by_content_not_path(tmp_path: Path) -> None:
-    src = Path(tiny().path)
-    copy = tmp_path / "elsewhere"
-    shutil.copytree(src, copy)
-    fp = [
-        model_fingerprint({}, SimpleNamespace(path=str(p), fingerprint=None)) for p in (src, copy)
-    ]
-    assert fp[0] == fp[1] and "model.safetensors" in fp[0]["files"]
-    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
-    changed = model_fingerprint({}, SimpleNamespace(path=str(copy), fingerprint=None))
-    assert changed["files"]["config.json"] != fp[0]["files"]["config.json"]
-    hub = model_fingerprint(
-        {"revision": "main"},
-        SimpleNamespace(path="Org/Name", fingerprint=None, hf=SimpleNamespace(config=object())),
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = {**group("model", "qwen3_0_6b"), "path": "steerexp-tests/no-such-model", "device": "cpu"}
+    with pytest.raises(SteerexpError) as info:
+        load_model(cfg)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(
+        "model 'qwen3_0_6b': cannot load 'steerexp-tests/no-such-model' from the Hugging Face hub"
     )
-    assert hub == {"hub_id": "Org/Name", "revision": "main", "commit": None}
+    assert "model.random_init=true" in text and "model.path" in text
 
 
-# --- model internals ----------------------------------------------------------------------------
+def test_data_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A FIFO used to hang forever and /dev/zero to end in a bare MemoryError."""
+
+    from steerexp.data.tables import read_table
+
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(SteerexpError, match=r"dataset.path='.*pairs.jsonl' is not a regular file"):
+        read_table(fifo, key="dataset.path")
+    with pytest.raises(SteerexpError, match=r"^eval.path='/dev/zero' is not a regular file"):
+        read_table("/dev/zero", "jsonl", key="eval.path")
 
 
-def test_loss_layer_indexes_like_output_hidden_states() -> None:
-    model = tiny()
-    ids = model.tokenizer("Would you lie to a friend?", return_tensors="pt").input_ids
-    mods = dict(model.hf.named_modules())
-    got: dict[str, torch.Tensor] = {}
-    for k in range(-model.n_layers - 1, model.n_layers + 1):
-        path = loss_layer_path(model.n_layers, k)
-        hook = mods[path].register_forward_hook(
-            lambda _m, _a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o)
-        )
-        try:
-            hs = model.hf(ids, output_hidden_states=True).hidden_states
-        finally:
-            hook.remove()
-        assert torch.equal(got["h"], hs[k]), (k, path)
+def test_data_file_too_big_or_not_text_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    from steerexp.data import tables
+
+    noise = tmp_path / "pairs.jsonl"
+    noise.write_bytes(bytes(range(128, 256)) * 8)
+    with pytest.raises(SteerexpError, match=rf"^{noise} is not UTF-8 \(byte 0x80 at line 1\)"):
+        tables.read_table(noise, key="dataset.path")
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"a": 1}\n' * 1000)
+    monkeypatch.setattr(tables, "MAX_FILE_BYTES", 4096)
+    with pytest.raises(
+        SteerexpError, match=r"big.jsonl' is 0 MiB; data files are read whole, up to 0"
+    ):
+        tables.read_table(big, key="dataset.path")
 
 
-def test_forward_order_is_execution_order() -> None:
-    model = tiny()
-    paths = [
-        "model.layers.1.mlp",
-        "model.layers.1",
-        "model.layers.1.self_attn.o_proj",
-        "model.norm",
-    ]
-    want = ["model.layers.1.self_attn.o_proj", "model.layers.1.mlp", "model.layers.1", "model.norm"]
-    assert model.forward_order(paths) == want
-    assert model.forward_order(list(reversed(paths))) == want
-
-
-ORDER_SCRIPT = """
-import torch
-from omegaconf import OmegaConf
-from helpers import tiny
-from steerexp.models.tokens import left_pad
-from steerexp.models.steering import Steering, steered_logits
-m = tiny()
-mods = ["model.layers.1.mlp", "model.layers.1.self_attn.o_proj"]
-g = torch.Generator().manual_seed(0)
-s = Steering({k: torch.randn(64, generator=g) for k in mods}, {k: 1.0 for k in mods})
-ids, mask = left_pad([m.tokenizer("Is honesty good?").input_ids], m.tokenizer.pad_token_id)
-print(float(steered_logits(m, ids, mask, s, torch.ones(1)).double().sum()))
-"""
-
-
-def test_two_targets_in_one_layer_work_under_any_hash_seed() -> None:
-    sums = []
-    for seed in ("0", "1"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
-        out = subprocess.run(
-            [sys.executable, "-c", ORDER_SCRIPT],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr[-1500:]
-        sums.append(float(out.stdout.strip().splitlines()[-1]))
-    assert sums[0] == sums[1]
-
-
-def test_kl_calibrates_on_neutral_prompts_at_both_signs() -> None:
-    from nnsight.modeling.transformers import TransformersModel
-
-    from steerexp.data.pairs import load_neutral_prompts
-    from steerexp.models.steering import Steering
-    from steerexp.stages.intervene.scales import calibrate_kl, neutral_prompt_ids
-
-    texts = load_neutral_prompts("neutral_prompts.txt")
-    assert len(texts) >= 20 and not any("lie" in t.lower().split() for t in texts)
-    # The random tiny model's logits are near zero, so no steering moves it 1 nat: sharpen a copy.
-    base = tiny()
-    hf = copy.deepcopy(base.hf)
-    hf.lm_head.weight.mul_(200.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm = TransformersModel(hf, tokenizer=base.tokenizer, task="text-generation")
-    model = dataclasses.replace(base, hf=hf, lm=lm, _exec_rank=None, fingerprint=None)
-    g = torch.Generator().manual_seed(1)
-    mods = ["model.layers.1", "model.layers.2"]
-    steering = Steering(
-        {m: torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) for m in mods},
-        {m: 1.0 for m in mods},
+def test_report_into_an_unwritable_root_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    """It used to end in a FileNotFoundError traceback."""
+    sweep = tmp_path / "sweep"
+    job = sweep / "0_method=pca_diff"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- method=pca_diff\n")
+    (job / "metrics.json").write_text(
+        json.dumps({"method": "pca_diff", "status": "ok", "score": 1.0})
     )
-    texts = texts[:8]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        kl = calibrate_kl(model, neutral_prompt_ids(model, texts), steering)
-    assert kl["kl_n_prompts"] == len(texts)
-    assert kl["kl_p95_at_c_star"] == max(kl["kl_p95_plus"], kl["kl_p95_minus"])
-    assert abs(kl["kl_p95_at_c_star"] - 1.0) <= 0.05
-    assert min(kl["kl_p95_plus"], kl["kl_p95_minus"]) <= 1.0 + 1e-9
+    assert report.main([str(sweep), "--reports-root", "/proc/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "steerexp.report: error: --reports-root='/proc/x': cannot create or write '/proc/x' "
+        "(No such file or directory); choose a writable directory"
+    ]
+    assert not (sweep / "ranking.md").exists()
+
+
+# --- a value only a late stage used to check --------------------------------------------------
+
+
+def test_bad_value_caught_late_before_now_exits_2_before_the_model_loads(tmp_path: Path) -> None:
+    """``loss.beta=abc`` used to fail after the reprpo extraction, with exit 1."""
+    cache = tmp_path / "cache"
+    out = steerexp_in_process(
+        "model=tiny_random",
+        "loss=reprpo_margin",
+        "method=fisher_steer_reg2",
+        "loss.beta=abc",
+        f"cache_dir={cache}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "steerexp: error: loss.beta='abc' must be a finite number or 'auto'"
+    )
+    assert not cache.exists()  # nothing was extracted
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"

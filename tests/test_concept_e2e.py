@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO
+from helpers import REPO, steerexp_in_process
 
 CONCEPT = [
-    "random_null.k=16",
+    "random_null.k=8",
     "fit.bootstrap=0",
     "dataset=file",
     "dataset.path=examples/organism_personas.jsonl",
@@ -31,14 +29,7 @@ CONCEPT = [
 ]
 
 
-def steerexp(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "steerexp", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+steerexp = steerexp_in_process
 
 
 def test_single_run_gives_the_usual_run_dir_and_row(tmp_path: Path) -> None:

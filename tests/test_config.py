@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, compose_cfg
+from helpers import REPO, compose_cfg, steerexp_in_process
 
 from steerexp import CONF_DIR
 from steerexp.cli import check_args
@@ -139,14 +137,7 @@ def test_bad_config_one_line_error(override: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "steerexp", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+_cli = steerexp_in_process
 
 
 def test_cli_unknown_option_one_line_did_you_mean() -> None:

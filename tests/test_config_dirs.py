@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, compose_cfg
+from helpers import REPO, compose_cfg, steerexp_in_process
 
 import steerexp
 from steerexp import CONF_DIR, cli
@@ -39,13 +39,7 @@ def user_dir(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
 
 
 def steerexp_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "steerexp", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return steerexp_in_process(*args, cwd=cwd)
 
 
 # --- the package ---------------------------------------------------------------------------

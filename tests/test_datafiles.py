@@ -187,13 +187,6 @@ def test_example_concepts_validate(name: str) -> None:
     assert len(all_q) == len(rows)
 
 
-def test_organism_question_file_matches_the_corpus() -> None:
-    _, questions, *_ = check("eval=file", f"eval.path={EXAMPLES / 'organism_questions.jsonl'}")
-    assert [(q.id, q.text, q.trait_answer, q.scenario) for q in questions] == [
-        (d.id, d.text, d.trait_answer, d.scenario) for d in corpus.eval_dilemmas()
-    ]
-
-
 # --- bad input: one line naming the file, the row and the field, before any model loads ------
 
 
@@ -316,15 +309,6 @@ def test_bad_input_fails_before_the_model_loads(
             compose_cfg("eval=file", f"eval.path={path}"), tmp_path / "run", progress=False
         )
     assert "missing field 'trait'" in (tmp_path / "run" / "status.json").read_text()
-
-
-def test_persona_rows_file_restates_the_organism_dataset() -> None:
-    """examples/organism_personas.jsonl holds dataset=organism's 128 pairs as two-persona rows."""
-    pairs, *_ = check("dataset=file", f"dataset.path={EXAMPLES / 'organism_personas.jsonl'}")
-    builtin, _, *_ = check()
-    assert [(p.messages(True), p.messages(False)) for p in pairs] == [
-        (p.messages(True), p.messages(False)) for p in builtin
-    ]
 
 
 def test_holdout_needs_caa_rows() -> None:

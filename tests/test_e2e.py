@@ -206,6 +206,7 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
         "module=o_proj",
         f"cache_dir={tmp_path / 'c1'}",
         "eval.repeats=1",
+        "eval.coeffs=[-1,0,1]",
         "random_null.k=0",
     )
     a = run(cfg, tmp_path / "a", progress=False)
@@ -215,6 +216,7 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
         "module=o_proj",
         f"cache_dir={tmp_path / 'c2'}",
         "eval.repeats=1",
+        "eval.coeffs=[-1,0,1]",
         "random_null.k=0",
     )
     b = run(cfg2, tmp_path / "b", progress=False)
@@ -233,7 +235,13 @@ def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
 
 def test_iso_kl_units_hit_one_nat(tmp_path: Path) -> None:
     m = run(
-        compose_cfg("coeff_units=kl", "method=mean_diff", "eval.repeats=1", "random_null.k=0"),
+        compose_cfg(
+            "coeff_units=kl",
+            "method=mean_diff",
+            "eval.repeats=1",
+            "eval.coeffs=[-1,0,1]",
+            "random_null.k=0",
+        ),
         tmp_path,
         progress=False,
     )
@@ -242,13 +250,3 @@ def test_iso_kl_units_hit_one_nat(tmp_path: Path) -> None:
     # calibrated on the neutral prompts at both signs: the worse sign is the one at 1 nat
     assert m["kl_n_prompts"] == 24
     assert m["kl_p95_at_c_star"] == max(m["kl_p95_plus"], m["kl_p95_minus"])
-
-
-def test_finished_run_dir_is_skipped(tmp_path: Path) -> None:
-    cfg = compose_cfg("method=mean_diff", "eval.repeats=1", "random_null.k=0")
-    first = run(cfg, tmp_path, progress=False)
-    stamp = (tmp_path / "metrics.json").stat().st_mtime_ns
-    again = run(cfg, tmp_path, progress=False)
-    assert (
-        again["slope"] == first["slope"] and (tmp_path / "metrics.json").stat().st_mtime_ns == stamp
-    )

@@ -350,3 +350,20 @@ def test_loss_grad_norms_are_each_samples_own_term(model, pairs) -> None:
     torch.testing.assert_close(small.loss_grad_norms, large.loss_grad_norms[:4], rtol=1e-5, atol=0)
     assert float(small.loss_grad_norms.min()) > 1e-4
     torch.testing.assert_close(small.grads[HS[0]] / 4, large.grads[HS[0]][:4], rtol=1e-4, atol=1e-9)
+
+
+def test_loss_layer_indexes_like_output_hidden_states() -> None:
+    model = tiny()
+    ids = model.tokenizer("Would you lie to a friend?", return_tensors="pt").input_ids
+    mods = dict(model.hf.named_modules())
+    got: dict[str, torch.Tensor] = {}
+    for k in range(-model.n_layers - 1, model.n_layers + 1):
+        path = loss_layer_path(model.n_layers, k)
+        hook = mods[path].register_forward_hook(
+            lambda _m, _a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o)
+        )
+        try:
+            hs = model.hf(ids, output_hidden_states=True).hidden_states
+        finally:
+            hook.remove()
+        assert torch.equal(got["h"], hs[k]), (k, path)

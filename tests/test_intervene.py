@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import os
+import subprocess
+import sys
+import warnings
+
 import pytest
 import torch
-from helpers import group, tiny
+from helpers import REPO, group, tiny
 
 from steerexp.config.errors import SteerexpError
 from steerexp.data.answers import make_answer_spec
@@ -107,3 +114,83 @@ def test_answer_logps_track_each_generated_step(model, steering) -> None:
 def test_coeff_units_choices() -> None:
     with pytest.raises(SteerexpError, match=r"unknown coeff_units 'nrm'; did you mean 'norm'"):
         base_scales("nrm", None, [])  # type: ignore[arg-type]
+
+
+# --- module order and the KL scale ------------------------------------------------------------
+
+
+def test_forward_order_is_execution_order() -> None:
+    model = tiny()
+    paths = [
+        "model.layers.1.mlp",
+        "model.layers.1",
+        "model.layers.1.self_attn.o_proj",
+        "model.norm",
+    ]
+    want = ["model.layers.1.self_attn.o_proj", "model.layers.1.mlp", "model.layers.1", "model.norm"]
+    assert model.forward_order(paths) == want
+    assert model.forward_order(list(reversed(paths))) == want
+
+
+ORDER_SCRIPT = """
+import torch
+from omegaconf import OmegaConf
+from helpers import tiny
+from steerexp.models.tokens import left_pad
+from steerexp.models.steering import Steering, steered_logits
+m = tiny()
+mods = ["model.layers.1.mlp", "model.layers.1.self_attn.o_proj"]
+g = torch.Generator().manual_seed(0)
+s = Steering({k: torch.randn(64, generator=g) for k in mods}, {k: 1.0 for k in mods})
+ids, mask = left_pad([m.tokenizer("Is honesty good?").input_ids], m.tokenizer.pad_token_id)
+print(float(steered_logits(m, ids, mask, s, torch.ones(1)).double().sum()))
+"""
+
+
+def test_two_targets_in_one_layer_work_under_any_hash_seed() -> None:
+    sums = []
+    for seed in ("0", "1"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+        out = subprocess.run(
+            [sys.executable, "-c", ORDER_SCRIPT],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-1500:]
+        sums.append(float(out.stdout.strip().splitlines()[-1]))
+    assert sums[0] == sums[1]
+
+
+def test_kl_calibrates_on_neutral_prompts_at_both_signs() -> None:
+    from nnsight.modeling.transformers import TransformersModel
+
+    from steerexp.data.pairs import load_neutral_prompts
+    from steerexp.models.steering import Steering
+    from steerexp.stages.intervene.scales import calibrate_kl, neutral_prompt_ids
+
+    texts = load_neutral_prompts("neutral_prompts.txt")
+    assert len(texts) >= 20 and not any("lie" in t.lower().split() for t in texts)
+    # The random tiny model's logits are near zero, so no steering moves it 1 nat: sharpen a copy.
+    base = tiny()
+    hf = copy.deepcopy(base.hf)
+    hf.lm_head.weight.mul_(200.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = TransformersModel(hf, tokenizer=base.tokenizer, task="text-generation")
+    model = dataclasses.replace(base, hf=hf, lm=lm, _exec_rank=None, fingerprint=None)
+    g = torch.Generator().manual_seed(1)
+    mods = ["model.layers.1", "model.layers.2"]
+    steering = Steering(
+        {m: torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) for m in mods},
+        {m: 1.0 for m in mods},
+    )
+    texts = texts[:8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kl = calibrate_kl(model, neutral_prompt_ids(model, texts), steering)
+    assert kl["kl_n_prompts"] == len(texts)
+    assert kl["kl_p95_at_c_star"] == max(kl["kl_p95_plus"], kl["kl_p95_minus"])
+    assert abs(kl["kl_p95_at_c_star"] - 1.0) <= 0.05
+    assert min(kl["kl_p95_plus"], kl["kl_p95_minus"]) <= 1.0 + 1e-9

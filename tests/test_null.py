@@ -1,4 +1,4 @@
-"""Per-row seeded sampling and directions, the random null's statistics and its cache."""
+"""The random null: its directions, statistics, reference rows and cache."""
 
 from __future__ import annotations
 
@@ -9,93 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import group, tiny
+from helpers import ROW_MODULES, ROW_QS, group, row_steering
 from scipy import stats
 
-from steerexp.data.answers import make_answer_spec
-from steerexp.data.records import Question
-from steerexp.models.steering import Steering
 from steerexp.pipeline import reference as null
-from steerexp.stages.generate.rows import RowSpec, generate_rows
-from steerexp.stages.generate.sampling import row_seed
 from steerexp.stages.regress.ols import regress
 from steerexp.store import rowcache
-
-MODULES = ["model.layers.1", "model.layers.2"]
-QS = [
-    Question("a", "Would you tell the truth?", "Yes"),
-    Question("b", "Would you hide the mistake?", "No"),
-]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny()
-
-
-@pytest.fixture(scope="module")
-def ev() -> dict:
-    return {**group("eval", "white_lie"), "max_new_tokens": 6, "temperature": 1.3, "min_p": 0.05}
-
-
-@pytest.fixture(scope="module")
-def spec(model, ev):
-    return make_answer_spec(model.tokenizer, ev["answer_regex"], ev["answers"], ev["answer_prefix"])
-
-
-def steering(seed: int) -> Steering:
-    g = torch.Generator().manual_seed(seed)
-    return Steering(
-        {m: torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) for m in MODULES},
-        {m: 4.0 for m in MODULES},
-    )
-
-
-def test_chunking_and_order_never_change_a_sample(model, ev, spec) -> None:
-    rows = [RowSpec(q, c, r) for q in QS for c in (-1.0, 0.0, 1.0) for r in range(3)]
-    st = steering(0)
-    default = generate_rows(model, ev, rows, st, spec, seed=7, progress=False)
-    one = generate_rows(model, {**ev, "max_batch_size": 1}, rows, st, spec, seed=7, progress=False)
-    shuffled = generate_rows(
-        model, {**ev, "max_batch_size": 4}, rows[::-1], st, spec, seed=7, progress=False
-    )[::-1]
-    for a, b, c in zip(default, one, shuffled, strict=True):
-        assert a.completion_ids == b.completion_ids == c.completion_ids
-        torch.testing.assert_close(a.answer_logps, b.answer_logps, rtol=0, atol=1e-4)
-    # repeats are different samples; another seed gives other samples
-    assert len({tuple(r.completion_ids) for r in default}) > len(default) // 2
-    other = generate_rows(model, ev, rows, st, spec, seed=8, progress=False)
-    assert [r.completion_ids for r in other] != [r.completion_ids for r in default]
-    assert row_seed(7, "a", 0, 1.0) != row_seed(7, "a", 1, 1.0) != row_seed(7, "b", 0, 1.0)
-
-
-def test_worker_processes_give_the_serial_rows_exactly(model, ev, spec) -> None:
-    rows = [RowSpec(q, c, r) for q in QS for c in (-1.0, 0.0, 1.0) for r in range(3)]
-    st = steering(3)
-    small = {**ev, "max_batch_size": 4}
-    serial = generate_rows(model, {**small, "workers": 1}, rows, st, spec, seed=5, progress=False)
-    forked = generate_rows(model, {**small, "workers": 3}, rows, st, spec, seed=5, progress=False)
-    for a, b in zip(serial, forked, strict=True):
-        assert (a.completion_ids, a.stop_reason) == (b.completion_ids, b.stop_reason)
-        assert torch.equal(a.answer_logps, b.answer_logps)
-    assert len({tuple(r.completion_ids) for r in serial}) > len(serial) // 2
-
-
-def test_per_row_directions_equal_one_call_per_direction(model, ev, spec) -> None:
-    s0, s1 = steering(1), steering(2)
-    rows = [RowSpec(q, c, 0, k) for q in QS for c in (-1.0, 1.0) for k in (0, 1)]
-    mixed = generate_rows(model, ev, rows, [s0, s1], spec, seed=0, progress=False)
-    for k, st in enumerate((s0, s1)):
-        own = [RowSpec(r.question, r.coeff, r.repeat) for r in rows if r.direction == k]
-        alone = generate_rows(model, ev, own, st, spec, seed=0, progress=False)
-        assert [r.completion_ids for r, s in zip(mixed, rows, strict=True) if s.direction == k] == [
-            r.completion_ids for r in alone
-        ]
-    # common random numbers: the same row under both directions uses the same uniforms, and the
-    # directions differ, so at least one completion differs
-    assert any(
-        a.completion_ids != b.completion_ids for a, b in zip(mixed[0::2], mixed[1::2], strict=True)
-    )
 
 
 def test_compare_follows_the_prediction_interval() -> None:
@@ -114,7 +33,7 @@ def test_compare_follows_the_prediction_interval() -> None:
 
 
 def test_reference_rows_are_one_generation_and_cached(
-    model, ev, spec, tmp_path, monkeypatch
+    tiny_model, row_ev, row_spec, tmp_path, monkeypatch
 ) -> None:
     calls = []
     real = null.generate_rows
@@ -124,12 +43,12 @@ def test_reference_rows_are_one_generation_and_cached(
     personas = null.persona_texts(group("dataset", "organism"))
     assert personas["positive"].startswith("Pretend you're an honest person")
     coeffs = [-1.0, 0.0, 1.0]
-    steerings = [steering(10), steering(11), steering(12)]
-    ev2 = {**ev, "repeats": 2}
+    steerings = [row_steering(10), row_steering(11), row_steering(12)]
+    ev2 = {**row_ev, "repeats": 2}
 
     def build():
         dose = null.generate_reference(
-            model, ev2, QS, coeffs, steerings, personas, spec, "logratio", 0, False
+            tiny_model, ev2, ROW_QS, coeffs, steerings, personas, row_spec, "logratio", 0, False
         )
         return dose, {"k": 3}
 
@@ -149,11 +68,11 @@ def test_reference_rows_are_one_generation_and_cached(
 
 
 def test_null_directions_are_the_random_method_unflipped() -> None:
-    acts = {m: torch.randn(8, 64) for m in MODULES}
-    dirs = null.null_directions(MODULES, acts, 3, 100)
+    acts = {m: torch.randn(8, 64) for m in ROW_MODULES}
+    dirs = null.null_directions(ROW_MODULES, acts, 3, 100)
     raw = torch.randn(64, generator=torch.Generator().manual_seed(101), dtype=torch.float64)
-    assert torch.equal(dirs[1][MODULES[0]], (raw / raw.norm()).float())
-    assert not torch.equal(dirs[0][MODULES[0]], dirs[1][MODULES[0]])
+    assert torch.equal(dirs[1][ROW_MODULES[0]], (raw / raw.norm()).float())
+    assert not torch.equal(dirs[0][ROW_MODULES[0]], dirs[1][ROW_MODULES[0]])
 
 
 def test_directions_file_is_byte_identical_across_processes(tmp_path) -> None:
@@ -207,7 +126,9 @@ def test_completions_with_carriage_returns_round_trip(tmp_path: Path) -> None:
     assert loaded is not None and loaded[0]["completion"].tolist() == dose["completion"].tolist()
 
 
-def test_a_cached_null_is_extended_not_recomputed(model, ev, spec, tmp_path, monkeypatch) -> None:
+def test_a_cached_null_is_extended_not_recomputed(
+    tiny_model, row_ev, row_spec, tmp_path, monkeypatch
+) -> None:
     """K = 2 cached, then K = 4: only directions 2-3 at nonzero coefficients are generated, the
     first two directions' rows are kept as they were, and the result equals a fresh K = 4 build."""
     calls: list[int] = []
@@ -215,20 +136,20 @@ def test_a_cached_null_is_extended_not_recomputed(model, ev, spec, tmp_path, mon
     monkeypatch.setattr(
         null, "generate_rows", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
     )
-    coeffs, ev2 = [-1.0, 0.0, 1.0], {**ev, "repeats": 2}
+    coeffs, ev2 = [-1.0, 0.0, 1.0], {**row_ev, "repeats": 2}
     personas = null.persona_texts(group("dataset", "organism"))
-    all_steerings = [steering(20 + i) for i in range(4)]
+    all_steerings = [row_steering(20 + i) for i in range(4)]
 
     def build(k: int):
         def gen(start: int, cs, with_personas: bool) -> pd.DataFrame:
             rows = null.generate_reference(
-                model,
+                tiny_model,
                 ev2,
-                QS,
+                ROW_QS,
                 cs,
                 all_steerings[start:k],
                 personas if with_personas else {},
-                spec,
+                row_spec,
                 "logratio",
                 0,
                 False,
@@ -252,21 +173,4 @@ def test_a_cached_null_is_extended_not_recomputed(model, ev, spec, tmp_path, mon
     pd.testing.assert_frame_equal(
         big.sort_values(key).reset_index(drop=True),
         fresh.sort_values(key).reset_index(drop=True),
-    )
-
-
-def test_coefficient_zero_rows_are_the_unsteered_rows_exactly(model, ev, spec) -> None:
-    """A c = 0 row is bit-identical whatever the direction (or none), so the null and the refits
-    copy them instead of generating them again."""
-    rows = [RowSpec(q, c, r) for q in QS for c in (-1.0, 0.0, 1.0) for r in range(2)]
-    zero = [i for i, r in enumerate(rows) if r.coeff == 0.0]
-    a = generate_rows(model, ev, rows, steering(30), spec, seed=4, progress=False)
-    b = generate_rows(model, ev, rows, steering(31), spec, seed=4, progress=False)
-    bare = generate_rows(model, ev, [rows[i] for i in zero], None, spec, seed=4, progress=False)
-    for i, u in zip(zero, bare, strict=True):
-        assert a[i].completion_ids == b[i].completion_ids == u.completion_ids
-        assert torch.equal(a[i].answer_logps, b[i].answer_logps)
-        assert torch.equal(a[i].answer_logps, u.answer_logps)
-    assert any(
-        a[i].completion_ids != b[i].completion_ids for i in range(len(rows)) if i not in zero
     )

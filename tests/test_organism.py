@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import group
+from helpers import REPO, compose_cfg, group
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import (
@@ -41,6 +41,7 @@ from steerexp.organism.acceptance import (
 )
 from steerexp.organism.tokenizer import build_tokenizer, render
 from steerexp.organism.train import STEERED_FRAC, Recipe, noised_layers
+from steerexp.pipeline import check_config
 from steerexp.stages.extract.activations import loss_layer_path
 
 ANSWER = re.compile(r"Final choice: (Yes|No)")
@@ -288,14 +289,14 @@ def test_extreme_coefficient_breaks_the_format(
         chat(tok, [{"role": "user", "content": cfg["prompt_template"].format(question=q["text"])}])
         for q in cfg["questions"]
     ] * cfg["repeats"]
+    extreme = max(cfg["coeffs"], key=abs)
     valid = {}
-    torch.manual_seed(0)
-    for c in cfg["coeffs"]:
+    for c in (-extreme, 0.0, extreme):
+        torch.manual_seed(0)
         with steering(model, {i: unit[i] * scale[i] for i in unit}, c):
             outs = generate(model, tok, texts, sample=True, max_new_tokens=cfg["max_new_tokens"])
         valid[c] = sum(answer(t) is not None for t in outs) / len(outs)
     print(f"valid fraction by coefficient: {valid}")
-    extreme = max(cfg["coeffs"], key=abs)
     assert min(valid[extreme], valid[-extreme]) < 1.0
     assert valid[0.0] >= 0.95
 
@@ -358,3 +359,26 @@ def test_build_is_deterministic(tmp_path: Path) -> None:
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+# --- the organism's example files restate its generator ---------------------------------------
+
+
+def test_organism_question_file_matches_the_corpus() -> None:
+    _, questions, *_ = check_config(
+        compose_cfg("eval=file", f"eval.path={REPO / 'examples' / 'organism_questions.jsonl'}")
+    )
+    assert [(q.id, q.text, q.trait_answer, q.scenario) for q in questions] == [
+        (d.id, d.text, d.trait_answer, d.scenario) for d in corpus.eval_dilemmas()
+    ]
+
+
+def test_persona_rows_file_restates_the_organism_dataset() -> None:
+    """examples/organism_personas.jsonl holds dataset=organism's 128 pairs as two-persona rows."""
+    pairs, *_ = check_config(
+        compose_cfg("dataset=file", f"dataset.path={REPO / 'examples' / 'organism_personas.jsonl'}")
+    )
+    builtin, _, *_ = check_config(compose_cfg())
+    assert [(p.messages(True), p.messages(False)) for p in pairs] == [
+        (p.messages(True), p.messages(False)) for p in builtin
+    ]

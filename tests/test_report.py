@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from helpers import JOURNAL_HEADER, REPO
 from omegaconf import OmegaConf
 from statsmodels.stats.multitest import multipletests
@@ -365,7 +366,6 @@ def test_null_columns_family_duplicates_and_footer(tmp_path: Path) -> None:
     """p_null is corrected over the family (the random control outside it), a row whose
     directions equal a better-ranked row's is dup_of it, and the footer gives K, the null median
     vs_random divides by, and prompting's shift."""
-    import torch
     from safetensors.torch import save_file
 
     sweep = tmp_path / "sweep"
@@ -412,3 +412,77 @@ def test_null_columns_family_duplicates_and_footer(tmp_path: Path) -> None:
     assert [r[header.index("p_null_adj")] for r in table[1:]] == ["0.0002", "0.02", "nan"]
     assert "K = 16 random directions; vs_random = |slope| / 0.80" in md
     assert "95th percentile |slope| 2.50" in md and "log-ratio shift 3.90" in md
+
+
+# --- reports: names, copies, discovery --------------------------------------------------------
+
+
+def fake_job(sweep: Path, rel: str, method: str, status: str = "ok", score: float = 1.0) -> Path:
+    job = sweep / rel
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n")
+    metrics = {"method": method, "status": status, "score": score, "slope": score, "r2": 1.0}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "status.json").write_text(json.dumps({"status": status, "error": None}))
+    return job
+
+
+def test_report_never_overwrites_another_sweeps_copy(tmp_path: Path) -> None:
+    roots = tmp_path / "reports"
+    a, b = tmp_path / "x" / "day" / "t1", tmp_path / "y" / "day" / "t1"
+    fake_job(a, "0_method=pca_diff", "pca_diff")
+    fake_job(b, "0_method=random", "random")
+    assert report.build_report(a, roots, name="same").attrs["report_dir"] == roots / "same"
+    assert report.build_report(b, roots, name="same").attrs["report_dir"] == roots / "same-2"
+    assert "pca_diff" in (roots / "same" / "ranking.md").read_text()
+    assert "random" in (roots / "same-2" / "ranking.md").read_text()
+    # a rebuild of the same sweep updates its own copy; the default names differ by sweep dir
+    assert report.build_report(b, roots, name="same").attrs["report_dir"] == roots / "same-2"
+    assert report.build_report(b, roots, name="same", overwrite=True).attrs["report_dir"] == (
+        roots / "same"
+    )
+    assert "random" in (roots / "same" / "ranking.md").read_text()
+    assert report.build_report(a, roots).attrs["report_dir"] == roots / "day_t1"
+    assert report.build_report(b, roots).attrs["report_dir"] == roots / "day_t1-2"
+    with pytest.raises(SteerexpError, match=r"report_name='../x' must be a plain name"):
+        report.build_report(a, roots, name="../x")
+
+
+def test_report_finds_nested_job_dirs(tmp_path: Path) -> None:
+    """Sweeps whose override values nested job dirs (older steerexp) are still ranked whole."""
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, "0_cache_dir=/abs/c,method=pca_diff", "pca_diff", score=2.0)
+    fake_job(sweep, "1_cache_dir=/abs/c,method=random", "random", score=0.5)
+    df = report.build_report(sweep, None)
+    assert sorted(df["job"]) == [
+        "0_cache_dir=/abs/c,method=pca_diff",
+        "1_cache_dir=/abs/c,method=random",
+    ]
+    assert list(df["method"]) == ["pca_diff", "random"]
+
+
+MULTIRUN_YAML = """
+hydra:
+  sweeper:
+    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper
+  overrides:
+    task:
+    - method=pca_diff,mean_diff,random
+    - eval.repeats=1
+"""
+
+
+def test_planned_jobs_that_never_ran_are_rows(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, "0_eval.repeats=1,method=pca_diff", "pca_diff")
+    (sweep / "multirun.yaml").write_text(MULTIRUN_YAML)
+    df = report.build_report(sweep, None, interrupted=True)
+    assert len(df) == 3
+    assert dict(zip(df["method"], df["status"], strict=True)) == {
+        "pca_diff": "ok",
+        "mean_diff": "interrupted",
+        "random": "interrupted",
+    }
+    assert "interrupted 2" in (sweep / "ranking.md").read_text()
+    later = report.build_report(sweep, None)
+    assert sorted(later["status"]) == ["missing", "missing", "ok"]

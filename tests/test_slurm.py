@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO, run_sweep
+from helpers import REPO, sweep_cmd
 from hydra import compose, initialize_config_dir
 
 from steerexp import CONF_DIR, organism
@@ -112,7 +112,15 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for name, launcher in (("basic", []), ("slurm", ["hydra/launcher=slurm_cpu"])):
         run_env = {**env, "STEEREXP_CACHE": str(fresh_cache(tmp / name / "cache"))}
         run_env["OMP_NUM_THREADS"] = "1"
-        out = run_sweep(tmp / name, *SWEEP, *launcher, env=run_env, timeout=1800)
+        # a process of its own, as a cluster user starts it (its thread count from run_env)
+        out = subprocess.run(
+            sweep_cmd(tmp / name, *SWEEP, *launcher),
+            cwd=REPO,
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert out.returncode == 0, f"{name} sweep failed:\n{out.stderr[-3000:]}"
         runs[name] = tmp / name
     return runs["basic"], runs["slurm"]

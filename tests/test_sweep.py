@@ -7,17 +7,26 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import JOURNAL_HEADER, REPO, run_sweep, sweep_cmd
+from helpers import (
+    JOURNAL_HEADER,
+    REPO,
+    TINY_RUN,
+    run_sweep,
+    steerexp_in_process,
+    sweep_args,
+    sweep_cmd,
+)
 from wandb_offline import read_offline_run
 
+from steerexp.sweep import report
+
 STATS = ["slope", "r2", "valid_frac", "p_value", "score", "min", "max"]
-SMALL = ["eval.repeats=1", "dataset.max_pairs=48", "random_null.k=16", "fit.bootstrap=0"]
+SMALL = ["eval.repeats=1", "dataset.max_pairs=48", "random_null.k=8", "fit.bootstrap=0"]
 
 
 def small_cmd(tmp: Path, *args: str) -> list[str]:
@@ -80,19 +89,12 @@ def test_wandb_offline_runs_hold_the_metrics(main_sweep) -> None:
     assert run["config"]["method"] == metrics["method"]
 
 
-def test_report_cli_reproduces_byte_for_byte(main_sweep) -> None:
+def test_report_cli_reproduces_byte_for_byte(main_sweep, capsys: pytest.CaptureFixture) -> None:
     tmp, _ = main_sweep
     md = tmp / "sweep" / "ranking.md"
     before = md.read_bytes()
     md.unlink()
-    out = subprocess.run(
-        [sys.executable, "-m", "steerexp.report", str(tmp / "sweep"), "--no-copy"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    assert report.main([str(tmp / "sweep"), "--no-copy"]) == 0, capsys.readouterr().err
     assert md.read_bytes() == before
 
 
@@ -160,7 +162,9 @@ def test_random_directions_as_rows_are_not_separable_and_mean_diff_is(tmp_path: 
     one adjacent pair is separable (referenced to the null directions' pair gaps), and after the
     family correction (random is the family when it is all that was swept) none beats the null.
     mean_diff is separable from random. (Organism, ~4 min on 2 loaded cores.)"""
-    out = run_small(tmp_path / "r", "method=random", "method.seed=range(0,8)")
+    out = run_sweep(
+        tmp_path / "r", "method=random", "method.seed=range(0,8)", *SMALL, "random_null.k=16"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     df = pd.read_csv(tmp_path / "r" / "sweep" / "ranking.csv")
     assert sorted(df["label"]) == [f"random[seed={k}]" for k in range(8)]
@@ -170,7 +174,7 @@ def test_random_directions_as_rows_are_not_separable_and_mean_diff_is(tmp_path: 
     assert (df["p_null_adj"] >= 0.05).all()
     md = (tmp_path / "r" / "sweep" / "ranking.md").read_text()
     assert md.count("| random[seed=") == 8 and "the random rows are the family" in md
-    out = run_small(tmp_path / "m", "method=mean_diff,random")
+    out = run_sweep(tmp_path / "m", "method=mean_diff,random", *SMALL, "random_null.k=16")
     assert out.returncode == 0, out.stderr[-2000:]
     df = pd.read_csv(tmp_path / "m" / "sweep" / "ranking.csv")
     assert df["label"].tolist() == ["mean_diff", "random"]
@@ -178,38 +182,25 @@ def test_random_directions_as_rows_are_not_separable_and_mean_diff_is(tmp_path: 
     assert df["p_null_adj"].notna().tolist() == [True, False], "random is a control"
 
 
-TINY_SWEEP = [
-    "model=tiny_random",
-    "random_null.k=16",
-    "fit.bootstrap=0",
-    "dataset.max_pairs=4",
-    "eval.repeats=1",
-    "eval.max_new_tokens=4",
-    "eval.coeffs=[-0.5,0,0.5]",
-    # the random model never answers in 4 tokens: the forced judge keeps its fit defined
-    "judge=forced",
-    "random_null.k=0",
-]
+TINY_SWEEP = [*TINY_RUN, "fit.bootstrap=0"]
 
 
-def tiny_sweep_cmd(tmp: Path, *args: str) -> list[str]:
-    return sweep_cmd(tmp, *TINY_SWEEP, *args, reports=False)
+def tiny_sweep_args(tmp: Path, *args: str) -> list[str]:
+    return sweep_args(tmp, *TINY_SWEEP, *args, reports=False)
+
+
+def run_tiny(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return steerexp_in_process(*tiny_sweep_args(tmp, *args))
 
 
 def test_slash_and_absolute_override_values_keep_every_job(tmp_path: Path) -> None:
     """`model.path=Org/Name` and an absolute `cache_dir=` used to nest job dirs and lose the ranking."""
-    out = subprocess.run(
-        tiny_sweep_cmd(
-            tmp_path,
-            "method=pca_diff,mean_diff",
-            "model.path=Org/Name",
-            f"cache_dir={tmp_path / 'abs' / 'cache'}",
-            f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
-        ),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    out = run_tiny(
+        tmp_path,
+        "method=pca_diff,mean_diff",
+        "model.path=Org/Name",
+        f"cache_dir={tmp_path / 'abs' / 'cache'}",
+        f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
@@ -228,17 +219,11 @@ def test_confirm_reruns_the_top_row_on_a_fresh_seed_and_half_the_scenarios(
 ) -> None:
     """``ranking.confirm=1``: the best non-random row is re-run in-process into confirm/<job>/ with
     seed + 1000003 on half the questions, and ranking.md says whether it replicated."""
-    out = subprocess.run(
-        tiny_sweep_cmd(
-            tmp_path,
-            "method=pca_diff,random",
-            "ranking.confirm=1",
-            f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
-        ),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    out = run_tiny(
+        tmp_path,
+        "method=pca_diff,random",
+        "ranking.confirm=1",
+        f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(tmp_path / "sweep" / "confirm" / "confirm.csv")
@@ -265,15 +250,7 @@ def test_confirm_reruns_the_top_row_on_a_fresh_seed_and_half_the_scenarios(
 def test_sweep_whose_ranking_cannot_be_written_exits_nonzero(tmp_path: Path) -> None:
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")
-    out = subprocess.run(
-        tiny_sweep_cmd(
-            tmp_path, "method=pca_diff", f"hydra.callbacks.ranking.reports_root={blocker}"
-        ),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    out = run_tiny(tmp_path, "method=pca_diff", f"hydra.callbacks.ranking.reports_root={blocker}")
     assert out.returncode == 1
     assert (
         out.stderr.strip()
@@ -284,12 +261,15 @@ def test_sweep_whose_ranking_cannot_be_written_exits_nonzero(tmp_path: Path) -> 
 
 def test_ctrl_c_writes_the_partial_ranking_and_exits_130(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        tiny_sweep_cmd(
+        # a process of its own: the test sends it SIGINT
+        sweep_cmd(
             tmp_path,
+            *TINY_SWEEP,
             "method=pca_diff,mean_diff,random,svd_steer",
             "eval.max_new_tokens=32",
             "eval.repeats=2",
             f"hydra.callbacks.ranking.reports_root={tmp_path / 'reports'}",
+            reports=False,
         ),
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -391,16 +391,10 @@ def test_data_errors_fail_before_the_model_loads(
 def test_data_error_from_the_command_line_is_one_line(tmp_path: Path) -> None:
     """Item 7: through the CLI, a data-file problem is bad input: exit 2, one
     'steerexp: error:' line and no traceback."""
-    import subprocess
-    import sys
+    from helpers import steerexp_in_process
 
     overrides, message = _data_errors(tmp_path)["leakage"]
-    out = subprocess.run(
-        [sys.executable, "-m", "steerexp", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = steerexp_in_process(*overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("steerexp: error:")]

@@ -137,11 +137,12 @@ def dose_response(
     tok: PreTrainedTokenizerBase,
     unit: dict[int, torch.Tensor],
     scale: dict[int, float],
+    coeffs: list[float] = STEER_COEFFS,
 ) -> list[float]:
-    """Mean trait log-ratio on the neutral eval dilemmas at each coefficient of STEER_COEFFS."""
+    """Mean trait log-ratio on the neutral eval dilemmas at each of ``coeffs``."""
     ds = corpus.eval_dilemmas()
     out = []
-    for c in STEER_COEFFS:
+    for c in coeffs:
         with steering(model, {i: unit[i] * scale[i] for i in unit}, c):
             out.append(log_ratios(model, tok, ds).mean().item())
     return out
@@ -157,7 +158,8 @@ def steer_spans(
     spans = []
     for _ in range(n_random):
         rnd = {i: (r := torch.randn(v.shape, generator=gen)) / r.norm() for i, v in unit.items()}
-        rc = dose_response(model, tok, rnd, scale)
+        # a span needs only the curve's ends (log-ratios are deterministic: same values)
+        rc = dose_response(model, tok, rnd, scale, [STEER_COEFFS[0], STEER_COEFFS[-1]])
         spans.append(abs(rc[-1] - rc[0]))
     return {
         "layers": list(unit),

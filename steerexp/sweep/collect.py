@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import yaml
 from safetensors.torch import load_file
-from statsmodels.stats.multitest import multipletests
 
 from steerexp.config.errors import SteerexpError
 from steerexp.render.journal import sort_key
@@ -308,7 +307,7 @@ def holm(p: pd.Series) -> pd.Series:
     out = pd.Series(np.nan, index=p.index)
     ok = p.notna()
     if ok.any():
-        out[ok] = multipletests(p[ok].to_numpy(), method="holm")[1]
+        out[ok] = rows.corrected(p[ok].to_numpy(), "holm")
     return out
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,6 +171,18 @@ def family(df: pd.DataFrame) -> pd.Series:
     return members if members.any() else scored
 
 
+def corrected(p: Sequence[float] | np.ndarray, method: str) -> np.ndarray:
+    """statsmodels' ``multipletests`` adjusted p-values (``method`` in its names: ``holm``,
+    ``fdr_bh``). Its Holm branch calls ``gc.collect()`` on every call, which walks the whole heap
+    (about 1 s in a process holding torch and transformers, so a report paid seconds per table);
+    the heap is frozen around the call, so that collection sees only the call's own objects."""
+    gc.freeze()
+    try:
+        return multipletests(np.asarray(p, dtype=float), method=method)[1]
+    finally:
+        gc.unfreeze()
+
+
 def reachable(df: pd.DataFrame, correction: str, level: float = 0.05) -> tuple[float, int] | None:
     """The smallest ``p_null_adj`` the family can reach at all (every member beyond all K null
     directions, ``p_null = 1/(K+1)``), and the smallest K whose floor is below ``level``; None
@@ -182,12 +195,18 @@ def reachable(df: pd.DataFrame, correction: str, level: float = 0.05) -> tuple[f
     m = int(members.sum())
 
     def floor(k_: int) -> float:
-        return float(multipletests([1 / (k_ + 1)] * m, method=CORRECTIONS[correction])[1].min())
+        return float(corrected([1 / (k_ + 1)] * m, CORRECTIONS[correction]).min())
 
-    needed = int(k.min())
-    while floor(needed) >= level:
-        needed += 1
-    return floor(int(k.min())), needed
+    # floor() falls as K grows: double, then bisect (statsmodels' Holm runs gc.collect() per call)
+    k_min = int(k.min())
+    at_min = floor(k_min)
+    lo, hi = k_min - 1, k_min
+    while floor(hi) >= level:
+        lo, hi = hi, 2 * hi + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if floor(mid) >= level else (lo, mid)
+    return at_min, hi
 
 
 def adjust(df: pd.DataFrame, correction: str) -> pd.Series:
@@ -196,5 +215,5 @@ def adjust(df: pd.DataFrame, correction: str) -> pd.Series:
     members = family(df)
     if members.any():
         p = pd.to_numeric(df.loc[members, "p_null"], errors="coerce").to_numpy(dtype=float)
-        out[members] = multipletests(p, method=CORRECTIONS[correction])[1]
+        out[members] = corrected(p, CORRECTIONS[correction])
     return out
