@@ -1,9 +1,13 @@
 """Typed configs: the schemas of :mod:`steerexp.config.schema` in Hydra's ConfigStore, and the
 same schemas applied to configs handed over from outside Hydra.
 
-:func:`register_configs` runs when ``steerexp`` is imported. Code given a group config as a plain
-dict (a test, a script) passes it through :func:`typed`, which fills the schema's defaults and
-rejects unknown keys and wrong types in one line, so Python never carries a second default.
+:func:`register_configs` runs when ``steerexp`` is imported. Where typing happens: Hydra composes
+a run's config against the schemas (the CLI, :func:`steerexp.api.compose`), the run makes sure
+of every group section once (:func:`typed_run`) and hands the stages typed sections, which they
+read and never re-type. A public call that takes a group config as a plain dict
+(:mod:`steerexp.blocks`, :func:`steerexp.stages.fit.methods.fit_direction`, a test) passes it
+through :func:`typed` once, which fills the schema's defaults and rejects unknown keys and wrong
+types in one line, so Python never carries a second default.
 """
 
 from __future__ import annotations
@@ -151,13 +155,35 @@ def validate(cfg: DictConfig) -> Config:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+def typed_run(cfg: DictConfig) -> DictConfig:
+    """The run's one conversion: ``cfg`` with every group section typed by its own schema (its
+    variant's), what :func:`steerexp.pipeline.run` hands the stages. A Hydra-composed config is
+    that already and is returned as it is; a section composed under its group's base schema (a
+    user's option naming no ``<variant>_base``) is rebuilt with its variant's defaults."""
+    out = cfg
+    for group in GROUPS:
+        section = cfg[group]
+        if _is_typed(group, section):
+            continue
+        if out is cfg:
+            out = copy.deepcopy(cfg)
+        out[group] = typed(group, OmegaConf.to_container(section, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
+    return out
+
+
+def _is_typed(group: str, cfg: Mapping[str, Any]) -> bool:
+    """``cfg`` is a typed config of its schema (the variant's, for a group with variants)."""
+    schema = schema_of(group, cfg)
+    return isinstance(cfg, DictConfig) and issubclass(OmegaConf.get_type(cfg) or dict, schema)
+
+
 def typed(group: str, cfg: Mapping[str, Any]) -> DictConfig:
     """``cfg`` as its schema's typed config: defaults filled in; an unknown key or a value of the
     wrong type is a one-line error. A config Hydra composed is returned as it is; one built from a
     plain dict is read-only and shared by every equal dict."""
+    if _is_typed(group, cfg):
+        return cfg  # type: ignore[return-value]
     schema = schema_of(group, cfg)
-    if isinstance(cfg, DictConfig) and issubclass(OmegaConf.get_type(cfg) or dict, schema):
-        return cfg
     return _typed(_Plain(group, json.dumps(cfg, sort_keys=True, default=repr), schema, cfg))
 
 

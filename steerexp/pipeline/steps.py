@@ -64,9 +64,9 @@ def extract(cfg: DictConfig, model: Model, inputs: RunInputs, progress: bool) ->
     """Stage 1: activations, and loss gradients when the method uses them."""
     return extract_rows(
         model.loaded,
-        plain(cfg.model),
+        cfg.model,
         model.modules,
-        plain(cfg.loss),
+        cfg.loss,
         inputs.pairs,
         int(cfg.extract.batch_size),
         cache_root(cfg),
@@ -93,7 +93,7 @@ def fit(cfg: DictConfig, model: Model, inputs: RunInputs, ex: Extraction) -> Dir
         read_layer = cfg.method.read_layer
         rows, meta = vjp_rows(
             model.loaded,
-            plain(cfg.model),
+            cfg.model,
             model.modules,
             inputs.pairs,
             int(cfg.loss.layer if read_layer is None else read_layer),
