@@ -139,6 +139,31 @@ def test_bad_config_one_line_error(override: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("eval.workers=many", r"^eval.workers='many' must be 'auto' or an integer >= 1$"),
+        ("eval.workers=2,0", r"^eval.workers=0 must be 'auto' or an integer >= 1$"),
+        ("eval.workers=[2]", r"^eval.workers=\[2\] must be 'auto' or an integer >= 1$"),
+        (
+            "loss=reprpo_margin loss.beta=abc",
+            r"^loss.beta='abc' must be a finite number or 'auto'$",
+        ),
+        (
+            "loss=reprpo_margin loss.beta=true",
+            r"^loss.beta=True must be a finite number or 'auto'$",
+        ),
+    ],
+)
+def test_number_or_auto_fields_are_refused_before_composing(args: str, message: str) -> None:
+    """``eval.workers`` and ``loss.beta`` (a number or ``auto``, which OmegaConf 2.3 cannot type)
+    are checked by their schema rule on the command line, before Hydra composes: a sweep over a
+    bad value fails up front, not job by job."""
+    with pytest.raises(SteerexpError, match=message):
+        check_args(["-m", *args.split()])
+    check_args(["-m", "loss=reprpo_margin", "loss.beta=auto,0,1e3", "eval.workers=auto,3"])
+
+
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "steerexp", *args],

@@ -29,7 +29,7 @@ from omegaconf.errors import InterpolationResolutionError, ValidationError
 
 from steerexp import CONF_DIR
 from steerexp.config.errors import SteerexpError, choice_error
-from steerexp.config.schema import GROUPS, SECTIONS, VARIANTS, Config
+from steerexp.config.schema import GROUPS, SECTIONS, VARIANTS, Config, rule_of
 
 #: Config keys that cannot change a run's results: where reports and caches go, the logger,
 #: how the sweep's ranking reads (``ranking.*``), the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;
@@ -137,7 +137,11 @@ def choices(schema: type, key: str) -> list[str] | None:
 def check_value(where: str, schema: type, key: str, value: Any) -> None:
     """``value`` must fit ``schema.key`` as it is: booleans are true or false (no "yes"), a choice
     field one of its values, the rest as OmegaConf converts them; a misfit is a one-line error
-    naming ``<where>key`` (``where``: ``"model."``, or ``""`` at the top)."""
+    naming ``<where>key`` (``where``: ``"model."``, or ``""`` at the top); a field with its own
+    rule (``auto`` or a number) is checked by that rule."""
+    rule = rule_of(schema, key)
+    if rule is not None:
+        rule(f"{where}{key}", value)
     if _type_name(schema, key).startswith("true or false") and not isinstance(value, bool):
         raise SteerexpError(f"{where}{key}={value!r} must be true or false")
     try:
