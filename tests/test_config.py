@@ -272,3 +272,22 @@ def test_range_rules_run_for_composed_and_plain_configs() -> None:
         SteerexpError, match=r"^unknown method.combine 'max';.* valid: diff, mean, neg, pos$"
     ):
         typed("method", {"name": "d", "kind": "fisher_dual", "combine": "max"})
+
+
+def test_the_run_types_its_config_once() -> None:
+    """``typed_run``: a composed config is typed already and comes back as it is (no copy, no
+    re-typing); a config of plain sections (a confirmation's, read back from config.yaml) gets
+    each section typed by its variant's schema, defaults filled in, the input left alone."""
+    from omegaconf import OmegaConf
+
+    from steerexp.config.compose import typed_run
+    from steerexp.config.schema import LossConfig, RandomMethod
+
+    composed = compose_cfg("method=random")
+    assert typed_run(composed) is composed
+    loose = OmegaConf.create(OmegaConf.to_container(composed, resolve=True))
+    del loose.method["seed"]
+    out = typed_run(loose)
+    assert OmegaConf.get_type(out.method) is RandomMethod and out.method.seed is None
+    assert OmegaConf.get_type(out.loss) is LossConfig and out.loss.tokens == "suffix"
+    assert "seed" not in loose.method and OmegaConf.get_type(loose.method) is dict
