@@ -91,6 +91,15 @@ def test_whether_a_run_redraws_its_direction_is_the_registry_entry_s_answer() ->
     assert not METHODS.get("pca_diff").redrawn(compose_cfg("method=pca_diff").method)
 
 
+def test_where_rows_are_pulled_back_is_the_registry_entry_s_answer() -> None:
+    """The fit stage asks the method's entry where its rows are read (never its config keys):
+    ``vjp_steer`` at its ``read_layer``, or the loss layer when that is null."""
+    vjp = METHODS.get("vjp_steer")
+    assert vjp.pullback(compose_cfg("method=vjp_steer").method, -3) == (-3, "all")
+    cfg = compose_cfg("method=vjp_steer", "method.read_layer=2", "method.tokens=last").method
+    assert vjp.pullback(cfg, -3) == (2, "last")
+
+
 def test_each_stage_needs_only_what_an_earlier_one_gives() -> None:
     fields = set(RunState.__dataclass_fields__)
     given: set[str] = set()

@@ -90,14 +90,14 @@ def fit(cfg: DictConfig, model: Model, inputs: RunInputs, ex: Extraction) -> Dir
                 )
     rows, meta = ex.grads, {}
     if method.pulls_back_rows:
-        read_layer = cfg.method.read_layer
+        read_layer, tokens = method.pullback(cfg.method, int(cfg.loss.layer))
         rows, meta = vjp_rows(
             model.loaded,
             cfg.model,
             model.modules,
             inputs.pairs,
-            int(cfg.loss.layer if read_layer is None else read_layer),
-            str(cfg.method.tokens),
+            read_layer,
+            tokens,
             int(cfg.extract.batch_size),
             cache_root(cfg),
         )

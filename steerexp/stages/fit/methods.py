@@ -69,6 +69,12 @@ class Method:
         draws, the random null's."""
         return self.seed_key is not None and cfg[self.seed_key] is None
 
+    def pullback(self, cfg: Mapping[str, Any], loss_layer: int) -> tuple[int, str]:
+        """For a method that pulls back rows: the read layer (the typed config's ``read_layer``,
+        null: ``loss_layer``) and the tokens the rows are taken at (its ``tokens``)."""
+        read = cfg["read_layer"]
+        return int(loss_layer if read is None else read), str(cfg["tokens"])
+
 
 METHODS: Registry[Method] = Registry("method kind")
 
