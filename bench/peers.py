@@ -50,7 +50,6 @@ from steerexp.config.compose import group_config
 from steerexp.data.answers import make_answer_spec
 from steerexp.data.pairs import load_pairs, load_questions
 from steerexp.data.records import Pair, Question
-from steerexp.models import tokens
 from steerexp.models.loading import LoadedModel, load_model
 from steerexp.models.modules import resolve_modules
 from steerexp.models.steering import Steering
@@ -189,7 +188,7 @@ def steerexp_direction(
 ) -> dict[int, torch.Tensor]:
     """A fresh extraction (memo and tokeniser memo cleared, no disk cache) and fit."""
     context.current().extractions.clear()
-    tokens._ENCODED.clear()
+    context.current().encoded.clear()
     ex = activations.extract(
         s.loaded,
         s.model_cfg,

@@ -6,6 +6,10 @@ cache, the artifacts and the numbers are the CLI's; ``sweep`` runs Hydra's multi
 (the CLI's own task and ranking callback), so job dirs, ``ranking.md`` and the report copy are
 those of ``steerexp -m``. The one-call building blocks for any HF model (``extract``, ``fit``,
 ``steer``) are in :mod:`steerexp.blocks`.
+
+Where typing happens: overrides are checked against the schemas before anything composes
+(:func:`steerexp.cli.check_args`), Hydra composes the typed config, and the run makes sure of
+each section once (:func:`steerexp.config.compose.typed_run`) before its stages read them.
 """
 
 from __future__ import annotations

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from steerexp.config.compose import group_config
+from steerexp.config.compose import group_config, typed
 from steerexp.config.errors import SteerexpError, choice_error
 from steerexp.data.records import Pair
 from steerexp.directions import Directions
 from steerexp.models.loading import LoadedModel
 from steerexp.stages.extract.activations import extract as extract_rows
-from steerexp.stages.fit.methods import fit_from_config
+from steerexp.stages.fit.methods import fit_from_config, method_config
 from steerexp.store.cache import hash_key
 
 
@@ -78,12 +79,13 @@ def _modules(model: nn.Module, modules: Sequence[str | int]) -> list[str]:
     return out
 
 
-def _loss_config(loss: str | Mapping[str, Any] | None, loss_layer: int) -> dict[str, Any] | None:
+def _loss_config(loss: str | Mapping[str, Any] | None, loss_layer: int) -> DictConfig | None:
+    """The loss (an option name or a config dict) as a typed config: this call's one conversion."""
     if loss is None:
         return None
     if isinstance(loss, str):
-        return group_config("loss", loss, f"model.loss_layer={loss_layer}")
-    return dict(loss)
+        return typed("loss", group_config("loss", loss, f"model.loss_layer={loss_layer}"))
+    return typed("loss", dict(loss))
 
 
 def _fingerprint(model: nn.Module) -> dict[str, Any]:
@@ -143,12 +145,12 @@ def extract(
     need_grads = loss_cfg is not None
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     with _wrapped(model, tokenizer, need_grads) as loaded:
-        model_cfg = {"name": loaded.name, "path": loaded.name, "dtype": dtype}
+        model_cfg = typed("model", {"name": loaded.name, "path": loaded.name, "dtype": dtype})
         ex = extract_rows(
             loaded,
             model_cfg,
             names,
-            loss_cfg or _loss_config("nll", loss_layer),  # type: ignore[arg-type]
+            loss_cfg if loss_cfg is not None else _loss_config("nll", loss_layer),  # type: ignore[arg-type]
             rows,
             batch_size,
             cache_root=None,
@@ -179,7 +181,8 @@ def fit(
     ``[2n, d]`` tensors (rows interleaved, positive first) or one tensor; gradient methods take
     ``grads`` (default: those in ``acts``). The result is in raw units (scale 1), so
     ``steer(model, direction, c)`` adds ``c * v``."""
-    cfg = group_config("method", method) if isinstance(method, str) else dict(method)
+    raw = group_config("method", method) if isinstance(method, str) else dict(method)
+    cfg = method_config(raw)  # the one conversion of this public call
     meta: dict[str, Any] = {}
     norms = None
     if isinstance(acts, Activations):
@@ -191,7 +194,7 @@ def fit(
     fits = {
         m: fit_from_config(cfg, a, grad_table.get(m), norms, seed=seed) for m, a in table.items()
     }
-    name = str(cfg.get("name") or cfg["kind"])
+    name = str(raw.get("name") or raw["kind"])
     meta.update(
         method=name,
         coeff_units="raw",

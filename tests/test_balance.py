@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import group, tiny
 
+from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
 from steerexp.data.pairs import load_pairs
 from steerexp.stages.extract.activations import extract
@@ -23,7 +24,7 @@ def setup():
 
 def run(setup, root: Path, **loss):
     model, model_cfg, pairs = setup
-    cfg = {**group("loss", "reprpo_margin"), "layer": -1, **loss}
+    cfg = typed("loss", {**group("loss", "reprpo_margin"), "layer": -1, **loss})
     return extract(model, model_cfg, MODULES, cfg, pairs, 4, root, progress=False)
 
 

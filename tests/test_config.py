@@ -137,6 +137,31 @@ def test_bad_config_one_line_error(override: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("eval.workers=many", r"^eval.workers='many' must be 'auto' or an integer >= 1$"),
+        ("eval.workers=2,0", r"^eval.workers=0 must be 'auto' or an integer >= 1$"),
+        ("eval.workers=[2]", r"^eval.workers=\[2\] must be 'auto' or an integer >= 1$"),
+        (
+            "loss=reprpo_margin loss.beta=abc",
+            r"^loss.beta='abc' must be a finite number or 'auto'$",
+        ),
+        (
+            "loss=reprpo_margin loss.beta=true",
+            r"^loss.beta=True must be a finite number or 'auto'$",
+        ),
+    ],
+)
+def test_number_or_auto_fields_are_refused_before_composing(args: str, message: str) -> None:
+    """``eval.workers`` and ``loss.beta`` (a number or ``auto``, which OmegaConf 2.3 cannot type)
+    are checked by their schema rule on the command line, before Hydra composes: a sweep over a
+    bad value fails up front, not job by job."""
+    with pytest.raises(SteerexpError, match=message):
+        check_args(["-m", *args.split()])
+    check_args(["-m", "loss=reprpo_margin", "loss.beta=auto,0,1e3", "eval.workers=auto,3"])
+
+
 _cli = steerexp_in_process
 
 
@@ -238,3 +263,22 @@ def test_range_rules_run_for_composed_and_plain_configs() -> None:
         SteerexpError, match=r"^unknown method.combine 'max';.* valid: diff, mean, neg, pos$"
     ):
         typed("method", {"name": "d", "kind": "fisher_dual", "combine": "max"})
+
+
+def test_the_run_types_its_config_once() -> None:
+    """``typed_run``: a composed config is typed already and comes back as it is (no copy, no
+    re-typing); a config of plain sections (a confirmation's, read back from config.yaml) gets
+    each section typed by its variant's schema, defaults filled in, the input left alone."""
+    from omegaconf import OmegaConf
+
+    from steerexp.config.compose import typed_run
+    from steerexp.config.schema import LossConfig, RandomMethod
+
+    composed = compose_cfg("method=random")
+    assert typed_run(composed) is composed
+    loose = OmegaConf.create(OmegaConf.to_container(composed, resolve=True))
+    del loose.method["seed"]
+    out = typed_run(loose)
+    assert OmegaConf.get_type(out.method) is RandomMethod and out.method.seed is None
+    assert OmegaConf.get_type(out.loss) is LossConfig and out.loss.tokens == "suffix"
+    assert "seed" not in loose.method and OmegaConf.get_type(loose.method) is dict

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import group, tiny
 
+from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
 from steerexp.data.pairs import load_pairs
 from steerexp.data.records import Pair
@@ -267,7 +268,7 @@ def test_bad_inputs_one_line_errors(model, pairs) -> None:
     with pytest.raises(SteerexpError, match="contrast set is empty"):
         extract(model, mc, HS, nll, [], 4, None, progress=False)
     with pytest.raises(SteerexpError, match=r"unknown loss.tokens 'some'; valid: all, suffix"):
-        extract(model, mc, HS, {**nll, "tokens": "some"}, pairs, 4, None, progress=False)
+        typed("loss", {**nll, "tokens": "some"})  # the one conversion, where a dict comes in
     with pytest.raises(SteerexpError, match=r"unknown loss 'nl'; did you mean 'nll'"):
         extract(model, mc, HS, {**nll, "name": "nl"}, pairs, 4, None, progress=False)
     with pytest.raises(SteerexpError, match=r"empty side"):

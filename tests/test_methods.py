@@ -19,6 +19,7 @@ from steerexp.stages.fit.methods import (
     fit_direction,
     fit_from_config,
     load_method_config,
+    method_config,
     method_names,
 )
 
@@ -126,8 +127,7 @@ def test_random_is_seeded_and_low_precision_inputs_work() -> None:
 
 def test_config_override_is_used() -> None:
     acts, grads, _ = planted()
-    cfg = OmegaConf.create(load_method_config("fisher_steer_cov_reg1"))
-    cfg.reg = 0.3
+    cfg = method_config({**load_method_config("fisher_steer_cov_reg1"), "reg": 0.3})
     fit = fit_from_config(cfg, acts, grads)
     assert fit.info["reg_requested"] == 0.3 and fit.info["reg_used"] == 0.3
     assert fit.info["reg_fallback"] is False and fit.raw_norm > 0
@@ -226,7 +226,7 @@ def test_singular_fallback_is_recorded() -> None:
     assert sol.info["reg_fallback"] is True and sol.info["reg_used"] > 1e-320
     assert bool(torch.isfinite(sol.vector).all())
     acts = torch.randn(4, 8)
-    cfg = {"kind": "fisher_dual", "fisher": "cov", "reg": 0.0, "combine": "pos"}
+    cfg = method_config({"kind": "fisher_dual", "fisher": "cov", "reg": 0.0, "combine": "pos"})
     grads4 = torch.zeros(4, 8)
     grads4[0, 0] = grads4[2, 1] = 1.0
     grads4[1::2] = torch.randn(2, 8)
@@ -269,11 +269,11 @@ def test_bad_inputs_give_one_line_errors(name: str, kwargs: dict[str, Any], need
 def test_bad_config_values_give_choices() -> None:
     acts, grads, _ = planted(n_pairs=4, d=8)
     with pytest.raises(SteerexpError, match="did you mean 'cov'"):
-        fit_from_config({"kind": "fisher", "fisher": "covv"}, acts, grads)
+        method_config({"kind": "fisher", "fisher": "covv"})
     with pytest.raises(SteerexpError, match="did you mean 'diff'"):
-        fit_from_config({"kind": "fisher_dual", "combine": "dif"}, acts, grads, torch.ones(8))
+        method_config({"kind": "fisher_dual", "combine": "dif"})
     with pytest.raises(SteerexpError, match="did you mean 'pca_diff'"):
-        fit_from_config({"kind": "pca_dif"}, acts)
+        method_config({"kind": "pca_dif"})
 
 
 def test_unknown_method_name_suggests() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_cfg
 from omegaconf import OmegaConf
 
 import steerexp.pipeline.stages as stages_mod
@@ -77,9 +78,26 @@ def test_a_new_method_is_signed_by_its_orient_property(monkeypatch: pytest.Monke
 
     for orient, sign in (("pair_vote", 1.0), ("none", -1.0)):
         monkeypatch.setitem(METHODS._items, "away", methods.Method(away, False, orient=orient))
-        fit = fit_from_config({"kind": "away"}, acts)
+        fit = fit_from_config(methods.method_config({"kind": "away"}), acts)
         assert fit.vector.tolist() == [sign, 0.0]
         assert fit.info["flipped"] is (orient == "pair_vote")
+
+
+def test_whether_a_run_redraws_its_direction_is_the_registry_entry_s_answer() -> None:
+    """The null stage asks the method's entry (never its name or config keys) whether a run draws
+    its direction afresh from the run seed: ``random`` without its own seed does, with one not."""
+    assert METHODS.get("random").redrawn(compose_cfg("method=random").method)
+    assert not METHODS.get("random").redrawn(compose_cfg("method=random", "method.seed=3").method)
+    assert not METHODS.get("pca_diff").redrawn(compose_cfg("method=pca_diff").method)
+
+
+def test_where_rows_are_pulled_back_is_the_registry_entry_s_answer() -> None:
+    """The fit stage asks the method's entry where its rows are read (never its config keys):
+    ``vjp_steer`` at its ``read_layer``, or the loss layer when that is null."""
+    vjp = METHODS.get("vjp_steer")
+    assert vjp.pullback(compose_cfg("method=vjp_steer").method, -3) == (-3, "all")
+    cfg = compose_cfg("method=vjp_steer", "method.read_layer=2", "method.tokens=last").method
+    assert vjp.pullback(cfg, -3) == (2, "last")
 
 
 def test_each_stage_needs_only_what_an_earlier_one_gives() -> None:

@@ -49,3 +49,30 @@ def test_encode_many_falls_back_where_the_prefix_does_not_split() -> None:
     )
     convs = _convs(6)
     assert tokens.encode_many(tok, convs, {}) == [tokens.encode(tok, c, {}) for c in convs]
+
+
+def test_memos_live_in_the_run_context_and_go_with_their_tokenizer() -> None:
+    """The loaded models and the per-tokenizer memos (encoded conversations, decoded vocab) are the
+    run context's, not module globals: a fresh context starts without them and the outer one never
+    sees its entries; a model loads once per context; a dropped tokenizer frees its entries."""
+    import gc
+
+    from helpers import tiny
+
+    from steerexp.data.answers import answer_variants
+    from steerexp.store import context
+
+    outer = context.current()
+    with context.fresh() as ctx:
+        assert not ctx.models and not len(ctx.encoded) and not len(ctx.vocab)
+        model = tiny()
+        assert tiny() is model and model.reused and list(ctx.models.values()) == [model]
+        tok = build_tokenizer()
+        tokens.encode_many(tok, _convs(4), {})
+        yes = answer_variants(tok, "Yes")
+        assert tok in ctx.encoded and tok in ctx.vocab and yes
+        assert tok not in outer.encoded and tok not in outer.vocab
+        assert model not in outer.models.values()
+        del tok
+        gc.collect()
+        assert not len(ctx.encoded) and not len(ctx.vocab)

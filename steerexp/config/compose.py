@@ -1,9 +1,13 @@
 """Typed configs: the schemas of :mod:`steerexp.config.schema` in Hydra's ConfigStore, and the
 same schemas applied to configs handed over from outside Hydra.
 
-:func:`register_configs` runs when ``steerexp`` is imported. Code given a group config as a plain
-dict (a test, a script) passes it through :func:`typed`, which fills the schema's defaults and
-rejects unknown keys and wrong types in one line, so Python never carries a second default.
+:func:`register_configs` runs when ``steerexp`` is imported. Where typing happens: Hydra composes
+a run's config against the schemas (the CLI, :func:`steerexp.api.compose`), the run makes sure
+of every group section once (:func:`typed_run`) and hands the stages typed sections, which they
+read and never re-type. A public call that takes a group config as a plain dict
+(:mod:`steerexp.blocks`, :func:`steerexp.stages.fit.methods.fit_direction`, a test) passes it
+through :func:`typed` once, which fills the schema's defaults and rejects unknown keys and wrong
+types in one line, so Python never carries a second default.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from omegaconf.errors import InterpolationResolutionError, ValidationError
 
 from steerexp import CONF_DIR
 from steerexp.config.errors import SteerexpError, choice_error
-from steerexp.config.schema import GROUPS, SECTIONS, VARIANTS, Config
+from steerexp.config.schema import GROUPS, SECTIONS, VARIANTS, Config, rule_of
 
 #: Config keys that cannot change a run's results: where reports and caches go, the logger,
 #: how the sweep's ranking reads (``ranking.*``), the ``sweep_extend`` flag, and generation parallelism and chunking (samples are identical;
@@ -133,7 +137,11 @@ def choices(schema: type, key: str) -> list[str] | None:
 def check_value(where: str, schema: type, key: str, value: Any) -> None:
     """``value`` must fit ``schema.key`` as it is: booleans are true or false (no "yes"), a choice
     field one of its values, the rest as OmegaConf converts them; a misfit is a one-line error
-    naming ``<where>key`` (``where``: ``"model."``, or ``""`` at the top)."""
+    naming ``<where>key`` (``where``: ``"model."``, or ``""`` at the top); a field with its own
+    rule (``auto`` or a number) is checked by that rule."""
+    rule = rule_of(schema, key)
+    if rule is not None:
+        rule(f"{where}{key}", value)
     if _type_name(schema, key).startswith("true or false") and not isinstance(value, bool):
         raise SteerexpError(f"{where}{key}={value!r} must be true or false")
     try:
@@ -151,13 +159,35 @@ def validate(cfg: DictConfig) -> Config:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+def typed_run(cfg: DictConfig) -> DictConfig:
+    """The run's one conversion: ``cfg`` with every group section typed by its own schema (its
+    variant's), what :func:`steerexp.pipeline.run` hands the stages. A Hydra-composed config is
+    that already and is returned as it is; a section composed under its group's base schema (a
+    user's option naming no ``<variant>_base``) is rebuilt with its variant's defaults."""
+    out = cfg
+    for group in GROUPS:
+        section = cfg[group]
+        if _is_typed(group, section):
+            continue
+        if out is cfg:
+            out = copy.deepcopy(cfg)
+        out[group] = typed(group, OmegaConf.to_container(section, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
+    return out
+
+
+def _is_typed(group: str, cfg: Mapping[str, Any]) -> bool:
+    """``cfg`` is a typed config of its schema (the variant's, for a group with variants)."""
+    schema = schema_of(group, cfg)
+    return isinstance(cfg, DictConfig) and issubclass(OmegaConf.get_type(cfg) or dict, schema)
+
+
 def typed(group: str, cfg: Mapping[str, Any]) -> DictConfig:
     """``cfg`` as its schema's typed config: defaults filled in; an unknown key or a value of the
     wrong type is a one-line error. A config Hydra composed is returned as it is; one built from a
     plain dict is read-only and shared by every equal dict."""
+    if _is_typed(group, cfg):
+        return cfg  # type: ignore[return-value]
     schema = schema_of(group, cfg)
-    if isinstance(cfg, DictConfig) and issubclass(OmegaConf.get_type(cfg) or dict, schema):
-        return cfg
     return _typed(_Plain(group, json.dumps(cfg, sort_keys=True, default=repr), schema, cfg))
 
 

@@ -7,15 +7,21 @@ with their own keys extend a base and are listed in :data:`VARIANTS`; each is st
 ``<variant>_base`` for a group file's defaults list (``defaults: [fisher_base, _self_]``).
 
 Every rule about a value lives here: a choice field is an ``Enum`` (OmegaConf refuses any other
-value as it composes; OmegaConf 2.3 has no ``Literal``), and ranges and cross-field rules are
-the dataclasses' ``__post_init__``, run once when :func:`steerexp.config.compose.validate` turns the
-composed config into these objects (and by :func:`~steerexp.config.compose.typed` for plain dicts).
+value as it composes; OmegaConf 2.3 has no ``Literal``). A field that is a number or ``auto``
+has no OmegaConf type (a ``Union`` field crashes Hydra's composition in OmegaConf 2.3,
+omegaconf#1087), so its :data:`RULE` metadata is its type: it refuses any other value on the
+command line and in option files before Hydra composes
+(:func:`steerexp.config.compose.check_value`) and in ``__post_init__``; ranges and cross-field
+rules are the dataclasses' ``__post_init__``, run once when
+:func:`steerexp.config.compose.validate` turns the composed config into these objects (and by
+:func:`~steerexp.config.compose.typed` for plain dicts).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -125,6 +131,32 @@ def at_least(key: str, value: int, minimum: int) -> None:
     """``value`` >= ``minimum``, else a one-line error naming ``key``."""
     if value < minimum:
         raise SteerexpError(f"{key}={value} must be >= {minimum}")
+
+
+#: The ``field(metadata=...)`` key of a field's own value rule: ``rule(key, value)`` raises a
+#: one-line error naming the key, the value and what is valid.
+RULE = "rule"
+
+
+def auto_or_count(key: str, value: Any) -> None:
+    """``auto`` or an integer >= 1 (``eval.workers``)."""
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise SteerexpError(f"{key}={value!r} must be 'auto' or an integer >= 1")
+
+
+def auto_or_number(key: str, value: Any) -> None:
+    """``auto`` or a finite number (``loss.beta``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if value != "auto" and (isinstance(value, bool) or not math.isfinite(number)):
+        raise SteerexpError(f"{key}={value!r} must be a finite number or 'auto'")
+
+
+def rule_of(schema: type, key: str) -> Callable[[str, Any], None] | None:
+    """The :data:`RULE` of ``schema.key``, or None."""
+    return next(f.metadata.get(RULE) for f in fields(schema) if f.name == key)
 
 
 def zero_or_at_least_two(key: str, value: int, off: str, what: str) -> None:
@@ -244,18 +276,12 @@ class MarginLoss(LossConfig):
     ``balance_target`` of the gradient norm at the steered modules (chosen and recorded per
     extraction: loss_beta, grad_share_* in metrics.json and the extraction cache's meta.json)."""
 
-    beta: Any = 1.0e4
+    beta: Any = field(default=1.0e4, metadata={RULE: auto_or_number})
     balance_target: float = 0.5
     margin: float = 0.99
 
     def __post_init__(self) -> None:
-        beta = self.beta
-        try:
-            number = float(beta)
-        except (TypeError, ValueError):
-            number = math.nan
-        if beta != "auto" and (isinstance(beta, bool) or not math.isfinite(number)):
-            raise SteerexpError(f"loss.beta={beta!r} must be a finite number or 'auto'")
+        auto_or_number("loss.beta", self.beta)
         if not 0 < self.balance_target < 1:
             raise SteerexpError(
                 f"loss.balance_target={self.balance_target} must be strictly between 0 and 1"
@@ -324,7 +350,7 @@ class EvalConfig(FileSource):
     max_batch_size: int = 32
     #: generation processes on CPU: auto = one per usable core for small models (width < 1024,
     #: one thread each; results are identical to 1), else 1 | an integer
-    workers: Any = "auto"
+    workers: Any = field(default="auto", metadata={RULE: auto_or_count})
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -338,11 +364,7 @@ class EvalConfig(FileSource):
         at_least("eval.repeats", self.repeats, 1)
         at_least("eval.max_new_tokens", self.max_new_tokens, 1)
         at_least("eval.max_batch_size", self.max_batch_size, 1)
-        workers = self.workers
-        if workers != "auto" and (
-            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-        ):
-            raise SteerexpError(f"eval.workers={workers!r} must be 'auto' or an integer >= 1")
+        auto_or_count("eval.workers", self.workers)
 
 
 @dataclass

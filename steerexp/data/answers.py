@@ -7,13 +7,13 @@ to its step, so both stages share this spec (built once per run by :func:`make_a
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from steerexp.config.errors import SteerexpError
 from steerexp.data.pairs import answer_regex
+from steerexp.store import context
 
 
 @dataclass
@@ -31,10 +31,6 @@ class AnswerSpec:
     tokenizer: Any = field(default=None, repr=False, compare=False)
 
 
-# Per-tokenizer caches, dropped with the tokenizer: decoded vocab (prefilter) and word -> ids.
-_VOCAB_CACHE: dict[int, tuple[weakref.ref[Any], list[str], dict[str, list[int]]]] = {}
-
-
 def _squash(text: str) -> str:
     """Lowercase with all whitespace removed (the prefilter's normal form)."""
     return "".join(text.split()).lower()
@@ -47,10 +43,13 @@ def _vocab_cache(tokenizer: Any) -> tuple[list[str], dict[str, list[int]]]:
     at most by removed spaces (tokenization clean-up), so a token whose full decode equals a
     word always contains it here. Each candidate is then confirmed with ``tokenizer.decode``.
     """
-    key = id(tokenizer)
-    hit = _VOCAB_CACHE.get(key)
-    if hit is not None and hit[0]() is tokenizer:
-        return hit[1], hit[2]
+    memo = context.current().vocab
+    try:
+        hit = memo.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be held weakly is decoded every time
+        hit = None
+    if hit is not None:
+        return hit
     n = len(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -60,10 +59,9 @@ def _vocab_cache(tokenizer: Any) -> tuple[list[str], dict[str, list[int]]]:
     squashed = [_squash(t) for t in texts]
     words: dict[str, list[int]] = {}
     try:
-        ref: weakref.ref[Any] = weakref.ref(tokenizer, lambda _r, k=key: _VOCAB_CACHE.pop(k, None))
+        memo[tokenizer] = (squashed, words)
     except TypeError:
-        return squashed, words
-    _VOCAB_CACHE[key] = (ref, squashed, words)
+        pass
     return squashed, words
 
 

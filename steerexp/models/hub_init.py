@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from steerexp import cache_dir
-from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
 from steerexp.models.builders import DTYPES, atomic_build, base_path
 
@@ -59,7 +58,6 @@ def hub_config_path(hub_id: str) -> Path:
 
 def validate(cfg: Mapping[str, Any]) -> None:
     """``num_layers``/``config_overrides`` only mean something with ``random_init``."""
-    cfg = typed("model", cfg)
     flag = cfg["random_init"]
     extra = [k for k in ("num_layers", "config_overrides") if cfg[k]]
     if extra and not flag:
@@ -71,7 +69,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 def source(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     """The architecture's config dict and the directory its tokenizer comes from."""
-    cfg = typed("model", cfg)
     if cfg["builder"] is not None or Path(str(cfg["path"])).expanduser().is_dir():
         local = Path(base_path(cfg)).expanduser()
         return json.loads((local / "config.json").read_text()), local
@@ -82,7 +79,6 @@ def shaped_config(
     cfg: Mapping[str, Any], base: Mapping[str, Any], tokenizer: Any
 ) -> dict[str, Any]:
     """``base`` with ``num_layers``, ``config_overrides`` and the tokenizer's special ids applied."""
-    cfg = typed("model", cfg)
     out = dict(base)
     n = cfg["num_layers"]
     if n is not None:
@@ -112,10 +108,10 @@ def shaped_config(
 
 
 def build(cfg: Mapping[str, Any]) -> Path:
-    """Build (or reuse) the random-weight checkpoint of ``cfg``; returns its directory."""
+    """Build (or reuse) the random-weight checkpoint of the typed model config ``cfg``; returns
+    its directory."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    cfg = typed("model", cfg)
     base, tok_dir = source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     config = shaped_config(cfg, base, tokenizer)

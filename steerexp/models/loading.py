@@ -39,6 +39,7 @@ from steerexp.models.checkpoints import (
     checkpoint_path,
     file_digest,
 )
+from steerexp.store import context
 
 #: ``model.dtype=auto``: bfloat16 on a GPU, float32 on CPU (where bfloat16 matmuls are several
 #: times slower, e.g. ~7x extracting a random-weight 0.6B shape)
@@ -111,9 +112,6 @@ class LoadedModel:
         return node
 
 
-_LOADED: dict[str, LoadedModel] = {}
-
-
 def _model_key(cfg: DictConfig) -> str:
     return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
 
@@ -161,14 +159,17 @@ def with_dtype(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
-    """Load (or reuse) the model of a ``conf/model`` config, frozen, in eval mode."""
+    """Load (or reuse) the model of a ``conf/model`` config, frozen, in eval mode; loaded models
+    are kept in the run context (:attr:`~steerexp.store.context.RunContext.models`), so the
+    jobs of a sweep in one process load each model once."""
     from nnsight.modeling.transformers import TransformersModel
 
     cfg = typed("model", with_dtype(cfg))
     validate_model_cfg(cfg)
     key = _model_key(cfg)
-    if key in _LOADED:
-        cached = _LOADED[key]
+    models = context.current().models
+    if key in models:
+        cached = models[key]
         cached.reused = True
         return cached
     t0 = time.perf_counter()
@@ -230,7 +231,7 @@ def load_model(cfg: Mapping[str, Any]) -> LoadedModel:
         chat_kwargs=dict(cfg["chat_template_kwargs"]),
         load_s=time.perf_counter() - t0,
     )
-    _LOADED[key] = loaded
+    models[key] = loaded
     return loaded
 
 

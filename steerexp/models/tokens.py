@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from steerexp.store import context
 
 
 def encode(
@@ -31,11 +32,6 @@ def encode(
 
 
 Conversation = list[dict[str, str]]
-#: Per tokenizer, the :func:`encode` result of each (chat kwargs, conversation) already encoded:
-#: a sweep's runs, and an activation then gradient extraction, render each pair once.
-_ENCODED: weakref.WeakKeyDictionary[Any, dict[str, tuple[list[int], int]]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _render(
@@ -58,8 +54,9 @@ def encode_many(
     tokenizer: Any, conversations: Sequence[Conversation], chat_kwargs: Mapping[str, Any]
 ) -> list[tuple[list[int], int]]:
     """:func:`encode` of every conversation (the same ids, bit for bit): each distinct
-    conversation is rendered once and every distinct text tokenised in one batched call."""
-    memo = _ENCODED.setdefault(tokenizer, {})
+    conversation is rendered once and every distinct text tokenised in one batched call (and
+    kept per tokenizer in the run context, :attr:`~steerexp.store.context.RunContext.encoded`)."""
+    memo = context.current().encoded.setdefault(tokenizer, {})
     kw = json.dumps(dict(chat_kwargs), sort_keys=True, default=str)
     keys = [kw + json.dumps(c, sort_keys=True) for c in conversations]
     todo = {k: c for k, c in zip(keys, conversations, strict=True) if k not in memo}

@@ -1,7 +1,10 @@
 """``run(cfg)``: the registered stages in order (:mod:`steerexp.pipeline.stages`): load, extract,
 fit, intervene, generate (and judge), regress, refits, null.
 
-Every check that needs no model runs first (:func:`~steerexp.pipeline.checks.check_config`).
+The config is typed once, here (:func:`~steerexp.config.compose.typed_run`): each stage gets the
+typed section it reads (``cfg.model``, ``cfg.loss``, ``cfg.method``, the resolved eval) and never
+re-types it. Every check that needs no model runs first
+(:func:`~steerexp.pipeline.checks.check_config`).
 Artifacts are written as soon as their stage finishes, so a later failure loses nothing already
 computed; a failure is recorded in ``status.json``/``metrics.json`` and re-raised to the caller,
 which decides whether it ends the process (single run) or just the job (multirun).
@@ -19,6 +22,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from steerexp.config.compose import typed_run
 from steerexp.config.errors import SteerexpError, error_text
 from steerexp.data.questionfiles import record_split
 from steerexp.models import threads
@@ -53,7 +57,8 @@ def run(
     """Run one experiment into ``run_dir`` (Hydra's job dir by default); returns its metrics.
 
     A run dir whose ``status.json`` already says ``ok`` is skipped (resumed sweeps). On
-    failure, ``status.json``/``metrics.json`` record it and the exception propagates.
+    failure, ``status.json``/``metrics.json`` record it and the exception propagates. ``cfg``
+    (Hydra's composed config) is typed here, once (:func:`~steerexp.config.compose.typed_run`).
     """
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
@@ -66,6 +71,7 @@ def run(
     if _finished(run_dir, resolved, config_hash):
         print(f"[steerexp] {run_dir} already finished (status ok, same config); skipping")
         return json.loads((run_dir / "metrics.json").read_text())
+    cfg = typed_run(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "environment.json", artifacts.environment())
     artifacts.write_json(run_dir / "config.json", artifacts.run_config(resolved))

@@ -8,13 +8,12 @@ dir, saves ``.hydra/*.yaml`` or writes ``multirun.yaml``; the checks are
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from steerexp.config.errors import SteerexpError
 from steerexp.store.guard import check_output_dir, check_sweep_command
@@ -30,11 +29,8 @@ def check_run_start(config: DictConfig) -> None:
 
     run_dir = Path(str(config.hydra.run.dir))
     check_output_dir("hydra.run.dir", run_dir, OmegaConf.select(config, "cache_dir"))
-    task = copy.deepcopy(config)
-    with open_dict(task):
-        del task["hydra"]
     try:
-        resolved = plain(task)
+        resolved = plain(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
     except Exception:  # noqa: BLE001 -- unresolvable here (e.g. ${hydra:...}): the run checks later
         return
     _finished(run_dir, resolved, config_hash(resolved))

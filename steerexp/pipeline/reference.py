@@ -44,15 +44,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from steerexp.config.compose import typed
 from steerexp.data.answers import AnswerSpec
 from steerexp.data.pairs import Question
 from steerexp.data.transforms import transform_x
 from steerexp.models.steering import Steering
 from steerexp.pipeline import steps
-from steerexp.pipeline.checks import plain
 from steerexp.pipeline.state import RunState, need
-from steerexp.stages.fit.methods import NULL_KIND, fit_from_config
+from steerexp.stages.fit.methods import NULL_KIND, fit_from_config, method_config
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, make_rescore, with_system
 from steerexp.stages.intervene.scales import base_scales
 from steerexp.stages.judge.judges import dose_frame, judge_rows
@@ -68,7 +66,7 @@ def null_directions(
 ) -> list[dict[str, Any]]:
     """Direction sets ``start .. k - 1``: the null method's (``random``) unit vectors at seeds
     ``seed + start .. seed + k - 1``."""
-    cfg = {"name": NULL_KIND, "kind": NULL_KIND}
+    cfg = method_config({"name": NULL_KIND, "kind": NULL_KIND})
     return [
         {m: fit_from_config(cfg, acts[m], seed=seed + i).vector for m in modules}
         for i in range(int(start), int(k))
@@ -78,8 +76,7 @@ def null_directions(
 def persona_texts(dataset_cfg: Mapping[str, Any]) -> dict[str, str]:
     """The dataset's persona template filled with its positive and negative word; empty (no
     prompting reference, its columns NaN) for datasets without one (explicit pairs, CAA files)."""
-    dataset_cfg = typed("dataset", dataset_cfg)
-    template = dataset_cfg.template
+    template = dataset_cfg["template"]
     words = [dataset_cfg[p] for p in PERSONAS]
     if not template or "{persona}" not in str(template) or not all(words):
         return {}
@@ -321,7 +318,7 @@ def null_reference(state: RunState) -> NullReference:
     zero = run_dose.loc[run_dose["coeff"] == 0.0, DOSE_COLUMNS]
     slope = float(need(state, "regression").stats["slope"])
     k, seed0 = int(cfg.random_null.k), int(cfg.random_null.seed)
-    personas = persona_texts(plain(cfg.dataset))
+    personas = persona_texts(cfg.dataset)
     # The group holds the run's sampling seed (common random numbers with the run, see the
     # module docstring) but not K: a larger K extends the cached null (nested_rows).
     group = steps.group_payload(cfg, inputs, ex.acts_key)

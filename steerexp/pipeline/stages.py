@@ -189,7 +189,7 @@ def null(state: RunState) -> None:
     ref = null_reference(state)
     state.metrics.update(ref.stats)
     cfg = state.cfg
-    if METHODS.get(str(cfg.method.kind)).drawn and cfg.method.get("seed") is None:
+    if METHODS.get(str(cfg.method.kind)).redrawn(cfg.method):
         # a new seed draws a new direction: the direction's spread is the null's
         state.metrics.update(summary.interval(state.metrics, ref.stats["null_slope_sd"]))
     summary.write_frames(state.run_dir, null_slopes=ref.slopes)

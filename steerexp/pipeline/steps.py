@@ -64,9 +64,9 @@ def extract(cfg: DictConfig, model: Model, inputs: RunInputs, progress: bool) ->
     """Stage 1: activations, and loss gradients when the method uses them."""
     return extract_rows(
         model.loaded,
-        plain(cfg.model),
+        cfg.model,
         model.modules,
-        plain(cfg.loss),
+        cfg.loss,
         inputs.pairs,
         int(cfg.extract.batch_size),
         cache_root(cfg),
@@ -90,14 +90,14 @@ def fit(cfg: DictConfig, model: Model, inputs: RunInputs, ex: Extraction) -> Dir
                 )
     rows, meta = ex.grads, {}
     if method.pulls_back_rows:
-        read_layer = cfg.method.read_layer
+        read_layer, tokens = method.pullback(cfg.method, int(cfg.loss.layer))
         rows, meta = vjp_rows(
             model.loaded,
-            plain(cfg.model),
+            cfg.model,
             model.modules,
             inputs.pairs,
-            int(cfg.loss.layer if read_layer is None else read_layer),
-            str(cfg.method.tokens),
+            read_layer,
+            tokens,
             int(cfg.extract.batch_size),
             cache_root(cfg),
         )

@@ -20,7 +20,6 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError, choice_error
 from steerexp.config.registry import Registry
 from steerexp.store.artifacts import jsonable
@@ -47,9 +46,9 @@ LOGGERS: Registry[type] = Registry("logger")
 
 
 def make_logger(logger_cfg: Mapping[str, Any]) -> RunLogger:
-    """The logger named by ``logger_cfg.name``, given its typed config."""
+    """The logger named by ``logger_cfg.name``, given its typed config (the run's ``cfg.logger``)."""
     cls = LOGGERS.get(str(logger_cfg["name"]))
-    return cls(typed("logger", logger_cfg))
+    return cls(logger_cfg)
 
 
 @LOGGERS.register("none")

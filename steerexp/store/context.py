@@ -1,5 +1,6 @@
 """What one process keeps between the runs it makes, in one object instead of module globals: the
-in-memory extraction cache and the tally of its jobs and of the sweep it ranked.
+loaded models, the in-memory extraction cache, the per-tokenizer memos (held weakly: dropped with
+their tokenizer) and the tally of its jobs and of the sweep it ranked.
 
 :func:`current` is the context in use; :func:`fresh` puts an empty one in place for a block (a
 test, or a caller that wants one sweep's tally alone) and restores the previous one after it.
@@ -7,6 +8,7 @@ test, or a caller that wants one sweep's tally alone) and restores the previous 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,11 +17,25 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from steerexp.models.loading import LoadedModel
+
 
 @dataclass
 class RunContext:
     """The state runs of one process share."""
 
+    #: Model config key -> the loaded model: a sweep's jobs in one process load each model once.
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    #: Per tokenizer, the chat-rendered ids of each conversation (``models.tokens.encode_many``):
+    #: a sweep's runs, and an activation then gradient extraction, render each pair once.
+    encoded: weakref.WeakKeyDictionary[Any, dict[str, tuple[list[int], int]]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    #: Per tokenizer, its decoded vocabulary and the answer word -> ids found in it
+    #: (``data.answers``).
+    vocab: weakref.WeakKeyDictionary[Any, tuple[list[str], dict[str, list[int]]]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
     #: Extraction cache key -> its tensors: the in-process layer over the on-disk cache.
     extractions: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     #: Every job this process ran (their dirs).

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from steerexp.data.questionfiles import resolve_eval
 from steerexp.sweep.rows import CONTROL
@@ -90,9 +90,7 @@ def confirm_row(sweep_dir: Path, row: pd.Series) -> dict:
         seed = int(cfg.seed) + SEED_OFFSET
         spec = resolve_eval(cfg)
         half = half_of_scenarios(spec.questions, seed)
-        with open_dict(cfg):
-            cfg.seed = seed
-            cfg.eval.update({**spec.filled(), "questions": half})
+        cfg = OmegaConf.merge(cfg, {"seed": seed, "eval": {**spec.filled(), "questions": half}})
         metrics = run(cfg, Path(sweep_dir) / CONFIRM_DIR / str(row["job"]), progress=False)
         slope = float(metrics["slope"])
         same_sign = math.copysign(1.0, slope) == math.copysign(1.0, float(row["slope"]))

@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
 from steerexp.data.records import Pair
 from steerexp.models.loading import LoadedModel, model_fingerprint
@@ -66,11 +65,11 @@ def cache_payload(
     pairs: Sequence[Pair],
     batch_size: int,
 ) -> dict[str, Any]:
-    """Everything an extraction depends on; its hash is the cache key."""
-    model = typed("model", model_cfg)
+    """Everything an extraction depends on; its hash is the cache key. ``model_cfg`` and
+    ``loss_cfg`` are typed sections (the run's, or typed by the public call that took a dict)."""
     return {
         "version": EXTRACT_VERSION,
-        "model": {k: model[k] for k in ("dtype", "quantization")},
+        "model": {k: model_cfg[k] for k in ("dtype", "quantization")},
         "checkpoint": model_fingerprint(model_cfg, loaded),
         "chat_kwargs": loaded.chat_kwargs,
         "modules": modules,
@@ -173,10 +172,10 @@ def extract(
     grad_tokens: str = "all",
     need_grads: bool = True,
 ) -> Extraction:
-    """Extract (or reuse) activations and, with ``need_grads``, gradients; batches hold whole pairs."""
+    """Extract (or reuse) activations and, with ``need_grads``, gradients; batches hold whole pairs.
+    ``model_cfg`` and ``loss_cfg``: typed sections (:func:`steerexp.config.compose.typed`)."""
     if not pairs:
         raise SteerexpError("the contrast set is empty: no pairs to extract")
-    loss_cfg = typed("loss", loss_cfg)
     LOSSES.get(str(loss_cfg["name"]))
     loss_path = loss_layer_path(loaded.n_layers, int(loss_cfg["layer"]))
     batch_size = max(2, int(batch_size) - int(batch_size) % 2)

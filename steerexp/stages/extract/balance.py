@@ -18,7 +18,6 @@ from typing import Any
 
 from torch import Tensor
 
-from steerexp.config.compose import typed
 from steerexp.config.errors import SteerexpError
 from steerexp.stages.extract.losses import LOSS_TERMS
 
@@ -30,8 +29,8 @@ def has_terms(loss_cfg: Mapping[str, Any]) -> bool:
 def _weights(
     loss_cfg: Mapping[str, Any], norms: Mapping[str, float]
 ) -> tuple[dict[str, float], str | None]:
-    """Each term's weight; solves the one ``auto`` weight (if any) for the target share."""
-    loss_cfg = typed("loss", loss_cfg)
+    """Each term's weight; solves the one ``auto`` weight (if any) for the target share
+    (``loss_cfg`` typed: its schema has checked the weights and the target)."""
     terms = LOSS_TERMS[str(loss_cfg["name"])]
     weights: dict[str, float] = {}
     auto = [t for t, (_, key) in terms.items() if key is not None and loss_cfg[key] == "auto"]
@@ -39,16 +38,11 @@ def _weights(
         if key is None or t in auto:
             weights[t] = 1.0
         else:
-            try:
-                weights[t] = float(loss_cfg[key])
-            except (TypeError, ValueError):
-                raise SteerexpError(f"loss.{key}={loss_cfg[key]!r}: a number or 'auto'") from None
+            weights[t] = float(loss_cfg[key])
     if not auto:
         return weights, None
     (t_auto,) = auto
     target = float(loss_cfg["balance_target"])
-    if not 0 < target < 1:
-        raise SteerexpError(f"loss.balance_target={target}: must be strictly between 0 and 1")
     rest = sum(weights[t] * norms[t] for t in terms if t != t_auto)
     if not norms[t_auto] > 0:
         raise SteerexpError(

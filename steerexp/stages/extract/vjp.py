@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from steerexp.config.errors import SteerexpError
+from steerexp.config.schema import LossConfig
 from steerexp.data.records import Pair
 from steerexp.models.loading import LoadedModel
 from steerexp.models.tokens import (
@@ -85,7 +87,7 @@ def vjp_rows(
         loaded,
         model_cfg,
         [read_path],
-        {"name": "nll", "layer": read_layer},
+        OmegaConf.structured(LossConfig(name="nll", layer=int(read_layer))),
         pairs,
         batch_size,
         cache_root,

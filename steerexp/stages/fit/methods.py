@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from steerexp.config.compose import group_config, options, typed
@@ -51,8 +51,8 @@ class Method:
     - ``refittable``: the direction depends on the pairs, so bootstrap refits mean something;
     - ``min_pairs``: contrast pairs it needs (a difference needs two to mean anything, a
       principal axis of centred rows rank + 1 = 2);
-    - ``drawn``: the direction is a seeded random draw, not a fit: its uncertainty is the spread
-      over draws (the random null's), and without its own ``method.seed`` a reseed draws another.
+    - ``seed_key``: for a drawn method (a seeded random draw, not a fit) the key of its config
+      that fixes the draw; null there, the run's seed draws it (:meth:`redrawn`).
     """
 
     fit: Callable[[Mapping[str, Any], MethodInputs], tuple[Tensor, Info]]
@@ -61,7 +61,19 @@ class Method:
     pulls_back_rows: bool = False
     orient: str = "pair_vote"
     refittable: bool = True
-    drawn: bool = False
+    seed_key: str | None = None
+
+    def redrawn(self, cfg: Mapping[str, Any]) -> bool:
+        """Whether a run of the typed method config ``cfg`` draws its direction afresh from the run
+        seed (a drawn method whose config fixes no seed): its uncertainty is then the spread over
+        draws, the random null's."""
+        return self.seed_key is not None and cfg[self.seed_key] is None
+
+    def pullback(self, cfg: Mapping[str, Any], loss_layer: int) -> tuple[int, str]:
+        """For a method that pulls back rows: the read layer (the typed config's ``read_layer``,
+        null: ``loss_layer``) and the tokens the rows are taken at (its ``tokens``)."""
+        read = cfg["read_layer"]
+        return int(loss_layer if read is None else read), str(cfg["tokens"])
 
 
 METHODS: Registry[Method] = Registry("method kind")
@@ -75,7 +87,7 @@ def register(
     pulls_back_rows: bool = False,
     orient: str = "pair_vote",
     refittable: bool = True,
-    drawn: bool = False,
+    seed_key: str | None = None,
 ) -> Callable[[Callable[..., tuple[Tensor, Info]]], Method]:
     """Decorator: ``@register("my_method", uses_grads=False)`` makes ``kind: my_method`` a method
     (``fn(cfg, inputs) -> (raw direction, info)``) with the properties of :class:`Method`; see
@@ -84,7 +96,7 @@ def register(
         raise choice_error("orient", orient, ORIENTS)
 
     def deco(fn: Callable[[Mapping[str, Any], MethodInputs], tuple[Tensor, Info]]) -> Method:
-        method = Method(fn, uses_grads, min_pairs, pulls_back_rows, orient, refittable, drawn)
+        method = Method(fn, uses_grads, min_pairs, pulls_back_rows, orient, refittable, seed_key)
         return METHODS.register(kind)(method)
 
     return deco
@@ -127,11 +139,13 @@ def _pca_center(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
 NULL_KIND = "random"
 
 
-@register(NULL_KIND, uses_grads=False, min_pairs=0, orient="none", refittable=False, drawn=True)
+@register(
+    NULL_KIND, uses_grads=False, min_pairs=0, orient="none", refittable=False, seed_key="seed"
+)
 def _random(cfg: Mapping[str, Any], x: MethodInputs) -> tuple[Tensor, Info]:
     """A Gaussian vector from ``torch.Generator().manual_seed(seed)``, ``seed`` = ``method.seed``
     when set, else the run's; uses the data only for d."""
-    seed = int(x.seed if cfg.get("seed") is None else cfg["seed"])
+    seed = int(x.seed if cfg["seed"] is None else cfg["seed"])
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(x.acts.shape[1], generator=gen, dtype=torch.float64), {"seed": float(seed)}
 
@@ -233,23 +247,30 @@ def check_pairs(name: str, kind: str, n_pairs: int) -> None:
         )
 
 
+def method_config(method_cfg: Mapping[str, Any]) -> DictConfig:
+    """A method config given as a plain dict (a public call's, a test's), typed once by its
+    kind's schema: defaults filled in, an unknown key or a wrong value a one-line error."""
+    if "kind" not in method_cfg:
+        raise SteerexpError(
+            f"method config {dict(method_cfg)!r} has no 'kind'; valid: {', '.join(METHODS.names())}"
+        )
+    METHODS.get(str(method_cfg["kind"]))
+    return typed("method", method_cfg)
+
+
 def fit_from_config(
-    method_cfg: Mapping[str, Any],
+    method_cfg: DictConfig,
     acts: Tensor,
     grads: Tensor | None = None,
     loss_grad_norms: Tensor | None = None,
     seed: int = 0,
 ) -> DirectionFit:
-    """Fit the method a (possibly overridden) ``method`` config describes; dispatches on ``kind``
-    (a config without ``name`` is named after its kind)."""
-    if "kind" not in method_cfg:
-        raise SteerexpError(
-            f"method config {dict(method_cfg)!r} has no 'kind'; valid: {', '.join(METHODS.names())}"
-        )
+    """Fit the method the typed ``method`` config describes (the run's ``cfg.method``, or
+    :func:`method_config` of a dict); dispatches on ``kind`` (a config without ``name`` is named
+    after its kind)."""
     method = METHODS.get(str(method_cfg["kind"]))
-    typed_cfg = typed("method", method_cfg)
-    cfg: dict[str, Any] = OmegaConf.to_container(typed_cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
-    name = str(cfg["kind"] if OmegaConf.is_missing(typed_cfg, "name") else cfg["name"])
+    cfg: dict[str, Any] = OmegaConf.to_container(method_cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
+    name = str(cfg["kind"] if OmegaConf.is_missing(method_cfg, "name") else cfg["name"])
     x = method_inputs(name, acts, grads, loss_grad_norms, seed, method.uses_grads)
     check_pairs(name, str(cfg["kind"]), x.acts.shape[0] // 2)
     raw, info = method.fit(cfg, x)
@@ -289,10 +310,10 @@ def method_names() -> list[str]:
     return options("method")
 
 
-def load_method_config(name: str) -> dict[str, Any]:
-    """The ``method`` option ``name`` as Hydra composes it (its base merged); unknown names give
-    a did-you-mean error."""
-    return group_config("method", name)
+def load_method_config(name: str) -> DictConfig:
+    """The ``method`` option ``name`` as Hydra composes it (its base merged), typed; unknown
+    names give a did-you-mean error."""
+    return method_config(group_config("method", name))
 
 
 def fit_direction(

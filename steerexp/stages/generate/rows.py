@@ -21,7 +21,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-from steerexp.config.compose import typed
 from steerexp.data.answers import AnswerSpec
 from steerexp.data.prompts import prompt_text
 from steerexp.data.records import Question
@@ -169,7 +168,7 @@ def with_system(eval_cfg: Mapping[str, Any], system: str | None) -> Mapping[str,
     """The eval config with ``system`` put before its own system text (None: unchanged)."""
     if system is None:
         return eval_cfg
-    own = typed("eval", eval_cfg).system
+    own = eval_cfg["system"]
     return {**dict(eval_cfg), "system": f"{system}\n\n{own}" if own else system}
 
 
@@ -212,9 +211,8 @@ def generate_rows(
         (rows[i] for i in first.values()),
         key=lambda r: (abs(r.coeff), len(prompts[r.question.id, r.system])),
     )
-    eval_cfg = typed("eval", eval_cfg)
     kwargs = sampling_kwargs(eval_cfg)
-    size = max(1, int(eval_cfg.max_batch_size))
+    size = max(1, int(eval_cfg["max_batch_size"]))
     chunks = [unique[start : start + size] for start in range(0, len(unique), size)]
 
     def run(chunk: list[RowSpec]) -> list[tuple[list[int], Tensor, str]]:
@@ -230,7 +228,7 @@ def generate_rows(
         )
 
     small = loaded.device.type == "cpu" and config_width(loaded.hf.config) < SMALL_WIDTH
-    workers = worker_count(eval_cfg.workers, len(chunks), small)
+    workers = worker_count(eval_cfg["workers"], len(chunks), small)
     done: list[tuple[list[int], Tensor, str]] = []
     with one_thread(small):
         parts = map_ordered(run, chunks, workers)

@@ -16,8 +16,6 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor, MinPLogitsWarper, TemperatureLogitsWarper
 
-from steerexp.config.compose import typed
-
 
 def row_seed(seed: int, question_id: str, repeat: int, coeff: float) -> int:
     """The sampling seed of one row: the same for every method, direction and chunking."""
@@ -70,8 +68,8 @@ def sampling_kwargs(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The eval config is the whole sampling recipe: checkpoint defaults (top_k/top_p) are off.
 
     HF decodes greedily; with ``do_sample`` the draw happens in :class:`RowSampler`
-    (``temperature``/``min_p`` are read from here by :func:`generate_chunk`)."""
-    eval_cfg = typed("eval", eval_cfg)
+    (``temperature``/``min_p`` are read from here by :func:`generate_chunk`). ``eval_cfg``: the
+    run's typed eval section (complete)."""
     kw: dict[str, Any] = {
         "max_new_tokens": int(eval_cfg["max_new_tokens"]),
         "do_sample": False,
@@ -79,8 +77,8 @@ def sampling_kwargs(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         "top_p": None,
         "temperature": None,
     }
-    if eval_cfg.do_sample:
-        kw["sample"] = (float(eval_cfg.temperature), eval_cfg.min_p)
-    if eval_cfg.repetition_penalty is not None:
+    if eval_cfg["do_sample"]:
+        kw["sample"] = (float(eval_cfg["temperature"]), eval_cfg["min_p"])
+    if eval_cfg["repetition_penalty"] is not None:
         kw["repetition_penalty"] = float(eval_cfg["repetition_penalty"])
     return kw
