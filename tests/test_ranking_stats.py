@@ -262,16 +262,21 @@ def test_method_seed_picks_the_random_direction_not_the_run_seed() -> None:
     import torch
     from helpers import group
 
-    from steerexp.stages.fit.methods import fit_from_config
+    from steerexp.stages.fit.methods import fit_from_config, method_config
 
     acts = torch.randn(8, 16)
     cfg = group("method", "random")
     assert cfg["seed"] is None
-    by_run = [fit_from_config(cfg, acts, seed=s).vector for s in (3, 4)]
-    fixed = [fit_from_config({**cfg, "seed": 3}, acts, seed=s).vector for s in (0, 9)]
+
+    def fit(run_seed: int, method_seed: int | None = None) -> torch.Tensor:
+        method = method_config({**cfg, "seed": method_seed})
+        return fit_from_config(method, acts, seed=run_seed).vector
+
+    by_run = [fit(s) for s in (3, 4)]
+    fixed = [fit(s, 3) for s in (0, 9)]
     assert not torch.equal(by_run[0], by_run[1])
     assert torch.equal(fixed[0], fixed[1]) and torch.equal(fixed[0], by_run[0])
-    assert not torch.equal(fit_from_config({**cfg, "seed": 4}, acts).vector, fixed[0])
+    assert not torch.equal(fit(0, 4), fixed[0])
 
 
 def test_confirm_picks_the_top_shown_rows_and_half_the_scenarios(tmp_path: Path) -> None:
