@@ -108,6 +108,7 @@ def test_caa_run_asks_only_the_recorded_held_out_rows(tmp_path: Path) -> None:
         "eval.coeffs=[-1,0,1]",
         "eval.repeats=1",
         "eval.max_new_tokens=4",
+        "random_null.k=0",
     )
     metrics = run(cfg, tmp_path, progress=False)
     assert metrics["status"] == "ok" and metrics["n_pairs"] == 24
