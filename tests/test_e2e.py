@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from steerexp.pipeline import run
+from steerexp.store import context
 from steerexp.store import metrics as run_metrics
 
 
@@ -25,6 +26,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     8 directions), and pca_diff again under another loss (reuses the generations)."""
     root = tmp_path_factory.mktemp("e2e")
     k = ("random_null.k=8", "fit.bootstrap=2")
+    # a cache and a run context of their own: what they reuse (model, extraction, generations)
+    # is their own work, whatever ran before them in this test process (the documented commands
+    # run the same default config)
+    with pytest.MonkeyPatch.context() as env, context.fresh():
+        env.setenv("STEEREXP_CACHE", str(root / "cache"))
+        return _runs(root, k)
+
+
+def _runs(root: Path, k: tuple[str, ...]) -> dict[str, dict]:
     out = {
         "pca_diff": run(
             compose_cfg("method=pca_diff", "module=hs", *k), root / "pca", progress=False
@@ -199,7 +209,6 @@ def test_artifacts_follow_the_spec(runs) -> None:
 
 def test_same_config_and_seed_reproduce(tmp_path: Path) -> None:
     """A fresh extraction (new cache dir, cleared memo) gives identical directions and numbers."""
-    from steerexp.store import context
 
     cfg = compose_cfg(
         "method=fisher_steer_cov_reg1",

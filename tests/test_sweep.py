@@ -54,8 +54,14 @@ def main_sweep(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     tmp = tmp_path_factory.mktemp("sweep")
-    out = run_small(
-        tmp, "method=fisher_steer_cov_reg1,pca_diff", "module=k_proj,v_proj", "logger=wandb"
+    # a cache of its own: the test counts the extractions and loads the sweep makes itself
+    out = run_sweep(
+        tmp,
+        "method=fisher_steer_cov_reg1,pca_diff",
+        "module=k_proj,v_proj",
+        "logger=wandb",
+        *SMALL,
+        env={**os.environ, "STEEREXP_CACHE": str(tmp / "cache")},
     )
     return tmp, out
 
