@@ -31,12 +31,12 @@ from steerexp.models.steering import (
     added,
     shifts,
     steered_logits,
-    steered_prefix_cache,
 )
 from steerexp.models.threads import config_width, one_thread
 from steerexp.models.tokens import left_pad
 from steerexp.stages.generate.decode import decode, shrink
 from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
+from steerexp.stages.generate.prefill import prefix_cache
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids
 from steerexp.store.results import GenRow
@@ -131,7 +131,7 @@ def generate_chunk(
             if steerings
             else {}
         )
-        cache = steered_prefix_cache(loaded, ids[own], mask[own], sub, rows)
+        cache = prefix_cache(loaded, ids[own], mask[own], sub, rows)
     last = RowStop(loaded.tokenizer, stop_ids(loaded), spec.regex, ids.shape[1])
     processors = LogitsProcessorList()
     if kwargs.get("repetition_penalty") is not None:
