@@ -44,9 +44,10 @@ def decode(
     ``processors``) from left-padded ``ids``/``mask`` and the KV ``cache`` of all but their last
     token (None: none). ``on_rows(keep)`` is called with the batch rows that stay whenever rows
     leave (to shrink per-row state such as steering shifts); ``answer_logps(last_logits)`` gives
-    each step's ``[rows, n_answers]`` answer log-probs; ``share`` (with a ``cache``) runs the
-    unsteered blocks once per distinct history (:mod:`.sharing`). Returns ``[B, steps]`` tokens (``pad_id``
-    after a row ended) and ``[B, steps, n_answers]`` log-probs, ``steps`` being the steps run."""
+    each step's ``[rows, n_answers]`` answer log-probs; ``share`` (used with a ``cache``) runs
+    the unsteered blocks once per distinct history (:mod:`.sharing`). Returns ``[B, steps]``
+    tokens (``pad_id`` after a row ended) and ``[B, steps, n_answers]`` log-probs, ``steps``
+    being the steps run."""
     batch, width = ids.shape
     rows = torch.arange(batch)
     tokens = torch.full((batch, n), int(pad_id), dtype=torch.long)

@@ -70,7 +70,7 @@ class Sharing:
         self.slot = self.slot[keep]
 
     def _take(self, x: Any, batch: int) -> Any:
-        """``x`` (a tensor, or a tuple/list of them) at the group rows where it has a row per row."""
+        """``x`` (a tensor, or a tuple/list of them) at the group rows, where it has one per row."""
         if isinstance(x, Tensor):
             return x[self.reps] if x.dim() and x.shape[0] == batch else x
         if isinstance(x, tuple | list):
