@@ -55,7 +55,7 @@ def decode(
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     seqs = ids
     steps = 0
-    share = share if cache is not None else None
+    share = share if cache is not None and share is not None and share.fits(cache) else None
     with torch.no_grad(), share.active() if share else nullcontext():
         for step in range(n):
             past = 0 if cache is None else cache.get_seq_length()

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from steerexp.stages.generate.prefill import replaced
 
@@ -41,6 +42,14 @@ class Sharing:
         self.slot = _firsts(prompt)[prompt]
         self.reps = self.inv = torch.arange(len(ids), device=ids.device)
         self.entries = len(ids)  # entries in the shared cache layers
+
+    def fits(self, cache: Any) -> bool:
+        """Whether the shared blocks' cache layers are plain key/value layers, whose batch rows
+        can be selected (not e.g. a linear-attention state)."""
+        layers = getattr(cache, "layers", [])
+        return len(layers) >= self.k and all(
+            type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers[: self.k]
+        )
 
     def regroup(self, cache: Any, feed: Tensor) -> None:
         """Before a step that feeds ``feed`` (``[B]`` tokens): one group per distinct (slot,
