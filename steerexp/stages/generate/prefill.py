@@ -25,6 +25,10 @@ from steerexp.models.loading import LoadedModel
 from steerexp.models.steering import added, hooked, untraced
 from steerexp.models.tokens import model_inputs
 
+#: the fewest rows a shared block is run on: a matmul row does not depend on the other rows
+#: from 4 rows up, while below that a kernel may sum in another order
+MIN_ROWS = 4
+
 
 class _Stop(Exception):
     """Raised by a hook to end a forward after the last block it needs."""
@@ -115,7 +119,7 @@ def prefix_cache(
     blocks, k = shared_blocks(loaded, list(deltas))
     with torch.no_grad():
         lower = None
-        if k and len(prompts) < len(ids):
+        if k and len(prompts) < len(ids) and len(prompts) * ids.shape[1] >= MIN_ROWS:
             width = ids.shape[1]
             lower = _lower(loaded, blocks, k, prompts[:, :width], prompts[:, width:])
         if lower is None:

@@ -24,10 +24,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from steerexp.stages.generate.prefill import replaced
-
-#: the fewest rows a shared block is run on (see the module docstring)
-MIN_ROWS = 4
+from steerexp.stages.generate.prefill import MIN_ROWS, replaced
 
 
 class Sharing:
