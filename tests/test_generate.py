@@ -10,13 +10,14 @@ import torch
 from helpers import group
 from transformers import LogitsProcessorList
 
+import steerexp.stages.generate.prefill as prefill
 import steerexp.stages.generate.rows as gen
 from steerexp.data.answers import make_answer_spec
 from steerexp.data.pairs import load_questions
 from steerexp.data.records import Question
 from steerexp.models.loading import load_model
 from steerexp.models.steering import Steering, added, hooked
-from steerexp.models.tokens import left_pad
+from steerexp.models.tokens import first_output, left_pad
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
 from steerexp.stages.generate.sampling import RowSampler, sampling_kwargs
 from steerexp.stages.generate.stopping import RowStop, stop_ids
@@ -196,3 +197,42 @@ def test_finished_rows_leave_the_batch_and_samples_stay_those_of_generate(organi
         end, why = stop.cut(i, full.shape[1])
         assert (toks, reason) == (full[i, :end].tolist(), why)
         assert len(lps) == len(toks)
+
+
+def test_rows_of_one_prompt_share_the_unsteered_blocks_bit_for_bit(
+    organism, ev, monkeypatch
+) -> None:
+    """7 coefficients x 4 questions x 2 sampled repeats, steering blocks 2-3: blocks 0-2 run once
+    per prompt in the prefill and once per distinct history (prompt and tokens so far) in each
+    decode step, and every row's tokens, answer log-probs and stop reason are bit-identical to
+    running every block on every row."""
+    assert prefill.shared_blocks(organism, ["model.layers.3", "model.layers.2"])[1] == 3
+    assert prefill.shared_blocks(organism, ["model.layers.2.mlp", "model.layers.4"])[1] == 2
+    assert prefill.shared_blocks(organism, ["model.layers.0.self_attn"])[1] == 0
+    assert prefill.shared_blocks(organism, ["model.norm"]) == (None, 0)
+    questions = load_questions(ev)[:4]
+    rows = grid(questions, [-0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5], 2)
+    g = torch.Generator().manual_seed(2)
+    mods = ["model.layers.2", "model.layers.3"]
+    d = organism.hf.config.hidden_size
+    steering = Steering({m: torch.randn(d, generator=g) for m in mods}, {m: 8.0 for m in mods})
+    spec = make_answer_spec(organism.tokenizer, ev["answer_regex"], ev["answers"], "Final:")
+    cfg = {**ev, "workers": 1, "do_sample": True, "temperature": 1.0}
+
+    def run() -> tuple[list, list[int]]:
+        sizes: list[int] = []
+        block0 = organism.hf.get_submodule("model.layers.0")
+        with hooked(block0, lambda out: sizes.append(first_output(out).shape[0])):
+            out = generate_rows(organism, cfg, rows, steering, spec, seed=5, progress=False)
+        return [(r.completion_ids, r.answer_logps, r.stop_reason) for r in out], sizes
+
+    shared, shared_sizes = run()
+    monkeypatch.setattr(gen, "shared_blocks", lambda *_: (None, 0))
+    monkeypatch.setattr(prefill, "shared_blocks", lambda *_: (None, 0))
+    full, full_sizes = run()
+    assert shared_sizes[0] == len(questions) and full_sizes[0] == 7 * len(questions)
+    assert sum(shared_sizes) < 0.5 * sum(full_sizes)
+    assert len({tuple(toks) for toks, _, _ in full}) > len(questions)  # rows do diverge
+    for (toks, lps, why), (toks0, lps0, why0) in zip(shared, full, strict=True):
+        assert (toks, why) == (toks0, why0)
+        assert torch.equal(lps, lps0)

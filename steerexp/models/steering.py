@@ -116,23 +116,3 @@ def steered_logits(
         steer(loaded, deltas)
         logits = loaded.lm.output.logits.save()
     return logits
-
-
-def steered_prefix_cache(
-    loaded: LoadedModel, ids: Tensor, mask: Tensor, deltas: dict[str, Tensor], rows: Tensor
-) -> Any:
-    """The KV cache of every prompt token but the last, for ``B`` rows of which only the
-    distinct ones are computed: ``ids``/``mask``/``deltas`` hold the distinct rows, ``rows[i]``
-    names the distinct row that row ``i`` repeats (e.g. the repeats of one question at one
-    coefficient share their steered prompt). ``generate`` then runs from the last token."""
-    # ``logits_to_keep`` as an empty position list: the pass only fills the cache, and skips the
-    # vocab projection (a whole decode step's worth of lm_head at a 152k vocab).
-    none = torch.empty(0, dtype=torch.long, device=ids.device)
-    with torch.no_grad(), added(loaded, deltas):
-        out = loaded.hf(
-            **model_inputs(ids[:, :-1], mask[:, :-1]), logits_to_keep=none, use_cache=True
-        )
-    cache = out.cache
-    if not torch.equal(rows, torch.arange(len(rows))):  # no row repeats another: keep as is
-        cache.reorder_cache(rows.to(loaded.device))
-    return cache

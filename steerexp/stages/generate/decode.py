@@ -14,6 +14,7 @@ last float bits (matmuls of another batch size), as they already did between chu
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from transformers import LogitsProcessorList
 
 from steerexp.stages.generate.sampling import RowSampler
+from steerexp.stages.generate.sharing import Sharing
 from steerexp.stages.generate.stopping import RowStop
 
 
@@ -36,13 +38,16 @@ def decode(
     answer_logps: Callable[[Tensor], Tensor],
     n_answers: int,
     pad_id: int,
+    share: Sharing | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Up to ``n`` greedy steps (sampling, when asked, is a :class:`RowSampler` among
     ``processors``) from left-padded ``ids``/``mask`` and the KV ``cache`` of all but their last
     token (None: none). ``on_rows(keep)`` is called with the batch rows that stay whenever rows
     leave (to shrink per-row state such as steering shifts); ``answer_logps(last_logits)`` gives
-    each step's ``[rows, n_answers]`` answer log-probs. Returns ``[B, steps]`` tokens (``pad_id``
-    after a row ended) and ``[B, steps, n_answers]`` log-probs, ``steps`` being the steps run."""
+    each step's ``[rows, n_answers]`` answer log-probs; ``share`` (used with a ``cache``) runs
+    the unsteered blocks once per distinct history (:mod:`.sharing`). Returns ``[B, steps]``
+    tokens (``pad_id`` after a row ended) and ``[B, steps, n_answers]`` log-probs, ``steps``
+    being the steps run."""
     batch, width = ids.shape
     rows = torch.arange(batch)
     tokens = torch.full((batch, n), int(pad_id), dtype=torch.long)
@@ -50,10 +55,13 @@ def decode(
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     seqs = ids
     steps = 0
-    with torch.no_grad():
+    share = share if cache is not None and share is not None and share.fits(cache) else None
+    with torch.no_grad(), share.active() if share else nullcontext():
         for step in range(n):
             past = 0 if cache is None else cache.get_seq_length()
             new = seqs.shape[1] - past
+            if share:
+                share.regroup(cache, seqs[:, -1])
             out = hf(
                 input_ids=seqs[:, -new:],
                 attention_mask=mask,
@@ -80,7 +88,10 @@ def decode(
                 on_device = keep.to(seqs.device)
                 rows = rows[keep]
                 seqs, mask, positions = seqs[on_device], mask[on_device], positions[on_device]
-                cache.batch_select_indices(on_device)
+                if share:
+                    share.select(cache, on_device)
+                else:
+                    cache.batch_select_indices(on_device)
                 for p in processors:
                     if isinstance(p, RowSampler):
                         p.rows = rows

@@ -30,13 +30,14 @@ from steerexp.models.steering import (
     added,
     shifts,
     steered_logits,
-    steered_prefix_cache,
 )
 from steerexp.models.threads import config_width, one_thread
 from steerexp.models.tokens import left_pad
 from steerexp.stages.generate.decode import decode, shrink
 from steerexp.stages.generate.parallel import SMALL_WIDTH, map_ordered, worker_count
+from steerexp.stages.generate.prefill import prefix_cache, shared_blocks
 from steerexp.stages.generate.sampling import RowSampler, row_seed, sampling_kwargs
+from steerexp.stages.generate.sharing import Sharing
 from steerexp.stages.generate.stopping import RowStop, stop_ids
 from steerexp.store.results import GenRow
 
@@ -130,7 +131,7 @@ def generate_chunk(
             if steerings
             else {}
         )
-        cache = steered_prefix_cache(loaded, ids[own], mask[own], sub, rows)
+        cache = prefix_cache(loaded, ids[own], mask[own], sub, rows)
     last = RowStop(loaded.tokenizer, stop_ids(loaded), spec.regex, ids.shape[1])
     processors = LogitsProcessorList()
     if kwargs.get("repetition_penalty") is not None:
@@ -140,6 +141,13 @@ def generate_chunk(
         row_seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
     index = [torch.tensor(v, dtype=torch.long, device=loaded.device) for v in spec.variant_ids]
+    # Rows of one prompt (other coefficients or directions) share the unsteered blocks.
+    blocks, k = shared_blocks(loaded, list(deltas))
+    share = (
+        Sharing(blocks, k, ids, mask)
+        if k and len(set(map(tuple, prompts))) < len(prompts)
+        else None
+    )
     live = dict(deltas)
     # The decode loop needs no tracing: the shifts are plain forward hooks, and each step's
     # answer log-probs are read off the last logits as they are produced.
@@ -156,6 +164,7 @@ def generate_chunk(
             lambda logits: answer_logps(logits, spec, index),
             len(spec.answers),
             loaded.tokenizer.pad_token_id,
+            share,
         )
     out = []
     for i in range(len(prompts)):
@@ -198,10 +207,13 @@ def generate_rows(
     sampled from :func:`row_seed`, so neither chunking nor order changes a sample; rows with the
     same :func:`shared_key` (e.g. the coefficient-0 rows of every null direction) are generated
     once, and rows are batched by |coefficient| so chunks stop early together."""
-    prompts = {
-        (r.question.id, r.system): prompt_ids(loaded, with_system(eval_cfg, r.system), r.question)
-        for r in rows
-    }
+    # Each distinct prompt rendered once, all tokenised in one batched call (the same ids).
+    asked = {(r.question.id, r.system): r for r in rows}
+    texts = [
+        prompt_text(loaded, with_system(eval_cfg, r.system), r.question) for r in asked.values()
+    ]
+    encoded = loaded.tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+    prompts = dict(zip(asked, encoded, strict=True))
     first: dict[tuple[Any, ...], int] = {}
     for i, r in enumerate(rows):
         first.setdefault(shared_key(r, seed), i)
