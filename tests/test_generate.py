@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import nnsight.intervention.interleaver as interleaver
 import pytest
@@ -17,6 +18,7 @@ from steerexp.data.pairs import load_questions
 from steerexp.data.records import Question
 from steerexp.models.loading import load_model
 from steerexp.models.steering import Steering, added, hooked
+from steerexp.models.threads import threads
 from steerexp.models.tokens import first_output, left_pad
 from steerexp.stages.generate.rows import RowSpec, generate_rows, grid, prompt_ids
 from steerexp.stages.generate.sampling import RowSampler, sampling_kwargs
@@ -199,8 +201,22 @@ def test_finished_rows_leave_the_batch_and_samples_stay_those_of_generate(organi
         assert len(lps) == len(toks)
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread, where this CPU's matmuls are batch-invariant (what sharing needs)."""
+    with threads(1):
+        yield
+
+
+def test_sharing_stays_off_where_matmuls_are_not_batch_invariant(organism, monkeypatch) -> None:
+    """Where a matmul row's bits depend on the batch (e.g. several threads on this CPU), rows of
+    one prompt are not shared: samples stay those of running every block on every row."""
+    monkeypatch.setattr(prefill, "_batch_invariant", lambda *_: False)
+    assert prefill.shared_blocks(organism, ["model.layers.3", "model.layers.2"]) == (None, 0)
+
+
 def test_rows_of_one_prompt_share_the_unsteered_blocks_bit_for_bit(
-    organism, ev, monkeypatch
+    organism, ev, monkeypatch, one_torch_thread
 ) -> None:
     """7 coefficients x 4 questions x 2 sampled repeats, steering blocks 2-3: blocks 0-2 run once
     per prompt in the prefill and once per distinct history (prompt and tokens so far) in each

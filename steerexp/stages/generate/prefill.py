@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import torch
@@ -30,6 +31,23 @@ from steerexp.models.tokens import model_inputs
 MIN_ROWS = 4
 
 
+@cache
+def _batch_invariant(width: int, dtype: torch.dtype, device: str, threads: int) -> bool:
+    """Whether a row of a ``[rows, width] @ [width, width]`` matmul has the same bits at every
+    batch size from :data:`MIN_ROWS` up, on this device, dtype and thread count: what sharing
+    needs to leave samples bit-identical. Measured once per process (a BLAS may pick another
+    kernel, summing in another order, by the number of rows: then sharing stays off)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, width, generator=g).to(device, dtype)
+    w = torch.randn(width, width, generator=g).to(device, dtype)
+    with torch.no_grad():
+        full = torch.nn.functional.linear(x, w)
+        return all(
+            torch.equal(torch.nn.functional.linear(x[:n], w), full[:n])
+            for n in (MIN_ROWS, MIN_ROWS + 1, 16, 57)
+        )
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward after the last block it needs."""
 
@@ -38,7 +56,8 @@ def shared_blocks(loaded: LoadedModel, modules: Sequence[str]) -> tuple[Any, int
     """The model's decoder blocks (the ``ModuleList`` of ``n_layers`` blocks holding every steered
     module) and how many leading blocks no steered module changes: a block whose own output is
     steered counts, as the shift is added after it. ``(None, 0)`` when there is no such list or
-    a block would need more than its ``forward`` replaced (an accelerate hook)."""
+    a block would need more than its ``forward`` replaced (an accelerate hook), or where this
+    device's matmuls are not batch-invariant (:func:`_batch_invariant`)."""
     if not modules:
         return None, 0
     for name, blocks in loaded.hf.named_modules():
@@ -53,6 +72,12 @@ def shared_blocks(loaded: LoadedModel, modules: Sequence[str]) -> tuple[Any, int
         else:
             k = min(counts)
             if any("_hf_hook" in b.__dict__ for b in blocks[:k]):
+                return None, 0
+            p = next(blocks.parameters(), None)
+            width = getattr(loaded.hf.config, "hidden_size", None)
+            if p is None or not width:
+                return None, 0
+            if not _batch_invariant(int(width), p.dtype, str(p.device), torch.get_num_threads()):
                 return None, 0
             return blocks, k
     return None, 0
