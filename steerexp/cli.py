@@ -13,6 +13,7 @@ written; 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 import secrets
@@ -260,23 +261,30 @@ def cli() -> None:
         print(f"steerexp: error: {e}", file=sys.stderr)
         sys.exit(2)
     interrupted: list[bool] = []
+    stderr = sys.stderr
 
     def on_sigint(signum: int, frame: Any) -> None:
         interrupted.append(True)
+        # What Hydra prints of the interrupt is noise (a traceback, when it lands in Hydra's own
+        # code); the one line below says what happened.
+        sys.stderr = io.StringIO()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         main()
     except KeyboardInterrupt:
+        sys.stderr = stderr
         sys.exit(_interrupted(multirun))
     except SystemExit:
+        sys.stderr = stderr
         # Ctrl-C inside Hydra's own code (e.g. composing the next job's config) surfaces as
         # another error that Hydra reports and turns into exit 1: still an interruption.
         if interrupted:
             sys.exit(_interrupted(multirun))
         raise
     finally:
+        sys.stderr = stderr
         signal.signal(signal.SIGINT, previous)
     ctx = context.current()
     if ctx.failed and not multirun:

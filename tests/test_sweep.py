@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -297,3 +298,33 @@ def test_ctrl_c_writes_the_partial_ranking_and_exits_130(tmp_path: Path) -> None
     assert set(ranking["status"]) <= {"ok", "interrupted"} and "interrupted" in set(
         ranking["status"]
     )
+
+
+def test_ctrl_c_inside_hydras_own_code_prints_no_traceback(monkeypatch, capsys) -> None:
+    """Ctrl-C that lands in Hydra's code (composing the next job) comes back as an error Hydra
+    prints with a traceback and exits 1: steerexp still exits 130 with its one line only."""
+    from steerexp import cli
+
+    def hydra_like_main() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt as e:
+            try:
+                raise RuntimeError("composition interrupted") from e
+            except RuntimeError:
+                import traceback
+
+                traceback.print_exc()
+                sys.exit(1)
+
+    monkeypatch.setattr(cli, "main", hydra_like_main)
+    monkeypatch.setattr(sys, "argv", ["steerexp", "model=tiny_random"])
+    with pytest.raises(SystemExit) as info:
+        cli.cli()
+    err = capsys.readouterr().err
+    assert info.value.code == 130
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines() == [
+        "steerexp: interrupted (the run dir records status 'interrupted')"
+    ]
