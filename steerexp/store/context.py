@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from steerexp.models.loading import LoadedModel
-
 
 @dataclass
 class RunContext:
     """The state runs of one process share."""
 
-    #: Model config key -> the loaded model: a sweep's jobs in one process load each model once.
-    models: dict[str, LoadedModel] = field(default_factory=dict)
+    #: Model config key -> the loaded model (a ``models.loading.LoadedModel``; not named here, as
+    #: store/ sits below models/): a sweep's jobs in one process load each model once.
+    models: dict[str, Any] = field(default_factory=dict)
     #: Per tokenizer, the chat-rendered ids of each conversation (``models.tokens.encode_many``):
     #: a sweep's runs, and an activation then gradient extraction, render each pair once.
     encoded: weakref.WeakKeyDictionary[Any, dict[str, tuple[list[int], int]]] = field(
