@@ -124,22 +124,15 @@ def run_sweep(
 JOURNAL_HEADER = ["method", *metrics.names("journal")]
 
 
-def cli_exit(monkeypatch: Any, capsys: Any, tmp: Path, *args: str) -> tuple[int, str]:
+def cli_exit(tmp: Path, *args: str) -> tuple[int, str]:
     """``python -m steerexp model=tiny_random <args>`` in this process (a run dir under ``tmp``
     unless ``args`` set one): its exit status and the last line it printed to stderr."""
-    import pytest
-
-    from steerexp import cli
-    from steerexp.store import context
-
     argv = ["model=tiny_random", *(a for arg in args for a in arg.split(" "))]
     if not any(a.startswith("hydra.run.dir=") for a in argv):
         argv.append(f"hydra.run.dir={tmp / 'run'}")
-    monkeypatch.setattr(sys, "argv", ["steerexp", *argv])
-    with context.fresh(), pytest.raises(SystemExit) as info:
-        cli.cli()
-    lines = capsys.readouterr().err.strip().splitlines()
-    return int(info.value.code or 0), lines[-1] if lines else ""
+    out = steerexp_in_process(*argv)
+    lines = out.stderr.strip().splitlines()
+    return out.returncode, lines[-1] if lines else ""
 
 
 #: Two modules, two questions and seeded unit directions for generation-row tests on the tiny

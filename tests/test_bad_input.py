@@ -142,9 +142,9 @@ def test_bad_values_name_their_key(override: str, message: str | None) -> None:
     "args",
     [arg for arg, _ in COMMAND_LINE_CASES] + [o for o, message in CONFIG_CASES if message],
 )
-def test_every_bad_input_exits_2(args: str, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_every_bad_input_exits_2(args: str, tmp_path: Path) -> None:
     """The exit-code rule (issue 24): bad input exits 2, on the command line or in a run."""
-    code, line = cli_exit(monkeypatch, capsys, tmp_path, args)
+    code, line = cli_exit(tmp_path, args)
     assert code == 2 and line.startswith("steerexp: error: "), line
 
 
