@@ -244,7 +244,6 @@ def test_rows_of_one_prompt_share_the_unsteered_blocks_bit_for_bit(
 
     shared, shared_sizes = run()
     monkeypatch.setattr(gen, "shared_blocks", lambda *_: (None, 0))
-    monkeypatch.setattr(prefill, "shared_blocks", lambda *_: (None, 0))
     full, full_sizes = run()
     assert shared_sizes[0] == len(questions) and full_sizes[0] == 7 * len(questions)
     assert sum(shared_sizes) < 0.5 * sum(full_sizes)

@@ -130,18 +130,24 @@ def _lower(
 
 
 def prefix_cache(
-    loaded: LoadedModel, ids: Tensor, mask: Tensor, deltas: dict[str, Tensor], rows: Tensor
+    loaded: LoadedModel,
+    ids: Tensor,
+    mask: Tensor,
+    deltas: dict[str, Tensor],
+    rows: Tensor,
+    shared: tuple[Any, int],
 ) -> Any:
     """The KV cache of every prompt token but the last, for ``B`` rows of which only the
     distinct ones are computed: ``ids``/``mask``/``deltas`` hold the distinct rows, ``rows[i]``
     names the distinct row that row ``i`` repeats (e.g. the repeats of one question at one
-    coefficient share their steered prompt)."""
+    coefficient share their steered prompt). ``shared`` is :func:`shared_blocks` of the
+    steered modules."""
     ids, mask = ids[:, :-1], mask[:, :-1]
     # ``logits_to_keep`` as an empty position list: the pass only fills the cache, and skips the
     # vocab projection (a whole decode step's worth of lm_head at a 152k vocab).
     none = torch.empty(0, dtype=torch.long, device=ids.device)
     prompts, which = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
-    blocks, k = shared_blocks(loaded, list(deltas))
+    blocks, k = shared
     with torch.no_grad():
         lower = None
         if k and len(prompts) < len(ids) and len(prompts) * ids.shape[1] >= MIN_ROWS:

@@ -117,6 +117,9 @@ def generate_chunk(
     steerings = [steering] if isinstance(steering, Steering) else list(steering or [])
     dirs = list(directions) if directions is not None else [0] * len(prompts)
     deltas = row_shifts(steerings, dirs, coeffs, loaded.device) if steerings else {}
+    # The blocks below the first steered module: shared by the rows of one prompt (prefill and
+    # decode steps).
+    blocks, k = shared_blocks(loaded, list(deltas))
     cache = None
     if min(map(len, prompts)) >= 2:
         # Every prompt is prefilled once per distinct (prompt, coefficient, direction): the
@@ -131,7 +134,7 @@ def generate_chunk(
             if steerings
             else {}
         )
-        cache = prefix_cache(loaded, ids[own], mask[own], sub, rows)
+        cache = prefix_cache(loaded, ids[own], mask[own], sub, rows, (blocks, k))
     last = RowStop(loaded.tokenizer, stop_ids(loaded), spec.regex, ids.shape[1])
     processors = LogitsProcessorList()
     if kwargs.get("repetition_penalty") is not None:
@@ -142,7 +145,6 @@ def generate_chunk(
         processors.append(RowSampler(row_seeds, n, ids.shape[1], *kwargs["sample"]))
     index = [torch.tensor(v, dtype=torch.long, device=loaded.device) for v in spec.variant_ids]
     # Rows of one prompt (other coefficients or directions) share the unsteered blocks.
-    blocks, k = shared_blocks(loaded, list(deltas))
     share = (
         Sharing(blocks, k, ids, mask)
         if k and len(set(map(tuple, prompts))) < len(prompts)
